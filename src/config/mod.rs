@@ -1,0 +1,275 @@
+//! The config file as written (SPEC §1): typed serde structs, unknown keys rejected.
+//!
+//! This module owns the schema and the reading of files (`load`). Nothing here judges
+//! whether the values make sense together; that is `snapshot::build`'s job.
+
+pub mod load;
+pub mod units;
+
+use std::path::PathBuf;
+
+use indexmap::IndexMap;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+
+pub use units::{Balance, ConfigDuration, Instance, InstanceSpec, Percent, PortKind, PortSpec};
+
+/// The main config file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub listeners: IndexMap<String, ListenerConfig>,
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+    #[serde(default)]
+    pub defaults: Defaults,
+    #[serde(default)]
+    pub include: Vec<String>,
+    #[serde(default)]
+    pub gateways: Vec<GatewayConfig>,
+    #[serde(default)]
+    pub access_log: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub bind: String,
+    #[serde(default)]
+    pub redirect_https: Option<String>,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    #[serde(default)]
+    pub proxy_protocol: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    #[serde(default)]
+    pub certificates: Vec<CertificateConfig>,
+    #[serde(default)]
+    pub default_certificate: Option<usize>,
+    #[serde(default)]
+    pub min_version: Option<TlsVersion>,
+    #[serde(default)]
+    pub alpn: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum TlsVersion {
+    #[serde(rename = "1.2")]
+    V1_2,
+    #[serde(rename = "1.3")]
+    V1_3,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(default = "default_admin_bind")]
+    pub bind: String,
+    #[serde(default)]
+    pub token_file: Option<String>,
+}
+
+fn default_admin_bind() -> String {
+    "127.0.0.1:9900".to_string()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Defaults {
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults {
+            timeouts: Timeouts::default(),
+            retries: default_retries(),
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+fn default_retries() -> u32 {
+    2
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    #[serde(default = "secs::<5>")]
+    pub connect: ConfigDuration,
+    #[serde(default = "secs::<5>")]
+    pub request_header: ConfigDuration,
+    #[serde(default = "secs::<50>")]
+    pub upstream_read: ConfigDuration,
+    #[serde(default = "secs::<60>")]
+    pub idle: ConfigDuration,
+}
+
+fn secs<const N: u64>() -> ConfigDuration {
+    ConfigDuration(std::time::Duration::from_secs(N))
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: secs::<5>(),
+            request_header: secs::<5>(),
+            upstream_read: secs::<50>(),
+            idle: secs::<60>(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sticky {
+    #[default]
+    None,
+    Route,
+    Instance,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    pub name: String,
+    #[serde(default)]
+    pub port: Option<PortSpec>,
+    #[serde(default)]
+    pub virtual_hosts: Vec<String>,
+    #[serde(default)]
+    pub listeners: Option<Vec<String>>,
+    #[serde(default)]
+    pub sticky: Sticky,
+    #[serde(default)]
+    pub hsts: Option<HstsConfig>,
+    #[serde(default)]
+    pub balance: Option<Balance>,
+    #[serde(default)]
+    pub routes: IndexMap<String, RouteConfig>,
+    /// The file this gateway was read from; set by the loader, never by YAML.
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HstsConfig {
+    pub max_age: u64,
+    #[serde(default)]
+    pub include_subdomains: bool,
+    #[serde(default)]
+    pub preload: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    #[serde(default)]
+    pub weight: Option<Percent>,
+    #[serde(default)]
+    pub condition: Option<String>,
+    #[serde(default)]
+    pub condition_strength: Option<Percent>,
+    #[serde(default)]
+    pub rewrites: Vec<RewriteConfig>,
+    #[serde(default)]
+    pub instances: Vec<Instance>,
+    #[serde(default)]
+    pub health_check: Option<HealthCheckConfig>,
+    #[serde(default)]
+    pub respond: Option<RespondConfig>,
+    #[serde(default)]
+    pub balance: Option<Balance>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewriteConfig {
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthProtocol {
+    Http,
+    Tcp,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    pub protocol: HealthProtocol,
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub interval: Option<ConfigDuration>,
+    #[serde(default)]
+    pub timeout: Option<ConfigDuration>,
+    #[serde(default)]
+    pub failures: Option<u32>,
+    #[serde(default)]
+    pub successes: Option<u32>,
+    #[serde(default)]
+    pub initial_delay: Option<ConfigDuration>,
+    #[serde(default)]
+    pub expect: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RespondConfig {
+    pub status: u16,
+    #[serde(default)]
+    pub body: String,
+    #[serde(default)]
+    pub headers: IndexMap<String, String>,
+}
+
+/// What an included file holds: one gateway, or a list of them.
+#[derive(Debug)]
+pub struct GatewayDocument(pub Vec<GatewayConfig>);
+
+impl<'de> Deserialize<'de> for GatewayDocument {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = GatewayDocument;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a gateway (a map) or a list of gateways")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                GatewayConfig::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(|g| GatewayDocument(vec![g]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                Vec::<GatewayConfig>::deserialize(de::value::SeqAccessDeserializer::new(seq))
+                    .map(GatewayDocument)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(GatewayDocument(Vec::new()))
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}

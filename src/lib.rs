@@ -1,0 +1,18 @@
+//! weir: an edge gateway on Pingora.
+//!
+//! The pipeline, one module a step: config text (`config`) → validated, compiled,
+//! immutable routing snapshot (`snapshot`, using `vhost` and `schedule`) → held in an
+//! `ArcSwap` and read once per request by the proxy (`proxy`, with `forward` for the
+//! forwarding headers) → assembled into a Pingora server (`server`), driven by the
+//! command line (`cli`).
+
+pub mod cli;
+pub mod config;
+pub mod diag;
+pub mod forward;
+pub mod proxy;
+pub mod resolve;
+pub mod schedule;
+pub mod server;
+pub mod snapshot;
+pub mod vhost;

@@ -1,0 +1,838 @@
+//! Validation and compilation: a loaded config becomes a [`Snapshot`] or the full list of
+//! what is wrong with it. Semantic errors name the file, gateway and route.
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use ipnet::IpNet;
+use pingora::http::ResponseHeader;
+use pingora::upstreams::peer::HttpPeer;
+use rustc_hash::FxHashMap;
+
+use super::{
+    Defaults, Entry, External, Gateway, Listener, Pool, Respond, Route, Snapshot, Target, Upstream,
+    MAX_CHAIN_DEPTH,
+};
+use crate::config::load::Loaded;
+use crate::config::units::{split_host_port, InstanceSpec};
+use crate::config::{Balance, Config, GatewayConfig, PortKind, RouteConfig, Sticky};
+use crate::diag::{Diagnostic, Diagnostics};
+use crate::schedule::{effective_weights, Schedule};
+use crate::vhost::{normalize_pattern, VhostTable};
+
+/// Shared listeners a gateway can name (bits of `Gateway::listener_mask`).
+const MAX_LISTENERS: usize = 64;
+/// Instance weights above this are refused (they would only make schedules long).
+const MAX_INSTANCE_WEIGHT: u32 = 1000;
+
+/// Validates `loaded` whole and compiles it into a snapshot.
+pub fn build(loaded: &Loaded) -> Result<Snapshot, Diagnostics> {
+    let mut b = Builder {
+        main: &loaded.main,
+        errors: Diagnostics::default(),
+    };
+    let config = &loaded.config;
+    b.refuse_unsupported_globals(config);
+    let defaults = b.defaults(config);
+    let listeners = b.listeners(config);
+    let names = b.gateway_names(&config.gateways);
+    let template = peer_template(&defaults);
+
+    let mut vhosts = VhostTable::default();
+    let mut ports: Vec<(u16, Entry)> = listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.bind.port(), Entry::Shared(i)))
+        .collect();
+    let mut gateways = Vec::with_capacity(config.gateways.len());
+    let mut externals = Vec::new();
+    for (index, gw) in config.gateways.iter().enumerate() {
+        let scope = format!("gateway {:?}", gw.name);
+        b.refuse_unsupported_gateway(gw, &scope);
+        let listener_mask = b.listener_mask(gw, &listeners, &scope);
+        for host in &gw.virtual_hosts {
+            match normalize_pattern(host) {
+                Ok(pattern) => {
+                    if let Some(other) = vhosts.insert(&pattern, index) {
+                        b.error(
+                            gw,
+                            &scope,
+                            format!(
+                                "virtual host {host:?} is already used by gateway {:?}",
+                                config.gateways[other].name
+                            ),
+                        );
+                    }
+                }
+                Err(e) => b.error(gw, &scope, e),
+            }
+        }
+        let port = gw.port.map(|p| p.port);
+        if let Some(port) = port {
+            if let Some((_, entry)) = ports.iter().find(|(p, _)| *p == port) {
+                let holder = match entry {
+                    Entry::Shared(l) => format!("listener {:?}", listeners[*l].name),
+                    Entry::Dedicated(g) => format!("gateway {:?}", config.gateways[*g].name),
+                };
+                b.error(
+                    gw,
+                    &scope,
+                    format!("port {port} is already used by {holder}"),
+                );
+            } else {
+                ports.push((port, Entry::Dedicated(index)));
+            }
+        }
+        let routes = b.routes(gw, &scope, &names, &template, &mut externals);
+        let weights: Vec<u32> = routes.iter().map(|r| r.weight).collect();
+        gateways.push(Gateway {
+            name: gw.name.as_str().into(),
+            source: gw.source.clone(),
+            schedule: Schedule::new(&weights),
+            routes,
+            listener_mask,
+            port,
+        });
+    }
+    b.check_chains(&config.gateways, &gateways);
+    if listeners.is_empty() && !ports.iter().any(|(_, e)| matches!(e, Entry::Dedicated(_))) {
+        b.errors.push(Diagnostic::new(
+            b.main,
+            "nothing to serve: no listeners and no gateway with a port",
+        ));
+    }
+    if !b.errors.is_empty() {
+        return Err(b.errors);
+    }
+    Ok(Snapshot {
+        gateways,
+        vhosts,
+        listeners,
+        ports,
+        defaults,
+        externals,
+        files: loaded.files.clone(),
+    })
+}
+
+/// The one-line summary `weir check` prints after `ok`.
+pub fn check_summary(s: &Snapshot) -> String {
+    let routes: usize = s.gateways.iter().map(|g| g.routes.len()).sum();
+    let instances: usize = s
+        .gateways
+        .iter()
+        .flat_map(|g| &g.routes)
+        .map(|r| match &r.target {
+            Target::Pool(p) => p.instances.len(),
+            _ => 0,
+        })
+        .sum();
+    format!(
+        "{} file(s), {} listener(s), {} gateway(s), {} virtual host(s), {} route(s), {} instance(s)",
+        s.files.len(),
+        s.listeners.len(),
+        s.gateways.len(),
+        s.vhosts.len(),
+        routes,
+        instances
+    )
+}
+
+struct Builder<'a> {
+    main: &'a Path,
+    errors: Diagnostics,
+}
+
+fn valid_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    matches!(bytes.next(), Some(b) if b.is_ascii_alphanumeric())
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+}
+
+fn not_supported(field: &str) -> String {
+    format!("not supported yet: {field}")
+}
+
+impl Builder<'_> {
+    fn error(&mut self, gw: &GatewayConfig, scope: &str, message: impl Into<String>) {
+        self.errors
+            .push(Diagnostic::new(&gw.source, message).scoped(scope));
+    }
+
+    fn main_error(&mut self, scope: &str, message: impl Into<String>) {
+        self.errors
+            .push(Diagnostic::new(self.main, message).scoped(scope));
+    }
+
+    fn refuse_unsupported_globals(&mut self, config: &Config) {
+        if config.admin.is_some() {
+            self.main_error("admin", not_supported("admin"));
+        }
+        if config.access_log.is_some() {
+            self.main_error("access_log", not_supported("access_log"));
+        }
+    }
+
+    fn refuse_unsupported_gateway(&mut self, gw: &GatewayConfig, scope: &str) {
+        if !valid_name(&gw.name) {
+            self.error(
+                gw,
+                scope,
+                "invalid gateway name: must match ^[A-Za-z0-9][A-Za-z0-9._:-]*$",
+            );
+        }
+        if gw.port.is_some_and(|p| p.kind == PortKind::Tcp) {
+            self.error(gw, scope, not_supported("port N/tcp (TCP gateways)"));
+        }
+        if gw.sticky != Sticky::None {
+            self.error(gw, scope, not_supported("sticky"));
+        }
+        if gw.hsts.is_some() {
+            self.error(gw, scope, not_supported("hsts"));
+        }
+        if gw
+            .balance
+            .as_ref()
+            .is_some_and(|b| *b != Balance::RoundRobin)
+        {
+            self.error(gw, scope, not_supported("balance other than round_robin"));
+        }
+        if gw.routes.is_empty() {
+            self.error(gw, scope, "gateway has no routes");
+        }
+    }
+
+    fn defaults(&mut self, config: &Config) -> Defaults {
+        let d = &config.defaults;
+        let mut trusted = Vec::new();
+        for cidr in &d.trusted_proxies {
+            let parsed = cidr
+                .parse::<IpNet>()
+                .or_else(|_| cidr.parse::<IpAddr>().map(IpNet::from));
+            match parsed {
+                Ok(net) => trusted.push(net),
+                Err(_) => self.main_error(
+                    "defaults.trusted_proxies",
+                    format!("invalid CIDR {cidr:?}: expected e.g. 10.0.0.0/8 or 127.0.0.1"),
+                ),
+            }
+        }
+        if d.retries > 16 {
+            self.main_error("defaults.retries", "retries must be 16 or fewer");
+        }
+        Defaults {
+            trusted_proxies: trusted,
+            retries: d.retries,
+            connect_timeout: d.timeouts.connect.0,
+            request_header_timeout: d.timeouts.request_header.0,
+            upstream_read_timeout: d.timeouts.upstream_read.0,
+            idle_timeout: d.timeouts.idle.0,
+        }
+    }
+
+    fn listeners(&mut self, config: &Config) -> Vec<Listener> {
+        let mut out: Vec<Listener> = Vec::new();
+        if config.listeners.len() > MAX_LISTENERS {
+            self.main_error("listeners", format!("at most {MAX_LISTENERS} listeners"));
+        }
+        for (name, l) in &config.listeners {
+            let scope = format!("listener {name:?}");
+            if !valid_name(name) {
+                self.main_error(&scope, "invalid listener name");
+            }
+            if l.tls.is_some() {
+                self.main_error(&scope, not_supported("tls"));
+            }
+            if l.redirect_https.is_some() {
+                self.main_error(&scope, not_supported("redirect_https"));
+            }
+            if l.proxy_protocol {
+                self.main_error(&scope, not_supported("proxy_protocol"));
+            }
+            let bind = match l.bind.parse::<SocketAddr>() {
+                Ok(addr) => addr,
+                Err(_) => {
+                    self.main_error(
+                        &scope,
+                        format!(
+                            "invalid bind {:?}: expected IP:PORT such as 0.0.0.0:8080",
+                            l.bind
+                        ),
+                    );
+                    continue;
+                }
+            };
+            if let Some(other) = out.iter().find(|o| o.bind.port() == bind.port()) {
+                self.main_error(
+                    &scope,
+                    format!(
+                        "port {} is already used by listener {:?}",
+                        bind.port(),
+                        other.name
+                    ),
+                );
+                continue;
+            }
+            out.push(Listener {
+                name: name.as_str().into(),
+                bind,
+            });
+        }
+        out
+    }
+
+    /// Gateway name → index; reports invalid and duplicate names.
+    fn gateway_names<'c>(&mut self, gateways: &'c [GatewayConfig]) -> FxHashMap<&'c str, usize> {
+        let mut names = FxHashMap::default();
+        for (i, gw) in gateways.iter().enumerate() {
+            if let Some(first) = names.insert(gw.name.as_str(), i) {
+                let scope = format!("gateway {:?}", gw.name);
+                self.error(
+                    gw,
+                    &scope,
+                    format!(
+                        "duplicate gateway name (also defined in {})",
+                        gateways[first].source.display()
+                    ),
+                );
+                names.insert(gw.name.as_str(), first);
+            }
+        }
+        names
+    }
+
+    fn listener_mask(&mut self, gw: &GatewayConfig, listeners: &[Listener], scope: &str) -> u64 {
+        let Some(named) = &gw.listeners else {
+            return if listeners.len() >= 64 {
+                u64::MAX
+            } else {
+                (1u64 << listeners.len()) - 1
+            };
+        };
+        let mut mask = 0;
+        for name in named {
+            match listeners.iter().position(|l| &*l.name == name) {
+                Some(i) => mask |= 1 << i,
+                None => self.error(gw, scope, format!("unknown listener {name:?}")),
+            }
+        }
+        mask
+    }
+
+    fn routes(
+        &mut self,
+        gw: &GatewayConfig,
+        scope: &str,
+        names: &FxHashMap<&str, usize>,
+        template: &HttpPeer,
+        externals: &mut Vec<Arc<External>>,
+    ) -> Vec<Route> {
+        let given: Vec<Option<u32>> = gw
+            .routes
+            .values()
+            .map(|r| r.weight.map(|w| w.basis_points()))
+            .collect();
+        let weights = match effective_weights(&given) {
+            Ok(w) => w,
+            Err(sum) => {
+                self.error(
+                    gw,
+                    scope,
+                    format!(
+                        "route weights must sum to 100% (or 0%), found {}",
+                        crate::config::Percent(sum)
+                    ),
+                );
+                vec![0; given.len()]
+            }
+        };
+        let mut routes = Vec::with_capacity(gw.routes.len());
+        for ((key, route), weight) in gw.routes.iter().zip(weights) {
+            let scope = format!("{scope}, route {key:?}");
+            self.refuse_unsupported_route(gw, route, &scope);
+            if let Some(target) = self.target(gw, key, route, &scope, names, template) {
+                if let Target::External(e) = &target {
+                    externals.push(e.clone());
+                }
+                routes.push(Route {
+                    key: key.as_str().into(),
+                    weight,
+                    target,
+                });
+            }
+        }
+        routes
+    }
+
+    fn refuse_unsupported_route(&mut self, gw: &GatewayConfig, r: &RouteConfig, scope: &str) {
+        if r.condition.is_some() {
+            self.error(gw, scope, not_supported("condition"));
+        }
+        if r.condition_strength.is_some() {
+            self.error(gw, scope, not_supported("condition_strength"));
+        }
+        if !r.rewrites.is_empty() {
+            self.error(gw, scope, not_supported("rewrites"));
+        }
+        if r.health_check.is_some() {
+            self.error(gw, scope, not_supported("health_check"));
+        }
+        if r.balance
+            .as_ref()
+            .is_some_and(|b| *b != Balance::RoundRobin)
+        {
+            self.error(gw, scope, not_supported("balance other than round_robin"));
+        }
+    }
+
+    /// What a route key and body point at (SPEC §1 route key forms).
+    fn target(
+        &mut self,
+        gw: &GatewayConfig,
+        key: &str,
+        route: &RouteConfig,
+        scope: &str,
+        names: &FxHashMap<&str, usize>,
+        template: &HttpPeer,
+    ) -> Option<Target> {
+        let has_body = !route.instances.is_empty() || route.respond.is_some();
+        if !route.instances.is_empty() && route.respond.is_some() {
+            self.error(
+                gw,
+                scope,
+                "a route has either instances or respond, not both",
+            );
+            return None;
+        }
+        if let Some(inner) = key.strip_prefix('[').and_then(|k| k.strip_suffix(']')) {
+            if has_body {
+                self.error(
+                    gw,
+                    scope,
+                    "an external [host:port] route takes no instances or respond",
+                );
+                return None;
+            }
+            return self.external(gw, inner, scope, template);
+        }
+        if let Some(respond) = &route.respond {
+            return self.respond(gw, respond, scope).map(Target::Respond);
+        }
+        if !route.instances.is_empty() {
+            return self.pool(gw, route, scope, template).map(Target::Pool);
+        }
+        match names.get(key) {
+            Some(&g) => Some(Target::Chain(g)),
+            None => {
+                self.error(
+                    gw,
+                    scope,
+                    format!("route has no instances, no respond, and no gateway is named {key:?}"),
+                );
+                None
+            }
+        }
+    }
+
+    fn external(
+        &mut self,
+        gw: &GatewayConfig,
+        inner: &str,
+        scope: &str,
+        template: &HttpPeer,
+    ) -> Option<Target> {
+        let (host, port) = match split_host_port(inner) {
+            Ok(hp) => hp,
+            Err(e) => {
+                self.error(gw, scope, e);
+                return None;
+            }
+        };
+        let addrs = match resolve(&host, port) {
+            Ok(a) => a,
+            Err(e) => {
+                self.error(gw, scope, e);
+                return None;
+            }
+        };
+        let external = External {
+            name: inner.into(),
+            host,
+            port,
+            peers: ArcSwap::from_pointee(Vec::new()),
+            cursor: AtomicUsize::new(0),
+            template: template.clone(),
+        };
+        external.set_addresses(addrs);
+        Some(Target::External(Arc::new(external)))
+    }
+
+    fn pool(
+        &mut self,
+        gw: &GatewayConfig,
+        route: &RouteConfig,
+        scope: &str,
+        template: &HttpPeer,
+    ) -> Option<Pool> {
+        let mut instances = Vec::with_capacity(route.instances.len());
+        let mut weights = Vec::with_capacity(route.instances.len());
+        for (index, inst) in route.instances.iter().enumerate() {
+            let spec: &InstanceSpec = &inst.0;
+            let label = spec
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("{}:{}", spec.host, spec.port));
+            if spec.h2 {
+                self.error(gw, scope, not_supported("instance h2"));
+            }
+            if spec.weight > MAX_INSTANCE_WEIGHT {
+                self.error(
+                    gw,
+                    scope,
+                    format!(
+                        "instance {label:?}: weight {} is over {MAX_INSTANCE_WEIGHT}",
+                        spec.weight
+                    ),
+                );
+            }
+            let addr = match resolve(&spec.host, spec.port) {
+                Ok(addrs) => addrs[0],
+                Err(e) => {
+                    self.error(gw, scope, format!("instance {label:?}: {e}"));
+                    continue;
+                }
+            };
+            let mut peer = template.clone();
+            peer._address = pingora::protocols::l4::socket::SocketAddr::Inet(addr);
+            instances.push(Upstream {
+                name: format!("{}:{}", spec.host, spec.port).into(),
+                index,
+                peer,
+            });
+            weights.push(spec.weight);
+        }
+        if instances.len() != route.instances.len() {
+            return None;
+        }
+        if weights.iter().all(|w| *w == 0) {
+            self.error(gw, scope, "every instance has weight 0");
+        }
+        Some(Pool {
+            schedule: Schedule::new(&weights),
+            instances,
+        })
+    }
+
+    fn respond(
+        &mut self,
+        gw: &GatewayConfig,
+        r: &crate::config::RespondConfig,
+        scope: &str,
+    ) -> Option<Respond> {
+        if !(200..=599).contains(&r.status) {
+            self.error(
+                gw,
+                scope,
+                format!("respond: status {} is not in 200..599", r.status),
+            );
+            return None;
+        }
+        let mut header = match ResponseHeader::build(r.status, Some(r.headers.len() + 2)) {
+            Ok(h) => h,
+            Err(e) => {
+                self.error(gw, scope, format!("respond: {e}"));
+                return None;
+            }
+        };
+        let mut ok = true;
+        for (name, value) in &r.headers {
+            let valid = http::HeaderName::from_bytes(name.as_bytes()).is_ok()
+                && http::HeaderValue::from_str(value).is_ok();
+            let framing = name.eq_ignore_ascii_case("content-length")
+                || name.eq_ignore_ascii_case("transfer-encoding");
+            if !valid || framing {
+                self.error(
+                    gw,
+                    scope,
+                    format!("respond: invalid header {name:?}: {value:?}"),
+                );
+                ok = false;
+                continue;
+            }
+            let _ = header.append_header(name.clone(), value.as_str());
+        }
+        let _ = header.insert_header(http::header::CONTENT_LENGTH, r.body.len());
+        if !r
+            .headers
+            .keys()
+            .any(|k| k.eq_ignore_ascii_case("content-type"))
+        {
+            let _ = header.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8");
+        }
+        ok.then(|| Respond {
+            header,
+            body: Bytes::from(r.body.clone()),
+        })
+    }
+
+    /// Refuses chain loops and over-deep chains, naming the cycle.
+    fn check_chains(&mut self, configs: &[GatewayConfig], gateways: &[Gateway]) {
+        if configs.len() != gateways.len() {
+            return;
+        }
+        let edges: Vec<Vec<usize>> = gateways
+            .iter()
+            .map(|g| {
+                g.routes
+                    .iter()
+                    .filter_map(|r| match r.target {
+                        Target::Chain(n) => Some(n),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .collect();
+        // 0 = unvisited, 1 = on the stack, 2 = done.
+        let mut state = vec![0u8; gateways.len()];
+        let mut reported = false;
+        for start in 0..gateways.len() {
+            let mut path = Vec::new();
+            if let Some(cycle) = find_cycle(start, &edges, &mut state, &mut path) {
+                if !reported {
+                    let names: Vec<&str> = cycle.iter().map(|&i| &*gateways[i].name).collect();
+                    let first = &configs[cycle[0]];
+                    self.error(
+                        first,
+                        &format!("gateway {:?}", first.name),
+                        format!("gateway chain loop: {}", names.join(" -> ")),
+                    );
+                    reported = true;
+                }
+            }
+        }
+        if reported {
+            return;
+        }
+        for (i, g) in configs.iter().enumerate() {
+            if chain_depth(i, &edges) > MAX_CHAIN_DEPTH {
+                self.error(
+                    g,
+                    &format!("gateway {:?}", g.name),
+                    format!("gateway chain deeper than {MAX_CHAIN_DEPTH}"),
+                );
+            }
+        }
+    }
+}
+
+fn find_cycle(
+    node: usize,
+    edges: &[Vec<usize>],
+    state: &mut [u8],
+    path: &mut Vec<usize>,
+) -> Option<Vec<usize>> {
+    match state[node] {
+        2 => return None,
+        1 => {
+            let from = path.iter().position(|&n| n == node).unwrap_or(0);
+            let mut cycle = path[from..].to_vec();
+            cycle.push(node);
+            return Some(cycle);
+        }
+        _ => {}
+    }
+    state[node] = 1;
+    path.push(node);
+    for &next in &edges[node] {
+        if let Some(c) = find_cycle(next, edges, state, path) {
+            return Some(c);
+        }
+    }
+    path.pop();
+    state[node] = 2;
+    None
+}
+
+/// Longest chain from `node` in an acyclic graph (1 = no chain).
+fn chain_depth(node: usize, edges: &[Vec<usize>]) -> usize {
+    1 + edges[node]
+        .iter()
+        .map(|&n| chain_depth(n, edges))
+        .max()
+        .unwrap_or(0)
+}
+
+/// Resolves a host (IP literal or DNS name) to its addresses.
+pub(crate) fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host:?}: {e}"))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(format!("{host:?} resolves to no address"));
+    }
+    Ok(addrs)
+}
+
+/// The peer every upstream starts from: timeouts from `defaults`.
+fn peer_template(d: &Defaults) -> HttpPeer {
+    let mut peer = HttpPeer::new("127.0.0.1:1", false, String::new());
+    peer.options.connection_timeout = Some(d.connect_timeout);
+    peer.options.read_timeout = Some(d.upstream_read_timeout);
+    peer.options.write_timeout = Some(d.upstream_read_timeout);
+    peer.options.idle_timeout = Some(d.idle_timeout);
+    peer
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load::load_from_str;
+
+    fn try_build(yaml: &str) -> Result<Snapshot, Diagnostics> {
+        let loaded = load_from_str(Path::new("t.yaml"), yaml)?;
+        build(&loaded)
+    }
+
+    fn errors(yaml: &str) -> String {
+        try_build(yaml)
+            .expect_err("config should be refused")
+            .to_string()
+    }
+
+    const LISTENER: &str = "listeners: { http: { bind: \"127.0.0.1:8080\" } }\n";
+
+    #[test]
+    fn weights_must_sum_and_name_the_sum() {
+        let e = errors(&format!(
+            "{LISTENER}gateways:\n- name: g\n  routes:\n    a: {{ weight: 90%, respond: {{status: 200}} }}\n    b: {{ weight: 20%, respond: {{status: 200}} }}\n"
+        ));
+        assert!(
+            e.contains("t.yaml: gateway \"g\": route weights must sum to 100% (or 0%), found 110%"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn route_without_target_names_gateway_and_route() {
+        let e = errors(&format!(
+            "{LISTENER}gateways:\n- name: g\n  routes:\n    nowhere: {{}}\n"
+        ));
+        assert!(
+            e.contains("gateway \"g\", route \"nowhere\": route has no instances"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn all_errors_reported() {
+        let e = errors(&format!(
+            "{LISTENER}gateways:\n- name: g\n  virtual_hosts: [a.com]\n  routes: {{ x: {{}} }}\n- name: g\n  virtual_hosts: [A.com]\n  routes: {{ y: {{ condition: \"true\", respond: {{status: 200}} }} }}\n"
+        ));
+        assert!(e.contains("duplicate gateway name"), "{e}");
+        assert!(
+            e.contains("virtual host \"A.com\" is already used by gateway \"g\""),
+            "{e}"
+        );
+        assert!(e.contains("not supported yet: condition"), "{e}");
+        assert!(e.contains("route \"x\""), "{e}");
+    }
+
+    #[test]
+    fn chain_loop_detected() {
+        let e = errors(&format!(
+            "{LISTENER}gateways:\n- name: a\n  routes: {{ b: {{}} }}\n- name: b\n  routes: {{ c: {{}} }}\n- name: c\n  routes: {{ a: {{}} }}\n"
+        ));
+        assert!(e.contains("gateway chain loop: a -> b -> c -> a"), "{e}");
+    }
+
+    #[test]
+    fn chain_resolves_in_process() {
+        let s = try_build(&format!(
+            "{LISTENER}gateways:\n- name: front\n  virtual_hosts: [f.test]\n  routes: {{ back: {{}} }}\n- name: back\n  routes: {{ r: {{ respond: {{status: 201}} }} }}\n"
+        ))
+        .unwrap();
+        let sel = s
+            .select(
+                Entry::Shared(0),
+                &super::super::RequestView { host: b"f.test" },
+            )
+            .unwrap();
+        assert_eq!(sel.gateway, 1);
+        assert!(matches!(s.route(sel).target, Target::Respond(_)));
+    }
+
+    #[test]
+    fn unsupported_fields_refused() {
+        for (snippet, field) in [
+            ("sticky: route\n  ", "sticky"),
+            ("port: 9000/tcp\n  ", "port N/tcp"),
+            ("balance: random\n  ", "balance"),
+            ("hsts: { max_age: 1 }\n  ", "hsts"),
+        ] {
+            let e = errors(&format!(
+                "{LISTENER}gateways:\n- name: g\n  {snippet}routes: {{ r: {{ respond: {{status: 200}} }} }}\n"
+            ));
+            assert!(e.contains(&format!("not supported yet: {field}")), "{e}");
+        }
+        let e = errors(&format!(
+            "{LISTENER}admin: {{ bind: \"127.0.0.1:1\" }}\ngateways: []\n"
+        ));
+        assert!(e.contains("not supported yet: admin"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_refused() {
+        let e = errors(&format!(
+            "{LISTENER}defaults: {{ trusted_proxies: [nope] }}\ngateways:\n- name: \"-bad\"\n  virtual_hosts: [\"a b\"]\n  listeners: [ghost]\n  routes: {{ r: {{ respond: {{status: 99}} }}, \"[a:b]\": {{}} }}\n"
+        ));
+        for want in [
+            "invalid CIDR",
+            "invalid gateway name",
+            "invalid virtual host",
+            "unknown listener \"ghost\"",
+            "status 99",
+            "invalid address",
+        ] {
+            assert!(e.contains(want), "missing {want}: {e}");
+        }
+    }
+
+    #[test]
+    fn port_conflicts() {
+        let e = errors(&format!(
+            "{LISTENER}gateways:\n- name: a\n  port: 8080\n  routes: {{ r: {{ respond: {{status: 200}} }} }}\n"
+        ));
+        assert!(
+            e.contains("port 8080 is already used by listener \"http\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn nothing_to_serve() {
+        let e = errors("gateways: []\n");
+        assert!(e.contains("nothing to serve"), "{e}");
+    }
+
+    #[test]
+    fn remainder_weights_and_summary() {
+        let s = try_build(&format!(
+            "{LISTENER}gateways:\n- name: g\n  virtual_hosts: [g.test]\n  routes:\n    a: {{ respond: {{status: 200}} }}\n    b: {{ respond: {{status: 200}} }}\n    c: {{ instances: [\"127.0.0.1:9\", {{host: 127.0.0.1, port: 10, weight: 3}}] }}\n"
+        ))
+        .unwrap();
+        let w: Vec<u32> = s.gateways[0].routes.iter().map(|r| r.weight).collect();
+        assert_eq!(w, vec![3300, 3300, 3400]);
+        assert_eq!(
+            check_summary(&s),
+            "1 file(s), 1 listener(s), 1 gateway(s), 1 virtual host(s), 3 route(s), 2 instance(s)"
+        );
+    }
+}
