@@ -122,6 +122,14 @@ impl ProxyHttp for Weir {
         let Some(entry) = snapshot.entry(port) else {
             return self.refuse(session, Refusal::UnknownHost).await;
         };
+        let req = session.req_header();
+        if req.version == http::Version::HTTP_11 && request_host(req).is_empty() {
+            // RFC 9112 §3.2: an HTTP/1.1 request without Host is a client error.
+            session
+                .respond_error_with_body(400, Bytes::from_static(b"missing Host header\n"))
+                .await?;
+            return Ok(true);
+        }
         let view = RequestView {
             host: request_host(session.req_header()),
         };

@@ -420,7 +420,9 @@ impl Builder<'_> {
             return self.external(gw, inner, scope, template);
         }
         if let Some(respond) = &route.respond {
-            return self.respond(gw, respond, scope).map(Target::Respond);
+            return self
+                .respond(gw, respond, scope)
+                .map(|r| Target::Respond(Box::new(r)));
         }
         if !route.instances.is_empty() {
             return self.pool(gw, route, scope, template).map(Target::Pool);

@@ -84,7 +84,7 @@ pub struct Route {
 pub enum Target {
     Pool(Pool),
     External(Arc<External>),
-    Respond(Respond),
+    Respond(Box<Respond>),
     /// Another gateway, evaluated in-process.
     Chain(usize),
 }

@@ -1,0 +1,395 @@
+//! Test support: the real `weir` binary on loopback ports, real upstream HTTP servers,
+//! and a small real HTTP/1.1 client. Everything binds 127.0.0.1 only.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub const WEIR: &str = env!("CARGO_BIN_EXE_weir");
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A port with nothing listening on it (connections are refused).
+pub fn dead_port() -> u16 {
+    free_port()
+}
+
+/// What an upstream saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub target: String,
+    /// Header names lower-cased, in order.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A real HTTP/1.1 upstream on 127.0.0.1 that answers `200` with its name as the body
+/// and records every request. Keep-alive, one thread per connection.
+pub struct Upstream {
+    pub name: String,
+    pub port: u16,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Upstream {
+    pub fn start(name: &str) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, st, n) = (seen.clone(), stop.clone(), name.to_string());
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let (s, n) = (s.clone(), n.clone());
+                thread::spawn(move || serve_upstream(conn, &n, &s));
+            }
+        });
+        Upstream {
+            name: name.to_string(),
+            port,
+            seen,
+            stop,
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen()
+            .last()
+            .cloned()
+            .expect("upstream saw no request")
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+fn serve_upstream(conn: TcpStream, name: &str, seen: &Mutex<Vec<Seen>>) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut writer = conn.try_clone().unwrap();
+    let mut reader = BufReader::new(conn);
+    loop {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let mut parts = line.split_whitespace();
+        let method = parts.next().unwrap_or("").to_string();
+        let target = parts.next().unwrap_or("").to_string();
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+            }
+        }
+        let len: usize = headers
+            .iter()
+            .find(|(k, _)| k == "content-length")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0; len];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        seen.lock().unwrap().push(Seen {
+            method,
+            target,
+            headers,
+        });
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nx-upstream: {name}\r\n\r\n{name}",
+            name.len()
+        );
+        if writer.write_all(response.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// A running `weir` process with its own temp config directory.
+pub struct Weir {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    log: PathBuf,
+}
+
+impl Weir {
+    /// Writes `yaml` as the main config, starts weir on it and waits until every port in
+    /// `ports` accepts connections.
+    pub fn start(yaml: &str, ports: &[u16]) -> Weir {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("weir.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        Weir::start_in(dir, config, ports)
+    }
+
+    pub fn start_in(dir: tempfile::TempDir, config: PathBuf, ports: &[u16]) -> Weir {
+        let log = dir.path().join("weir.log");
+        let child = Command::new(WEIR)
+            .arg("run")
+            .arg("-c")
+            .arg(&config)
+            .env("WEIR_THREADS", "2")
+            .env("RUST_LOG", "warn,weir=info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start weir");
+        let mut weir = Weir {
+            child,
+            dir,
+            config,
+            log,
+        };
+        weir.wait_ready(ports);
+        weir
+    }
+
+    fn wait_ready(&mut self, ports: &[u16]) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for port in ports {
+            loop {
+                if let Ok(Some(status)) = self.child.try_wait() {
+                    panic!("weir exited ({status}): {}", self.log());
+                }
+                if TcpStream::connect(("127.0.0.1", *port)).is_ok() {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "weir did not listen on {port}: {}",
+                    self.log()
+                );
+                thread::sleep(Duration::from_millis(25));
+            }
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Weir {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `weir` with `args` to completion.
+pub fn weir_cmd(args: &[&str]) -> Output {
+    Command::new(WEIR).args(args).output().expect("run weir")
+}
+
+/// Writes files (relative path → content) into a new temp dir; returns it.
+pub fn config_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, text) in files {
+        let p = dir.path().join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    dir
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A parsed HTTP response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: HashMap<String, String>,
+    pub body: String,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|s| s.as_str())
+    }
+}
+
+/// A keep-alive HTTP/1.1 client connection to 127.0.0.1:port.
+pub struct Client {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Client {
+    pub fn connect(port: u16) -> Client {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to weir");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        Client {
+            writer: stream.try_clone().unwrap(),
+            reader: BufReader::new(stream),
+        }
+    }
+
+    /// Sends a GET and reads the response.
+    pub fn get(&mut self, host: &str, path: &str, headers: &[(&str, &str)]) -> Response {
+        self.request("GET", host, path, headers)
+    }
+
+    pub fn request(
+        &mut self,
+        method: &str,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Response {
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        self.send_raw(req.as_bytes());
+        self.read_response(method == "HEAD")
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).expect("send request");
+    }
+
+    pub fn read_response(&mut self, head: bool) -> Response {
+        let mut line = String::new();
+        self.reader.read_line(&mut line).expect("read status line");
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("bad status line {line:?}"));
+        let mut headers = HashMap::new();
+        loop {
+            let mut h = String::new();
+            self.reader.read_line(&mut h).expect("read header");
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            let (k, v) = h.split_once(':').expect("header line");
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        }
+        let mut body = Vec::new();
+        if !head {
+            if let Some(len) = headers.get("content-length") {
+                body.resize(len.parse().unwrap(), 0);
+                self.reader.read_exact(&mut body).expect("read body");
+            } else if headers
+                .get("transfer-encoding")
+                .is_some_and(|v| v.contains("chunked"))
+            {
+                body = self.read_chunked();
+            } else {
+                self.reader
+                    .read_to_end(&mut body)
+                    .expect("read body to close");
+            }
+        }
+        Response {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+
+    fn read_chunked(&mut self) -> Vec<u8> {
+        let mut body = Vec::new();
+        loop {
+            let mut size = String::new();
+            self.reader.read_line(&mut size).unwrap();
+            let size = usize::from_str_radix(size.trim().split(';').next().unwrap(), 16).unwrap();
+            let mut chunk = vec![0; size + 2];
+            self.reader.read_exact(&mut chunk).unwrap();
+            if size == 0 {
+                return body;
+            }
+            body.extend_from_slice(&chunk[..size]);
+        }
+    }
+
+    pub fn into_reader(self) -> BufReader<TcpStream> {
+        self.reader
+    }
+
+    pub fn close(self) {
+        let _ = self.writer.shutdown(Shutdown::Both);
+    }
+}
+
+/// One GET on a fresh connection.
+pub fn get(port: u16, host: &str, path: &str) -> Response {
+    Client::connect(port).get(host, path, &[])
+}
+
+/// Counts response bodies over `n` GETs on one keep-alive connection.
+pub fn tally(port: u16, host: &str, n: usize) -> HashMap<String, usize> {
+    let mut client = Client::connect(port);
+    let mut counts = HashMap::new();
+    for _ in 0..n {
+        let r = client.get(host, "/", &[]);
+        assert_eq!(r.status, 200, "{r:?}");
+        *counts.entry(r.body).or_insert(0) += 1;
+    }
+    counts
+}

@@ -1,0 +1,347 @@
+//! End-to-end routing through the real `weir` binary: vhosts, dedicated ports, weights,
+//! instance weights, respond routes, external targets, chaining, retries.
+
+mod common;
+
+use common::*;
+
+fn listener(port: u16) -> String {
+    format!("listeners:\n  http: {{ bind: \"127.0.0.1:{port}\" }}\n")
+}
+
+#[test]
+fn vhosts_exact_wildcard_and_404() {
+    let port = free_port();
+    let yaml = format!(
+        "{}gateways:
+  - name: a
+    virtual_hosts: [a.test]
+    routes: {{ r: {{ respond: {{ status: 200, body: A }} }} }}
+  - name: wild
+    virtual_hosts: [\"*.example.org\"]
+    routes: {{ r: {{ respond: {{ status: 200, body: W }} }} }}
+  - name: api
+    virtual_hosts: [api.example.org]
+    routes: {{ r: {{ respond: {{ status: 200, body: API }} }} }}
+",
+        listener(port)
+    );
+    let _weir = Weir::start(&yaml, &[port]);
+    assert_eq!(get(port, "a.test", "/").body, "A");
+    assert_eq!(
+        get(port, "A.TEST:8080", "/").body,
+        "A",
+        "case and port ignored"
+    );
+    assert_eq!(get(port, "www.example.org", "/").body, "W");
+    assert_eq!(
+        get(port, "x.y.example.org", "/").body,
+        "W",
+        "wildcard spans labels"
+    );
+    assert_eq!(
+        get(port, "api.example.org", "/").body,
+        "API",
+        "exact beats wildcard"
+    );
+    let r = get(port, "nobody.test", "/");
+    assert_eq!(r.status, 404);
+    assert!(r.body.contains("no gateway"), "{r:?}");
+    assert_eq!(get(port, "example.org", "/").status, 404);
+}
+
+#[test]
+fn gateway_not_on_this_listener_is_421() {
+    let (p1, p2) = (free_port(), free_port());
+    let yaml = format!(
+        "listeners:
+  one: {{ bind: \"127.0.0.1:{p1}\" }}
+  two: {{ bind: \"127.0.0.1:{p2}\" }}
+gateways:
+  - name: only-two
+    virtual_hosts: [two.test]
+    listeners: [two]
+    routes: {{ r: {{ respond: {{ status: 200, body: two }} }} }}
+"
+    );
+    let _weir = Weir::start(&yaml, &[p1, p2]);
+    assert_eq!(get(p2, "two.test", "/").body, "two");
+    assert_eq!(get(p1, "two.test", "/").status, 421);
+}
+
+#[test]
+fn dedicated_port_takes_any_host() {
+    let (shared, dedicated) = (free_port(), free_port());
+    let up = Upstream::start("svc");
+    let yaml = format!(
+        "{}gateways:
+  - name: svc
+    port: {dedicated}/http
+    routes: {{ v1: {{ instances: [\"{}\"] }} }}
+",
+        listener(shared),
+        up.addr()
+    );
+    let _weir = Weir::start(&yaml, &[shared, dedicated]);
+    let r = get(dedicated, "whatever.test", "/hello?x=1");
+    assert_eq!((r.status, r.body.as_str()), (200, "svc"));
+    assert_eq!(up.last().target, "/hello?x=1");
+    assert_eq!(get(shared, "whatever.test", "/").status, 404);
+}
+
+#[test]
+fn weights_90_10_within_one_point() {
+    let port = free_port();
+    let (a, b) = (Upstream::start("a"), Upstream::start("b"));
+    let yaml = format!(
+        "{}gateways:
+  - name: canary
+    virtual_hosts: [c.test]
+    routes:
+      stable: {{ weight: 90%, instances: [\"{}\"] }}
+      next: {{ weight: 10%, instances: [\"{}\"] }}
+",
+        listener(port),
+        a.addr(),
+        b.addr()
+    );
+    let _weir = Weir::start(&yaml, &[port]);
+    let counts = tally(port, "c.test", 2000);
+    let share_b = b.count() as f64 / 2000.0 * 100.0;
+    assert_eq!(a.count() + b.count(), 2000, "{counts:?}");
+    assert!((share_b - 10.0).abs() <= 1.0, "route b got {share_b}%");
+    assert_eq!(counts["b"], b.count(), "client and upstream agree");
+}
+
+#[test]
+fn route_split_ignores_instance_counts() {
+    let port = free_port();
+    let one = Upstream::start("one");
+    let four: Vec<Upstream> = (0..4)
+        .map(|i| Upstream::start(&format!("four-{i}")))
+        .collect();
+    let four_list: Vec<String> = four.iter().map(|u| format!("\"{}\"", u.addr())).collect();
+    let yaml = format!(
+        "{}gateways:
+  - name: g
+    virtual_hosts: [g.test]
+    routes:
+      small: {{ weight: 50%, instances: [\"{}\"] }}
+      big: {{ weight: 50%, instances: [{}] }}
+",
+        listener(port),
+        one.addr(),
+        four_list.join(", ")
+    );
+    let _weir = Weir::start(&yaml, &[port]);
+    tally(port, "g.test", 2000);
+    let share = one.count() as f64 / 2000.0 * 100.0;
+    assert!(
+        (share - 50.0).abs() <= 1.0,
+        "single-instance route got {share}%"
+    );
+    for u in &four {
+        // Round-robin inside the big route: each of its 4 instances gets a quarter.
+        assert!(
+            (240..=260).contains(&u.count()),
+            "{} got {}",
+            u.name,
+            u.count()
+        );
+    }
+}
+
+#[test]
+fn instance_weights_honoured() {
+    let port = free_port();
+    let (light, heavy) = (Upstream::start("light"), Upstream::start("heavy"));
+    let yaml = format!(
+        "{}gateways:
+  - name: g
+    virtual_hosts: [g.test]
+    routes:
+      r:
+        instances:
+          - {{ name: light, host: 127.0.0.1, port: {}, weight: 1 }}
+          - {{ name: heavy, host: 127.0.0.1, port: {}, weight: 3 }}
+",
+        listener(port),
+        light.port,
+        heavy.port
+    );
+    let _weir = Weir::start(&yaml, &[port]);
+    tally(port, "g.test", 400);
+    assert_eq!((light.count(), heavy.count()), (100, 300));
+}
+
+#[test]
+fn respond_routes_answer_without_upstream() {
+    let port = free_port();
+    let yaml = format!(
+        "{}gateways:
+  - name: m
+    virtual_hosts: [m.test]
+    routes:
+      maintenance:
+        respond: {{ status: 503, body: \"back soon\", headers: {{ retry-after: \"60\" }} }}
+",
+        listener(port)
+    );
+    let _weir = Weir::start(&yaml, &[port]);
+    let mut c = Client::connect(port);
+    let r = c.get("m.test", "/any", &[]);
+    assert_eq!(r.status, 503);
+    assert_eq!(r.body, "back soon");
+    assert_eq!(r.header("retry-after"), Some("60"));
+    let r = c.request("HEAD", "m.test", "/", &[]);
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("content-length"), Some("9"));
+    // The connection stays usable after a HEAD.
+    assert_eq!(c.get("m.test", "/", &[]).body, "back soon");
+}
+
+#[test]
+fn external_targets_by_ip_and_by_name() {
+    let port = free_port();
+    let (ip, named) = (Upstream::start("by-ip"), Upstream::start("by-name"));
+    let yaml = format!(
+        "{}gateways:
+  - name: ext-ip
+    virtual_hosts: [ip.test]
+    routes: {{ \"[127.0.0.1:{}]\": {{ weight: 100% }} }}
+  - name: ext-name
+    virtual_hosts: [name.test]
+    routes: {{ \"[localhost:{}]\": {{}} }}
+",
+        listener(port),
+        ip.port,
+        named.port
+    );
+    let _weir = Weir::start(&yaml, &[port]);
+    assert_eq!(get(port, "ip.test", "/").body, "by-ip");
+    // localhost may resolve to ::1 first, where nothing listens: the retry finds 127.0.0.1.
+    assert_eq!(get(port, "name.test", "/").body, "by-name");
+}
+
+#[test]
+fn chaining_is_in_process() {
+    let port = free_port();
+    let (front_up, back_up) = (Upstream::start("front"), Upstream::start("back"));
+    let yaml = format!(
+        "{}gateways:
+  - name: edge
+    virtual_hosts: [edge.test]
+    routes:
+      own: {{ weight: 50%, instances: [\"{}\"] }}
+      backend: {{ weight: 50% }}
+  - name: backend
+    routes:
+      v1: {{ instances: [\"{}\"] }}
+",
+        listener(port),
+        front_up.addr(),
+        back_up.addr()
+    );
+    let _weir = Weir::start(&yaml, &[port]);
+    let counts = tally(port, "edge.test", 100);
+    assert_eq!(counts.get("front"), Some(&50), "{counts:?}");
+    assert_eq!(counts.get("back"), Some(&50), "{counts:?}");
+    // One hop: the chained request reaches the upstream with the client's own address.
+    assert_eq!(back_up.last().header("x-forwarded-for"), Some("127.0.0.1"));
+}
+
+#[test]
+fn connect_failure_retries_other_instance() {
+    let port = free_port();
+    let live = Upstream::start("live");
+    let yaml = format!(
+        "{}gateways:
+  - name: g
+    virtual_hosts: [g.test]
+    routes:
+      r: {{ instances: [\"127.0.0.1:{}\", \"{}\"] }}
+",
+        listener(port),
+        dead_port(),
+        live.addr()
+    );
+    let _weir = Weir::start(&yaml, &[port]);
+    let counts = tally(port, "g.test", 20);
+    assert_eq!(counts.get("live"), Some(&20), "{counts:?}");
+}
+
+#[test]
+fn no_retry_budget_gives_502() {
+    let port = free_port();
+    let live = Upstream::start("live");
+    let yaml = format!(
+        "{}defaults: {{ retries: 0 }}
+gateways:
+  - name: g
+    virtual_hosts: [g.test]
+    routes:
+      r: {{ instances: [\"127.0.0.1:{}\", \"{}\"] }}
+",
+        listener(port),
+        dead_port(),
+        live.addr()
+    );
+    let _weir = Weir::start(&yaml, &[port]);
+    let statuses: Vec<u16> = (0..4).map(|_| get(port, "g.test", "/").status).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 502).count(),
+        2,
+        "{statuses:?}"
+    );
+    assert_eq!(live.count(), 2);
+}
+
+#[test]
+fn zero_weights_give_503() {
+    let port = free_port();
+    let yaml = format!(
+        "{}gateways:
+  - name: g
+    virtual_hosts: [g.test]
+    routes:
+      a: {{ weight: 0%, respond: {{ status: 200 }} }}
+",
+        listener(port)
+    );
+    let _weir = Weir::start(&yaml, &[port]);
+    assert_eq!(get(port, "g.test", "/").status, 503);
+}
+
+#[test]
+fn malformed_requests_get_4xx_and_weir_keeps_serving() {
+    let port = free_port();
+    let yaml = format!(
+        "{}gateways:
+  - name: g
+    virtual_hosts: [g.test]
+    routes: {{ r: {{ respond: {{ status: 200, body: ok }} }} }}
+",
+        listener(port)
+    );
+    let mut weir = Weir::start(&yaml, &[port]);
+    for garbage in [
+        &b"GARBAGE\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: g.test\r\nContent-Length: x\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHo st: g.test\r\n\r\n",
+        b"GET / HTTP/9.9\r\nHost: g.test\r\n\r\n",
+        b"GET / HTTP/1.1\r\n\r\n",
+    ] {
+        let mut c = Client::connect(port);
+        c.send_raw(garbage);
+        let mut raw = String::new();
+        let _ = std::io::Read::read_to_string(&mut c.into_reader(), &mut raw);
+        let code: u16 = raw
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        assert!((400..500).contains(&code), "{garbage:?} got {raw:?}");
+        assert!(weir.is_running());
+    }
+    assert_eq!(get(port, "g.test", "/").body, "ok");
+}
