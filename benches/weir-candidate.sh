@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# CANDIDATE_CMD wrapper for ../shared/bench/run.sh: runs the release `weir` binary as the
+# candidate proxy, configured from what run.sh exports (LISTEN_HOST, CANDIDATE_HTTP_PORT,
+# UPSTREAMS, PROXY_THREADS, BENCH_WORKDIR). Build first: `cargo build --release`.
+#
+#   cd ../shared/bench && SCENARIOS=h1_plain CANDIDATE_NAME=weir \
+#     CANDIDATE_CMD="$OLDPWD/benches/weir-candidate.sh" CANDIDATE_HTTP_PORT=19280 ./run.sh
+#
+# The config routes by virtual host (the Host wrk sends is 127.0.0.1:PORT) to one route
+# whose instances are the upstreams: the same work an operator's vhost setup does.
+# TLS listeners are not in weir yet, so leave CANDIDATE_TLS_PORT unset.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+weir=${WEIR_BIN:-$here/target/release/weir}
+[ -x "$weir" ] || { echo "no $weir: run cargo build --release" >&2; exit 1; }
+
+cfg=$BENCH_WORKDIR/weir.yaml
+IFS=, read -r -a servers <<<"${UPSTREAMS:?}"
+instances=$(printf '"%s", ' "${servers[@]}")
+cat >"$cfg" <<CFG
+listeners:
+  http: { bind: "$LISTEN_HOST:${CANDIDATE_HTTP_PORT:?}" }
+gateways:
+  - name: bench
+    virtual_hosts: [127.0.0.1, localhost, bench.test]
+    routes:
+      upstreams: { instances: [${instances%, }] }
+CFG
+
+export WEIR_THREADS=${PROXY_THREADS:-2}
+export RUST_LOG=${RUST_LOG:-warn}
+exec "$weir" run -c "$cfg"
