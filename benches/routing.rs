@@ -21,7 +21,9 @@ fn config() -> String {
         } else {
             format!("\"*.gw{g}.example.org\"")
         };
-        y.push_str(&format!("  - name: gw{g}\n    virtual_hosts: [{vhost}]\n    routes:\n"));
+        y.push_str(&format!(
+            "  - name: gw{g}\n    virtual_hosts: [{vhost}]\n    routes:\n"
+        ));
         for r in 0..ROUTES {
             let port = 10000 + r * 3;
             y.push_str(&format!(
@@ -44,7 +46,9 @@ fn decide(s: &Snapshot, host: &[u8]) -> Option<u16> {
     let entry = s.entry(8080)?;
     let selected = s.select(entry, &RequestView { host }).ok()?;
     match &s.route(selected).target {
-        Target::Pool(pool) => pool.pick(0).map(|u| u.peer._address.as_inet().map_or(0, |a| a.port())),
+        Target::Pool(pool) => pool
+            .pick(0)
+            .map(|u| u.peer._address.as_inet().map_or(0, |a| a.port())),
         _ => None,
     }
 }

@@ -183,6 +183,11 @@ impl ProxyHttp for Weir {
         e
     }
 
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, error: &Error) -> bool {
+        // A client that hangs up mid-request is routine at an edge, not an error to log.
+        error.esource() == &ErrorSource::Downstream && error.etype() == &ConnectionClosed
+    }
+
     async fn upstream_request_filter(
         &self,
         session: &mut Session,

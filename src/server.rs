@@ -61,6 +61,10 @@ fn check_bindable(addrs: &[(SocketAddr, String)]) -> Result<(), String> {
     Ok(())
 }
 
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
+}
+
 fn worker_threads() -> usize {
     std::env::var("WEIR_THREADS")
         .ok()
@@ -82,8 +86,8 @@ pub fn run(config_path: &Path, options: RunOptions) -> Result<(), String> {
         threads: worker_threads(),
         grace_period_seconds: Some(GRACE_PERIOD_SECONDS),
         graceful_shutdown_timeout_seconds: Some(SHUTDOWN_TIMEOUT_SECONDS),
-        pid_file: "/tmp/weir.pid".into(),
-        upgrade_sock: "/tmp/weir_upgrade.sock".into(),
+        pid_file: env_or("WEIR_PID_FILE", "/tmp/weir.pid"),
+        upgrade_sock: env_or("WEIR_UPGRADE_SOCK", "/tmp/weir_upgrade.sock"),
         daemon: options.daemon,
         ..ServerConf::default()
     };

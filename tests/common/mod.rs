@@ -177,11 +177,27 @@ impl Weir {
     }
 
     pub fn start_in(dir: tempfile::TempDir, config: PathBuf, ports: &[u16]) -> Weir {
-        let log = dir.path().join("weir.log");
-        let child = Command::new(WEIR)
-            .arg("run")
-            .arg("-c")
-            .arg(&config)
+        Weir::spawn(dir, config, &[], ports)
+    }
+
+    /// Starts weir with extra arguments and environment (`("NAME", "value")`).
+    pub fn spawn(
+        dir: tempfile::TempDir,
+        config: PathBuf,
+        extra: &[(&str, &str)],
+        ports: &[u16],
+    ) -> Weir {
+        let log = dir.path().join(format!("weir-{}.log", fastrand_suffix()));
+        let mut cmd = Command::new(WEIR);
+        cmd.arg("run").arg("-c").arg(&config);
+        for (k, v) in extra {
+            if k.starts_with('-') {
+                cmd.arg(k);
+            } else {
+                cmd.env(k, v);
+            }
+        }
+        let child = cmd
             .env("WEIR_THREADS", "2")
             .env("RUST_LOG", "warn,weir=info")
             .stdout(Stdio::null())
@@ -222,6 +238,22 @@ impl Weir {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits up to `limit` for the process to exit by itself.
+    pub fn wait_exit(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if !self.is_running() {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
@@ -232,6 +264,24 @@ impl Drop for Weir {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn fastrand_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Instant::now().elapsed().as_nanos());
+    h.finish()
+}
+
+/// Sends a signal (`"HUP"`, `"QUIT"`, `"TERM"`) to a process.
+pub fn signal(pid: u32, name: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill")
+        .success();
+    assert!(ok, "kill -{name} {pid} failed");
 }
 
 /// Runs `weir` with `args` to completion.
