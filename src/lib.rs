@@ -6,11 +6,14 @@
 //! forwarding headers) → assembled into a Pingora server (`server`), driven by the
 //! command line (`cli`).
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod diag;
 pub mod forward;
+pub mod health;
 pub mod proxy;
+pub mod reload;
 pub mod resolve;
 pub mod schedule;
 pub mod server;

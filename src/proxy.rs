@@ -1,9 +1,10 @@
 //! The `ProxyHttp` implementation: Pingora's request phases mapped onto one snapshot.
 //!
 //! `request_filter` loads the current snapshot once, routes the request (or answers it:
-//! 404, 421, 503, `respond:` routes), and keeps the decision in the context;
-//! `upstream_peer` picks the instance; `fail_to_connect` retries another instance;
-//! `upstream_request_filter` sets the forwarding headers.
+//! 400, 404, 421, 503, `respond:` routes), and keeps the decision in the context;
+//! `upstream_peer` picks the instance; `fail_to_connect` marks the instance down
+//! (passive health) and retries another instance, or another route when the chosen one
+//! has none left; `upstream_request_filter` sets the forwarding headers.
 
 use std::sync::Arc;
 
@@ -12,10 +13,13 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
+use pingora::protocols::Digest;
+use pingora::proxy::FailToProxy;
 use pingora::upstreams::peer::HttpPeer;
 
 use crate::forward::{self, Forwarding};
-use crate::snapshot::{Refusal, RequestView, Selected, Snapshot, Target, Upstream};
+use crate::health::InstanceHealth;
+use crate::snapshot::{Entry, Refusal, RequestView, Selected, Snapshot, Target, Upstream};
 
 /// The proxy service; one per process, shared by every listener.
 pub struct Weir {
@@ -26,12 +30,16 @@ pub struct Weir {
 #[derive(Default)]
 pub struct Ctx {
     snapshot: Option<Arc<Snapshot>>,
+    entry: Option<Entry>,
     selected: Option<Selected>,
-    /// Bit i: instance (or resolved address) i was tried and failed to connect.
+    /// Bit i: instance (or resolved address) i of the selected route failed to connect.
     tried: u64,
+    /// Index of the instance last handed to Pingora.
     last: Option<usize>,
     retries_left: u32,
     local_port: u16,
+    /// A failed connect moved the request onto a `respond:` route.
+    respond_instead: bool,
     pub instance: Option<Arc<str>>,
 }
 
@@ -41,6 +49,22 @@ impl Ctx {
         let sel = self.selected?;
         let g = &s.gateways[sel.gateway];
         Some((&g.name, &g.routes[sel.route].key))
+    }
+
+    fn target(&self) -> Option<&Target> {
+        Some(&self.snapshot.as_ref()?.route(self.selected?).target)
+    }
+
+    /// The health of the instance last handed to Pingora, with whether its route has
+    /// an active check.
+    fn last_health(&self) -> Option<(&InstanceHealth, bool)> {
+        match self.target()? {
+            Target::Pool(p) => {
+                let u = p.instances.get(self.last?)?;
+                Some((&u.health, p.check.is_some()))
+            }
+            _ => None,
+        }
     }
 }
 
@@ -81,24 +105,47 @@ impl Weir {
         Ok(true)
     }
 
-    fn pick(&self, ctx: &Ctx) -> Option<Upstream> {
-        let snapshot = ctx.snapshot.as_ref()?;
-        match &snapshot.route(ctx.selected?).target {
+    /// Writes a `respond:` route's answer.
+    async fn respond(&self, session: &mut Session, ctx: &Ctx) -> Result<u16> {
+        let Some(Target::Respond(respond)) = ctx.target() else {
+            return Ok(0);
+        };
+        let head_only = session.req_header().method == http::Method::HEAD;
+        session
+            .write_response_header(Box::new(respond.header.clone()), head_only)
+            .await?;
+        if !head_only {
+            session
+                .write_response_body(Some(respond.body.clone()), true)
+                .await?;
+        }
+        Ok(respond.header.status.as_u16())
+    }
+
+    fn pick(ctx: &Ctx) -> Option<Upstream> {
+        match ctx.target()? {
             Target::Pool(pool) => pool.pick(ctx.tried).cloned(),
             Target::External(ext) => ext.pick(ctx.tried),
             Target::Respond(_) | Target::Chain(_) => None,
         }
     }
 
-    /// How many upstream candidates the selected route has.
-    fn candidates(&self, ctx: &Ctx) -> usize {
-        let (Some(snapshot), Some(sel)) = (&ctx.snapshot, ctx.selected) else {
-            return 0;
+    /// After a failed connect left the chosen route with no instance to try, routes the
+    /// request again: the dead route is out of the schedule by now (SPEC §2.4).
+    fn reroute(session: &Session, ctx: &mut Ctx) -> bool {
+        let (Some(snapshot), Some(entry)) = (&ctx.snapshot, ctx.entry) else {
+            return false;
         };
-        match &snapshot.route(sel).target {
-            Target::Pool(pool) => pool.instances.len(),
-            Target::External(ext) => ext.peers.load().len(),
-            _ => 0,
+        let view = RequestView {
+            host: request_host(session.req_header()),
+        };
+        match snapshot.select(entry, &view) {
+            Ok(s) if Some(s) != ctx.selected => {
+                ctx.selected = Some(s);
+                ctx.tried = 0;
+                true
+            }
+            _ => false,
         }
     }
 }
@@ -137,25 +184,26 @@ impl ProxyHttp for Weir {
             Ok(s) => s,
             Err(r) => return self.refuse(session, r).await,
         };
-        if let Target::Respond(respond) = &snapshot.route(selected).target {
-            let header = Box::new(respond.header.clone());
-            let body = respond.body.clone();
-            ctx.snapshot = Some(snapshot);
-            ctx.selected = Some(selected);
-            let head_only = session.req_header().method == http::Method::HEAD;
-            session.write_response_header(header, head_only).await?;
-            if !head_only {
-                session.write_response_body(Some(body), true).await?;
-            }
+        ctx.snapshot = Some(snapshot);
+        ctx.entry = Some(entry);
+        ctx.selected = Some(selected);
+        if matches!(ctx.target(), Some(Target::Respond(_))) {
+            self.respond(session, ctx).await?;
             return Ok(true);
         }
-        ctx.snapshot = Some(snapshot);
-        ctx.selected = Some(selected);
         Ok(false)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let Some(upstream) = self.pick(ctx) else {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let mut upstream = Self::pick(ctx);
+        if upstream.is_none() && ctx.tried != 0 && Self::reroute(session, ctx) {
+            if matches!(ctx.target(), Some(Target::Respond(_))) {
+                ctx.respond_instead = true;
+                return Error::e_explain(HTTPStatus(503), "rerouted to a respond route");
+            }
+            upstream = Self::pick(ctx);
+        }
+        let Some(upstream) = upstream else {
             return Error::e_explain(HTTPStatus(503), "no upstream instance available");
         };
         ctx.last = Some(upstream.index);
@@ -163,24 +211,91 @@ impl ProxyHttp for Weir {
         Ok(Box::new(upstream.peer))
     }
 
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&Digest>,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some((health, _)) = ctx.last_health() {
+            health.mark_ok_passive();
+        }
+        Ok(())
+    }
+
     fn fail_to_connect(
         &self,
         _session: &mut Session,
-        _peer: &HttpPeer,
+        peer: &HttpPeer,
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        if let Some((health, has_check)) = ctx.last_health() {
+            if health.mark_down_passive(has_check) {
+                log::warn!("instance {peer} is down: connect failed ({})", e.etype().as_str());
+                if let Some(s) = &ctx.snapshot {
+                    s.refresh_health();
+                }
+            }
+        }
         if let Some(i) = ctx.last.filter(|i| *i < 64) {
             ctx.tried |= 1 << i;
         }
-        let untried = self.candidates(ctx) > ctx.tried.count_ones() as usize;
-        if ctx.retries_left > 0 && untried {
+        if ctx.retries_left > 0 {
             ctx.retries_left -= 1;
             e.set_retry(true);
         } else {
             e.set_retry(false);
         }
         e
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        if ctx.respond_instead {
+            if let Ok(code) = self.respond(session, ctx).await {
+                return FailToProxy {
+                    error_code: code,
+                    can_reuse_downstream: true,
+                };
+            }
+        }
+        let code = match e.etype() {
+            HTTPStatus(code) => *code,
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    WriteError | ReadError | ConnectionClosed => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        if code > 0 {
+            let body: &'static [u8] = match code {
+                502 => b"upstream unavailable\n",
+                503 => b"no upstream available\n",
+                504 => b"upstream timed out\n",
+                _ => b"",
+            };
+            let sent = if body.is_empty() {
+                session.respond_error(code).await
+            } else {
+                session
+                    .respond_error_with_body(code, Bytes::from_static(body))
+                    .await
+            };
+            if let Err(e) = sent {
+                log::debug!("could not send the error response: {e}");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, error: &Error) -> bool {

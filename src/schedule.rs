@@ -53,6 +53,15 @@ impl Schedule {
         self.sequence.is_empty()
     }
 
+    /// Where the rotation is (to carry it into a rebuilt snapshot).
+    pub fn position(&self) -> usize {
+        self.cursor.load(Ordering::Relaxed)
+    }
+
+    pub fn set_position(&self, position: usize) {
+        self.cursor.store(position, Ordering::Relaxed);
+    }
+
     pub fn len(&self) -> usize {
         self.sequence.len()
     }

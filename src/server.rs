@@ -1,21 +1,28 @@
 //! Assembling the Pingora server: one proxy service listening on every shared listener
-//! and dedicated gateway port, plus background services, from one initial snapshot.
+//! and dedicated gateway port, the admin listener, and the background services (health
+//! checks, reloads, DNS re-resolution, readiness), around one `ArcSwap` of snapshots.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use async_trait::async_trait;
 use pingora::prelude::Opt;
 use pingora::server::configuration::ServerConf;
-use pingora::server::Server;
-use pingora::services::background::background_service;
+use pingora::server::{Server, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
 
+use crate::admin::Admin;
 use crate::config::load::load;
 use crate::diag::Diagnostics;
+use crate::health::{Checker, HealthRegistry};
 use crate::proxy::Weir;
+use crate::reload::{ReloadService, Reloader};
 use crate::resolve::Resolver;
-use crate::snapshot::{build, Entry, Snapshot};
+use crate::snapshot::{build, Snapshot};
 
 /// Seconds between SIGTERM and shutting the runtimes down (Pingora's default is 300).
 const GRACE_PERIOD_SECONDS: u64 = 3;
@@ -29,27 +36,10 @@ pub struct RunOptions {
     pub upgrade: bool,
 }
 
-/// Reads and compiles the config at `path`.
+/// Reads and compiles the config at `path` (for `weir check`).
 pub fn load_snapshot(path: &Path) -> Result<Snapshot, Diagnostics> {
     let loaded = load(path)?;
-    build(&loaded)
-}
-
-/// Every address weir listens on, with what it is for.
-fn bind_addresses(s: &Snapshot) -> Vec<(SocketAddr, String)> {
-    s.ports
-        .iter()
-        .map(|(port, entry)| match entry {
-            Entry::Shared(l) => (
-                s.listeners[*l].bind,
-                format!("listener {:?}", s.listeners[*l].name),
-            ),
-            Entry::Dedicated(g) => (
-                SocketAddr::from(([0, 0, 0, 0], *port)),
-                format!("gateway {:?} port", s.gateways[*g].name),
-            ),
-        })
-        .collect()
+    build(&loaded, &HealthRegistry::default())
 }
 
 /// Fails early, with a clear message, when an address is taken: Pingora would only
@@ -73,14 +63,74 @@ fn worker_threads() -> usize {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
 }
 
+/// Where to connect to reach a bound address (a wildcard bind is reached on loopback).
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port())),
+        IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::from((Ipv6Addr::LOCALHOST, addr.port())),
+        _ => addr,
+    }
+}
+
+/// Marks weir ready once every listener accepts connections, and tells systemd.
+struct Readiness {
+    reloader: Arc<Reloader>,
+}
+
+#[async_trait]
+impl BackgroundService for Readiness {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let addrs: Vec<SocketAddr> = self.reloader.bound().iter().map(|(a, _)| reachable(*a)).collect();
+        loop {
+            let all = addrs.iter().all(|a| TcpStream::connect_timeout(a, Duration::from_millis(200)).is_ok());
+            if all {
+                self.reloader.status.ready.store(true, Ordering::Relaxed);
+                notify_systemd_ready();
+                log::info!("ready: {} listener address(es) bound", addrs.len());
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+/// `sd_notify(READY=1)` when started by systemd with `Type=notify`.
+fn notify_systemd_ready() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let path = path.to_string_lossy().into_owned();
+    let socket = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(e) => return log::warn!("sd_notify: {e}"),
+    };
+    // Abstract sockets are written with a leading '@'.
+    let sent = if let Some(name) = path.strip_prefix('@') {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+            .and_then(|addr| socket.send_to_addr(b"READY=1", &addr))
+    } else {
+        socket.send_to(b"READY=1", &path)
+    };
+    if let Err(e) = sent {
+        log::warn!("sd_notify READY=1 to {path}: {e}");
+    }
+}
+
 /// Runs weir in the foreground (or as a daemon) until it is told to stop.
 pub fn run(config_path: &Path, options: RunOptions) -> Result<(), String> {
-    let snapshot = load_snapshot(config_path).map_err(|d| d.to_string())?;
-    let addrs = bind_addresses(&snapshot);
+    let reloader = Arc::new(Reloader::start(config_path).map_err(|d| d.to_string())?);
+    let mut addrs = reloader.bound().to_vec();
+    let admin_bind = reloader.current.load().admin;
+    if let Some(a) = admin_bind {
+        addrs.push((a, "admin listener".to_string()));
+    }
     if !options.upgrade {
         check_bindable(&addrs)?;
     }
-    let current = Arc::new(ArcSwap::from_pointee(snapshot));
 
     let conf = ServerConf {
         threads: worker_threads(),
@@ -99,6 +149,7 @@ pub fn run(config_path: &Path, options: RunOptions) -> Result<(), String> {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
+    let current = reloader.current.clone();
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
         Weir {
@@ -106,11 +157,26 @@ pub fn run(config_path: &Path, options: RunOptions) -> Result<(), String> {
         },
         "weir proxy",
     );
-    for (addr, what) in &addrs {
+    for (addr, what) in reloader.bound() {
         log::info!("{what} listening on {addr}");
         proxy.add_tcp(&addr.to_string());
     }
     server.add_service(proxy);
-    server.add_service(background_service("resolver", Resolver { current }));
+    if let Some(addr) = admin_bind {
+        let mut admin = Service::new(
+            "weir admin".to_string(),
+            Admin {
+                status: reloader.status.clone(),
+            },
+        );
+        admin.threads = Some(1);
+        log::info!("admin listener listening on {addr}");
+        admin.add_tcp(&addr.to_string());
+        server.add_service(admin);
+    }
+    server.add_service(background_service("resolver", Resolver { current: current.clone() }));
+    server.add_service(background_service("health", Checker { current }));
+    server.add_service(background_service("reload", ReloadService { reloader: reloader.clone() }));
+    server.add_service(background_service("readiness", Readiness { reloader }));
     server.run_forever();
 }

@@ -159,12 +159,11 @@ fn later_features_are_refused_not_ignored() {
       r:
         condition: \"user-agent == Firefox\"
         rewrites: [ {{ path: \"/x if path_beg /y\" }} ]
-        health_check: {{ protocol: tcp }}
         respond: {{ status: 200 }}
 "
         ),
     )]);
-    for field in ["condition", "rewrites", "health_check"] {
+    for field in ["condition", "rewrites"] {
         assert!(
             err.contains(&format!("route \"r\": not supported yet: {field}")),
             "{err}"

@@ -3,6 +3,7 @@
 //! documents. Syntax and type errors carry `file:line:col`; all files are read even after
 //! an error so that every problem is reported at once.
 
+use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -20,6 +21,10 @@ pub struct Loaded {
     pub files: Vec<PathBuf>,
     /// The directory relative paths in the config are resolved against.
     pub base_dir: PathBuf,
+    /// Directories whose changes can change the config: each file's, each include's.
+    pub watch_dirs: Vec<PathBuf>,
+    /// A hash of every file's path and content, to skip reloads that change nothing.
+    pub fingerprint: u64,
 }
 
 impl Loaded {
@@ -39,6 +44,8 @@ pub fn load(main: &Path) -> Result<Loaded, Diagnostics> {
 /// Parses the main config from `text` (as if read from `main`) and reads its includes.
 pub fn load_from_str(main: &Path, text: &str) -> Result<Loaded, Diagnostics> {
     let mut errors = Diagnostics::default();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (main, text).hash(&mut hasher);
     let mut config: Config = match serde_yaml::from_str(text) {
         Ok(c) => c,
         Err(e) => return Err(Diagnostic::from_yaml(main, &e).into()),
@@ -52,10 +59,13 @@ pub fn load_from_str(main: &Path, text: &str) -> Result<Loaded, Diagnostics> {
         .unwrap_or(Path::new("."))
         .to_path_buf();
     let mut files = vec![main.to_path_buf()];
+    let mut watch_dirs = vec![base_dir.clone()];
     for pattern in config.include.clone() {
+        watch_dirs.push(glob_base(&base_dir.join(&pattern)));
         for file in expand_include(main, &base_dir, &pattern, &mut errors) {
             match std::fs::read_to_string(&file) {
                 Ok(text) => {
+                    (&file, &text).hash(&mut hasher);
                     config
                         .gateways
                         .extend(parse_gateway_file(&file, &text, &mut errors));
@@ -66,15 +76,37 @@ pub fn load_from_str(main: &Path, text: &str) -> Result<Loaded, Diagnostics> {
         }
     }
     if errors.is_empty() {
+        for f in &files {
+            if let Some(parent) = f.parent().filter(|p| !p.as_os_str().is_empty()) {
+                watch_dirs.push(parent.to_path_buf());
+            }
+        }
+        watch_dirs.sort();
+        watch_dirs.dedup();
         Ok(Loaded {
             config,
             main: main.to_path_buf(),
             files,
             base_dir,
+            watch_dirs,
+            fingerprint: hasher.finish(),
         })
     } else {
         Err(errors)
     }
+}
+
+/// The directory part of a glob, before its first pattern character.
+fn glob_base(pattern: &Path) -> PathBuf {
+    let mut base = PathBuf::new();
+    for part in pattern.components() {
+        let text = part.as_os_str().to_string_lossy();
+        if text.contains(['*', '?', '[', '{']) {
+            break;
+        }
+        base.push(part);
+    }
+    base
 }
 
 /// The files one `include:` glob matches, sorted so that load order is stable.

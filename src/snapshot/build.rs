@@ -21,6 +21,7 @@ use crate::config::load::Loaded;
 use crate::config::units::{split_host_port, InstanceSpec};
 use crate::config::{Balance, Config, GatewayConfig, PortKind, RouteConfig, Sticky};
 use crate::diag::{Diagnostic, Diagnostics};
+use crate::health::{ActiveCheck, HealthRegistry};
 use crate::schedule::{effective_weights, Schedule};
 use crate::vhost::{normalize_pattern, VhostTable};
 
@@ -29,11 +30,13 @@ const MAX_LISTENERS: usize = 64;
 /// Instance weights above this are refused (they would only make schedules long).
 const MAX_INSTANCE_WEIGHT: u32 = 1000;
 
-/// Validates `loaded` whole and compiles it into a snapshot.
-pub fn build(loaded: &Loaded) -> Result<Snapshot, Diagnostics> {
+/// Validates `loaded` whole and compiles it into a snapshot. Instance health comes
+/// from `health`, so that instances that were there before keep what is known of them.
+pub fn build(loaded: &Loaded, health: &HealthRegistry) -> Result<Snapshot, Diagnostics> {
     let mut b = Builder {
         main: &loaded.main,
         errors: Diagnostics::default(),
+        health,
     };
     let config = &loaded.config;
     b.refuse_unsupported_globals(config);
@@ -88,15 +91,13 @@ pub fn build(loaded: &Loaded) -> Result<Snapshot, Diagnostics> {
             }
         }
         let routes = b.routes(gw, &scope, &names, &template, &mut externals);
-        let weights: Vec<u32> = routes.iter().map(|r| r.weight).collect();
-        gateways.push(Gateway {
-            name: gw.name.as_str().into(),
-            source: gw.source.clone(),
-            schedule: Schedule::new(&weights),
+        gateways.push(Gateway::new(
+            gw.name.as_str().into(),
+            gw.source.clone(),
             routes,
             listener_mask,
             port,
-        });
+        ));
     }
     b.check_chains(&config.gateways, &gateways);
     if listeners.is_empty() && !ports.iter().any(|(_, e)| matches!(e, Entry::Dedicated(_))) {
@@ -116,6 +117,8 @@ pub fn build(loaded: &Loaded) -> Result<Snapshot, Diagnostics> {
         defaults,
         externals,
         files: loaded.files.clone(),
+        watch_dirs: loaded.watch_dirs.clone(),
+        admin: config.admin.as_ref().and_then(|a| a.bind.parse().ok()),
     })
 }
 
@@ -145,6 +148,7 @@ pub fn check_summary(s: &Snapshot) -> String {
 struct Builder<'a> {
     main: &'a Path,
     errors: Diagnostics,
+    health: &'a HealthRegistry,
 }
 
 fn valid_name(name: &str) -> bool {
@@ -169,8 +173,16 @@ impl Builder<'_> {
     }
 
     fn refuse_unsupported_globals(&mut self, config: &Config) {
-        if config.admin.is_some() {
-            self.main_error("admin", not_supported("admin"));
+        if let Some(admin) = &config.admin {
+            if admin.token_file.is_some() {
+                self.main_error("admin", not_supported("admin token_file (admin writes)"));
+            }
+            if admin.bind.parse::<SocketAddr>().is_err() {
+                self.main_error("admin", format!(
+                    "invalid bind {:?}: expected IP:PORT such as 127.0.0.1:9900",
+                    admin.bind
+                ));
+            }
         }
         if config.access_log.is_some() {
             self.main_error("access_log", not_supported("access_log"));
@@ -378,9 +390,6 @@ impl Builder<'_> {
         if !r.rewrites.is_empty() {
             self.error(gw, scope, not_supported("rewrites"));
         }
-        if r.health_check.is_some() {
-            self.error(gw, scope, not_supported("health_check"));
-        }
         if r.balance
             .as_ref()
             .is_some_and(|b| *b != Balance::RoundRobin)
@@ -400,6 +409,9 @@ impl Builder<'_> {
         template: &HttpPeer,
     ) -> Option<Target> {
         let has_body = !route.instances.is_empty() || route.respond.is_some();
+        if route.health_check.is_some() && route.instances.is_empty() {
+            self.error(gw, scope, "health_check needs instances to check");
+        }
         if !route.instances.is_empty() && route.respond.is_some() {
             self.error(
                 gw,
@@ -425,7 +437,7 @@ impl Builder<'_> {
                 .map(|r| Target::Respond(Box::new(r)));
         }
         if !route.instances.is_empty() {
-            return self.pool(gw, route, scope, template).map(Target::Pool);
+            return self.pool(gw, key, route, scope, template).map(Target::Pool);
         }
         match names.get(key) {
             Some(&g) => Some(Target::Chain(g)),
@@ -476,6 +488,7 @@ impl Builder<'_> {
     fn pool(
         &mut self,
         gw: &GatewayConfig,
+        key: &str,
         route: &RouteConfig,
         scope: &str,
         template: &HttpPeer,
@@ -510,8 +523,10 @@ impl Builder<'_> {
             };
             let mut peer = template.clone();
             peer._address = pingora::protocols::l4::socket::SocketAddr::Inet(addr);
+            let name = format!("{}:{}", spec.host, spec.port);
             instances.push(Upstream {
-                name: format!("{}:{}", spec.host, spec.port).into(),
+                health: self.health.get(&gw.name, key, &name),
+                name: name.into(),
                 index,
                 peer,
             });
@@ -523,9 +538,18 @@ impl Builder<'_> {
         if weights.iter().all(|w| *w == 0) {
             self.error(gw, scope, "every instance has weight 0");
         }
+        let check = match route.health_check.as_ref().map(ActiveCheck::compile) {
+            Some(Ok(c)) => Some(Arc::new(c)),
+            Some(Err(e)) => {
+                self.error(gw, scope, e);
+                return None;
+            }
+            None => None,
+        };
         Some(Pool {
             schedule: Schedule::new(&weights),
             instances,
+            check,
         })
     }
 
@@ -700,7 +724,7 @@ mod tests {
 
     fn try_build(yaml: &str) -> Result<Snapshot, Diagnostics> {
         let loaded = load_from_str(Path::new("t.yaml"), yaml)?;
-        build(&loaded)
+        build(&loaded, &HealthRegistry::default())
     }
 
     fn errors(yaml: &str) -> String {
@@ -785,9 +809,9 @@ mod tests {
             assert!(e.contains(&format!("not supported yet: {field}")), "{e}");
         }
         let e = errors(&format!(
-            "{LISTENER}admin: {{ bind: \"127.0.0.1:1\" }}\ngateways: []\n"
+            "{LISTENER}admin: {{ bind: \"127.0.0.1:1\", token_file: t }}\ngateways: []\n"
         ));
-        assert!(e.contains("not supported yet: admin"), "{e}");
+        assert!(e.contains("not supported yet: admin token_file"), "{e}");
     }
 
     #[test]

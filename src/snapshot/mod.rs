@@ -10,7 +10,7 @@ mod build;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -19,6 +19,7 @@ use ipnet::IpNet;
 use pingora::http::ResponseHeader;
 use pingora::upstreams::peer::HttpPeer;
 
+use crate::health::{ActiveCheck, InstanceHealth};
 use crate::schedule::Schedule;
 use crate::vhost::VhostTable;
 
@@ -65,8 +66,11 @@ pub struct Gateway {
     pub name: Arc<str>,
     pub source: PathBuf,
     pub routes: Vec<Route>,
-    /// Weighted round-robin over `routes` by effective weight.
-    pub schedule: Schedule,
+    /// Weighted round-robin over the routes that can take traffic now: their effective
+    /// weights, with routes that have no healthy instance left out (SPEC §2.4).
+    pub schedule: ArcSwap<Schedule>,
+    /// Which routes `schedule` was built with; changed only by `refresh_health`.
+    alive: Mutex<Vec<bool>>,
     /// Bit i set: shared listener i carries this gateway's vhosts.
     pub listener_mask: u64,
     pub port: Option<u16>,
@@ -95,18 +99,25 @@ pub struct Pool {
     pub instances: Vec<Upstream>,
     /// Round-robin over instances by instance weight.
     pub schedule: Schedule,
+    pub check: Option<Arc<ActiveCheck>>,
 }
 
 impl Pool {
-    /// The next instance not in `tried` (bit i = instance i already tried).
+    /// The next available instance not in `tried` (bit i = instance i already tried).
     pub fn pick(&self, tried: u64) -> Option<&Upstream> {
         for _ in 0..self.schedule.len() {
             let i = self.schedule.pick()?;
-            if i >= 64 || tried & (1 << i) == 0 {
+            let untried = i >= 64 || tried & (1 << i) == 0;
+            if untried && self.instances[i].health.available() {
                 return Some(&self.instances[i]);
             }
         }
         None
+    }
+
+    /// Whether any instance may take traffic.
+    pub fn any_available(&self) -> bool {
+        self.instances.iter().any(|u| u.health.available())
     }
 }
 
@@ -117,6 +128,7 @@ pub struct Upstream {
     pub name: Arc<str>,
     pub index: usize,
     pub peer: HttpPeer,
+    pub health: Arc<InstanceHealth>,
 }
 
 /// An external `[host:port]` target; host names are re-resolved in the background.
@@ -175,6 +187,8 @@ impl External {
                     name: self.name.clone(),
                     index,
                     peer,
+                    // External targets have no health checks: always available.
+                    health: Arc::default(),
                 }
             })
             .collect()
@@ -224,6 +238,10 @@ pub struct Snapshot {
     pub externals: Vec<Arc<External>>,
     /// Every file the config was read from.
     pub files: Vec<PathBuf>,
+    /// Directories whose changes may change the config.
+    pub watch_dirs: Vec<PathBuf>,
+    /// The admin listener's address (bound at start only).
+    pub admin: Option<SocketAddr>,
 }
 
 impl Snapshot {
@@ -255,6 +273,7 @@ impl Snapshot {
         for _ in 0..=MAX_CHAIN_DEPTH {
             let route = self.gateways[gateway]
                 .schedule
+                .load()
                 .pick()
                 .ok_or(Refusal::NoRoute)?;
             match self.gateways[gateway].routes[route].target {
@@ -272,5 +291,120 @@ impl Snapshot {
 
     pub fn gateway_by_name(&self, name: &str) -> Option<usize> {
         self.gateways.iter().position(|g| &*g.name == name)
+    }
+
+    /// Every address weir listens on, with what it is for. Dedicated gateway ports bind
+    /// all interfaces, as HAProxy's frontends for Vamp gateways did.
+    pub fn bind_addresses(&self) -> Vec<(SocketAddr, String)> {
+        self.ports
+            .iter()
+            .map(|(port, entry)| match entry {
+                Entry::Shared(l) => (
+                    self.listeners[*l].bind,
+                    format!("listener {:?}", self.listeners[*l].name),
+                ),
+                Entry::Dedicated(g) => (
+                    SocketAddr::from(([0, 0, 0, 0], *port)),
+                    format!("gateway {:?} port", self.gateways[*g].name),
+                ),
+            })
+            .collect()
+    }
+
+    /// Keeps round-robin positions from `old` where a gateway's routes (or a route's
+    /// instances) are unchanged, so a reload does not restart every rotation.
+    pub fn carry_over(&self, old: &Snapshot) {
+        for g in &self.gateways {
+            let Some(o) = old.gateway_by_name(&g.name).map(|i| &old.gateways[i]) else {
+                continue;
+            };
+            let same_routes = g.routes.len() == o.routes.len()
+                && g.routes.iter().zip(&o.routes).all(|(a, b)| a.key == b.key && a.weight == b.weight);
+            if same_routes {
+                g.schedule.load().set_position(o.schedule.load().position());
+            }
+            for r in &g.routes {
+                let (Target::Pool(p), Some(Target::Pool(q))) = (
+                    &r.target,
+                    o.routes.iter().find(|x| x.key == r.key).map(|x| &x.target),
+                ) else {
+                    continue;
+                };
+                let same = p.instances.len() == q.instances.len()
+                    && p.instances.iter().zip(&q.instances).all(|(a, b)| a.name == b.name);
+                if same {
+                    p.schedule.set_position(q.schedule.position());
+                }
+            }
+        }
+    }
+
+    /// Whether a route can take traffic now.
+    fn route_alive(&self, route: &Route) -> bool {
+        match &route.target {
+            Target::Pool(p) => p.any_available(),
+            Target::Chain(g) => !self.gateways[*g].schedule.load().is_empty(),
+            Target::External(_) | Target::Respond(_) => true,
+        }
+    }
+
+    /// Rebuilds the route schedule of every gateway whose set of live routes changed.
+    /// Called after instance health changes, off the request path (or on the error path
+    /// of a failed connect). Returns whether any schedule changed.
+    pub fn refresh_health(&self) -> bool {
+        let mut any = false;
+        // Chains make one gateway's liveness depend on another's: repeat until stable.
+        for _ in 0..=MAX_CHAIN_DEPTH {
+            let mut changed = false;
+            for g in &self.gateways {
+                let alive: Vec<bool> = g.routes.iter().map(|r| self.route_alive(r)).collect();
+                let mut stored = g.alive.lock().unwrap_or_else(|e| e.into_inner());
+                if *stored != alive {
+                    g.schedule.store(Arc::new(Schedule::new(&g.effective_weights(&alive))));
+                    *stored = alive;
+                    changed = true;
+                }
+            }
+            any |= changed;
+            if !changed {
+                break;
+            }
+        }
+        any
+    }
+}
+
+impl Gateway {
+    pub fn new(name: Arc<str>, source: PathBuf, routes: Vec<Route>, listener_mask: u64, port: Option<u16>) -> Gateway {
+        let alive = vec![true; routes.len()];
+        let weights: Vec<u32> = routes.iter().map(|r| r.weight).collect();
+        Gateway {
+            name,
+            source,
+            schedule: ArcSwap::from_pointee(Schedule::new(&weights)),
+            alive: Mutex::new(alive),
+            routes,
+            listener_mask,
+            port,
+        }
+    }
+
+    /// Route weights with dead routes at zero.
+    fn effective_weights(&self, alive: &[bool]) -> Vec<u32> {
+        self.routes
+            .iter()
+            .zip(alive)
+            .map(|(r, a)| if *a { r.weight } else { 0 })
+            .collect()
+    }
+
+    /// Each route's share of weighted traffic now, 0..1 (health taken into account).
+    pub fn weight_ratios(&self) -> Vec<f64> {
+        let alive = self.alive.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let w = self.effective_weights(&alive);
+        let total: u32 = w.iter().sum();
+        w.iter()
+            .map(|x| if total == 0 { 0.0 } else { *x as f64 / total as f64 })
+            .collect()
     }
 }

@@ -1,0 +1,423 @@
+//! Instance health (SPEC §2.4, §4): the state every instance carries, kept across
+//! reloads by a registry; passive marking on failed connects; and the active checker,
+//! a background service that probes instances over TCP or HTTP with Pingora's own
+//! health checks.
+//!
+//! States: a new instance is *unknown* and takes traffic (as HAProxy's servers start up)
+//! while its first probe runs at once: a reload must never black-hole a route whose
+//! instances are all new, and one probe settles it. A failed connect marks an instance
+//! *down* at once; with an active check it stays down until `successes` probes pass,
+//! without one it is tried again after a back-off that doubles up to a minute.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
+use pingora::lb::Backend;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+
+use crate::config::{HealthCheckConfig, HealthProtocol};
+use crate::snapshot::{Snapshot, Target};
+
+const UNKNOWN: u8 = 0;
+const UP: u8 = 1;
+const DOWN: u8 = 2;
+
+const PASSIVE_BACKOFF_MIN_MS: u64 = 1_000;
+const PASSIVE_BACKOFF_MAX_MS: u64 = 60_000;
+/// How often the checker looks for due probes and expired back-offs.
+const TICK: Duration = Duration::from_millis(100);
+
+/// Milliseconds since the process started (monotonic).
+pub fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// The health of one instance of one route; shared by every snapshot that has it.
+#[derive(Debug, Default)]
+pub struct InstanceHealth {
+    state: AtomicU8,
+    ok_streak: AtomicU32,
+    fail_streak: AtomicU32,
+    /// Passive down without an active check: when the instance may be tried again.
+    retry_at_ms: AtomicU64,
+    backoff_ms: AtomicU64,
+    next_probe_ms: AtomicU64,
+    probing: AtomicBool,
+    /// Requests in flight to this instance.
+    pub inflight: AtomicUsize,
+}
+
+/// What a health state means to a reader (admin API, metrics, logs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthState {
+    Unknown,
+    Up,
+    Down,
+}
+
+impl HealthState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthState::Unknown => "unknown",
+            HealthState::Up => "up",
+            HealthState::Down => "down",
+        }
+    }
+}
+
+impl InstanceHealth {
+    /// May take new requests (up or unknown).
+    #[inline]
+    pub fn available(&self) -> bool {
+        self.state.load(Ordering::Relaxed) != DOWN
+    }
+
+    pub fn state(&self) -> HealthState {
+        match self.state.load(Ordering::Relaxed) {
+            UP => HealthState::Up,
+            DOWN => HealthState::Down,
+            _ => HealthState::Unknown,
+        }
+    }
+
+    fn set(&self, state: u8) -> bool {
+        self.state.swap(state, Ordering::Relaxed) != state
+    }
+
+    /// A connect to this instance failed. Returns whether it was not down before.
+    pub fn mark_down_passive(&self, has_active_check: bool) -> bool {
+        self.ok_streak.store(0, Ordering::Relaxed);
+        if !has_active_check {
+            let backoff = (self.backoff_ms.load(Ordering::Relaxed) * 2)
+                .clamp(PASSIVE_BACKOFF_MIN_MS, PASSIVE_BACKOFF_MAX_MS);
+            self.backoff_ms.store(backoff, Ordering::Relaxed);
+            self.retry_at_ms.store(now_ms() + backoff, Ordering::Relaxed);
+        }
+        self.set(DOWN)
+    }
+
+    /// A request to this instance got a response: the passive back-off starts over.
+    pub fn mark_ok_passive(&self) {
+        if self.backoff_ms.load(Ordering::Relaxed) != 0 {
+            self.backoff_ms.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Records an active probe result; returns whether the state changed.
+    pub fn record_probe(&self, ok: bool, successes: u32, failures: u32) -> bool {
+        let state = self.state.load(Ordering::Relaxed);
+        if ok {
+            self.fail_streak.store(0, Ordering::Relaxed);
+            let streak = self.ok_streak.fetch_add(1, Ordering::Relaxed) + 1;
+            match state {
+                UNKNOWN => self.set(UP),
+                DOWN if streak >= successes => self.set(UP),
+                _ => false,
+            }
+        } else {
+            self.ok_streak.store(0, Ordering::Relaxed);
+            let streak = self.fail_streak.fetch_add(1, Ordering::Relaxed) + 1;
+            match state {
+                UNKNOWN => self.set(DOWN),
+                UP if streak >= failures => self.set(DOWN),
+                _ => false,
+            }
+        }
+    }
+
+    /// A passive back-off ran out: the instance gets traffic again (half-open).
+    fn expire_backoff(&self, now: u64) -> bool {
+        let at = self.retry_at_ms.load(Ordering::Relaxed);
+        if at != 0 && now >= at && self.state.load(Ordering::Relaxed) == DOWN {
+            self.retry_at_ms.store(0, Ordering::Relaxed);
+            return self.set(UNKNOWN);
+        }
+        false
+    }
+}
+
+/// Health state per (gateway, route, instance), so that a reload keeps what it knows.
+#[derive(Debug, Default)]
+pub struct HealthRegistry {
+    map: Mutex<HashMap<String, Arc<InstanceHealth>>>,
+}
+
+fn key(gateway: &str, route: &str, instance: &str) -> String {
+    format!("{gateway}\u{0}{route}\u{0}{instance}")
+}
+
+impl HealthRegistry {
+    /// The health of an instance, kept from earlier snapshots when it existed there.
+    pub fn get(&self, gateway: &str, route: &str, instance: &str) -> Arc<InstanceHealth> {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(key(gateway, route, instance))
+            .or_default()
+            .clone()
+    }
+
+    /// Forgets instances that `snapshot` no longer has.
+    pub fn retain(&self, snapshot: &Snapshot) {
+        let mut keep = std::collections::HashSet::new();
+        for g in &snapshot.gateways {
+            for r in &g.routes {
+                if let Target::Pool(p) = &r.target {
+                    for u in &p.instances {
+                        keep.insert(key(&g.name, &r.key, &u.name));
+                    }
+                }
+            }
+        }
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|k, _| keep.contains(k));
+    }
+}
+
+/// A route's active health check, compiled from its `health_check:`.
+pub struct ActiveCheck {
+    probe: Box<dyn HealthCheck + Send + Sync>,
+    pub interval: Duration,
+    pub initial_delay: Duration,
+    pub successes: u32,
+    pub failures: u32,
+}
+
+impl std::fmt::Debug for ActiveCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ActiveCheck")
+            .field("interval", &self.interval)
+            .finish()
+    }
+}
+
+/// Parses `expect`: `"200"`, `"200-399"`.
+pub fn parse_expect(text: &str) -> Result<(u16, u16), String> {
+    let bad = || format!("invalid expect {text:?}: expected a status or a range such as 200-399");
+    let (lo, hi) = text.split_once('-').unwrap_or((text, text));
+    let lo: u16 = lo.trim().parse().map_err(|_| bad())?;
+    let hi: u16 = hi.trim().parse().map_err(|_| bad())?;
+    if !(100..=599).contains(&lo) || !(lo..=599).contains(&hi) {
+        return Err(bad());
+    }
+    Ok((lo, hi))
+}
+
+impl ActiveCheck {
+    /// Compiles a `health_check:`; errors are messages for the route's diagnostics.
+    pub fn compile(c: &HealthCheckConfig) -> Result<ActiveCheck, String> {
+        let interval = c.interval.map_or(Duration::from_secs(2), |d| d.0);
+        let timeout = c.timeout.map_or(Duration::from_secs(1), |d| d.0);
+        if interval.is_zero() || timeout.is_zero() {
+            return Err("health_check: interval and timeout must be above 0".into());
+        }
+        let successes = c.successes.unwrap_or(2).max(1);
+        let failures = c.failures.unwrap_or(3).max(1);
+        let probe: Box<dyn HealthCheck + Send + Sync> = match c.protocol {
+            HealthProtocol::Tcp => {
+                if c.path.is_some() || c.expect.is_some() || c.host.is_some() {
+                    return Err("health_check: path, host and expect are for protocol http".into());
+                }
+                let mut tcp = TcpHealthCheck::new();
+                tcp.peer_template.options.connection_timeout = Some(timeout);
+                tcp.peer_template.options.total_connection_timeout = Some(timeout);
+                tcp
+            }
+            HealthProtocol::Http => {
+                let (lo, hi) = parse_expect(c.expect.as_deref().unwrap_or("200-399"))?;
+                let path = c.path.as_deref().unwrap_or("/");
+                if !path.starts_with('/') {
+                    return Err(format!("health_check: path {path:?} must start with /"));
+                }
+                let host = c.host.as_deref().unwrap_or("localhost");
+                let mut http = HttpHealthCheck::new(host, false);
+                http.req = RequestHeader::build("GET", path.as_bytes(), None)
+                    .map_err(|e| format!("health_check: {e}"))?;
+                http.req
+                    .insert_header("Host", host)
+                    .and_then(|_| http.req.insert_header("User-Agent", "weir-health-check"))
+                    .map_err(|e| format!("health_check: {e}"))?;
+                http.peer_template.options.connection_timeout = Some(timeout);
+                http.peer_template.options.total_connection_timeout = Some(timeout);
+                http.peer_template.options.read_timeout = Some(timeout);
+                http.reuse_connection = false;
+                http.validator = Some(Box::new(move |resp: &ResponseHeader| {
+                    let code = resp.status.as_u16();
+                    if (lo..=hi).contains(&code) {
+                        Ok(())
+                    } else {
+                        pingora::Error::e_explain(
+                            pingora::ErrorType::Custom("health check"),
+                            format!("status {code} not in {lo}-{hi}"),
+                        )
+                    }
+                }));
+                Box::new(http)
+            }
+        };
+        Ok(ActiveCheck {
+            probe,
+            interval,
+            initial_delay: c.initial_delay.map_or(Duration::ZERO, |d| d.0),
+            successes,
+            failures,
+        })
+    }
+
+    async fn run(&self, backend: &Backend, timeout_guard: Duration) -> bool {
+        matches!(
+            tokio::time::timeout(timeout_guard, self.probe.check(backend)).await,
+            Ok(Ok(()))
+        )
+    }
+}
+
+/// The background service that runs active checks and ends passive back-offs.
+pub struct Checker {
+    pub current: Arc<ArcSwap<Snapshot>>,
+}
+
+impl Checker {
+    fn tick(&self) {
+        let snapshot = self.current.load_full();
+        let now = now_ms();
+        let mut changed = false;
+        for g in &snapshot.gateways {
+            for r in &g.routes {
+                let Target::Pool(pool) = &r.target else { continue };
+                for u in &pool.instances {
+                    match &pool.check {
+                        Some(check) => self.maybe_probe(g, r, u, check, now),
+                        None => changed |= u.health.expire_backoff(now),
+                    }
+                }
+            }
+        }
+        if changed {
+            snapshot.refresh_health();
+        }
+    }
+
+    fn maybe_probe(
+        &self,
+        g: &crate::snapshot::Gateway,
+        r: &crate::snapshot::Route,
+        u: &crate::snapshot::Upstream,
+        check: &Arc<ActiveCheck>,
+        now: u64,
+    ) {
+        let health = &u.health;
+        let next = health.next_probe_ms.load(Ordering::Relaxed);
+        if next == 0 {
+            // First sight: probe after initial_delay, spread a little so that many new
+            // instances do not all probe in the same tick.
+            let spread = fastrand::u64(0..(check.interval.as_millis() as u64 / 4).max(1));
+            let first = now + check.initial_delay.as_millis() as u64 + spread.min(250);
+            health.next_probe_ms.store(first.max(1), Ordering::Relaxed);
+            return;
+        }
+        if now < next || health.probing.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        health
+            .next_probe_ms
+            .store(now + check.interval.as_millis() as u64, Ordering::Relaxed);
+        let Some(addr) = u.peer._address.as_inet().copied() else {
+            health.probing.store(false, Ordering::Relaxed);
+            return;
+        };
+        let (health, check, current) = (health.clone(), check.clone(), self.current.clone());
+        let label = format!("gateway {:?}, route {:?}, instance {}", g.name, r.key, u.name);
+        tokio::spawn(async move {
+            let backend = Backend {
+                addr: pingora::protocols::l4::socket::SocketAddr::Inet(addr),
+                weight: 1,
+                ext: Default::default(),
+            };
+            let ok = check.run(&backend, check.interval).await;
+            health.probing.store(false, Ordering::Relaxed);
+            if health.record_probe(ok, check.successes, check.failures) {
+                log::warn!("{label} is {}", health.state().as_str());
+                current.load().refresh_health();
+            }
+        });
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Checker {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut interval = tokio::time::interval(TICK);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = interval.tick() => self.tick(),
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_thresholds() {
+        let h = InstanceHealth::default();
+        assert_eq!(h.state(), HealthState::Unknown);
+        assert!(h.available());
+        // The first probe decides for an unknown instance.
+        assert!(h.record_probe(true, 2, 3));
+        assert_eq!(h.state(), HealthState::Up);
+        assert!(!h.record_probe(false, 2, 3));
+        assert!(!h.record_probe(false, 2, 3));
+        assert!(h.record_probe(false, 2, 3), "third failure marks down");
+        assert!(!h.available());
+        assert!(!h.record_probe(true, 2, 3));
+        assert!(h.record_probe(true, 2, 3), "second success marks up");
+    }
+
+    #[test]
+    fn passive_down_and_backoff() {
+        let h = InstanceHealth::default();
+        assert!(h.mark_down_passive(false));
+        assert!(!h.mark_down_passive(false), "already down");
+        assert!(!h.available());
+        let at = h.retry_at_ms.load(Ordering::Relaxed);
+        assert!(!h.expire_backoff(at - 1));
+        assert!(h.expire_backoff(at));
+        assert!(h.available(), "half-open after the back-off");
+        // With an active check, only probes bring it back.
+        let h = InstanceHealth::default();
+        h.record_probe(true, 1, 1);
+        assert!(h.mark_down_passive(true));
+        assert!(!h.expire_backoff(u64::MAX));
+        assert!(h.record_probe(true, 1, 1));
+    }
+
+    #[test]
+    fn expect_ranges() {
+        assert_eq!(parse_expect("200-399").unwrap(), (200, 399));
+        assert_eq!(parse_expect("204").unwrap(), (204, 204));
+        assert!(parse_expect("399-200").is_err());
+        assert!(parse_expect("abc").is_err());
+        assert!(parse_expect("600").is_err());
+    }
+
+    #[test]
+    fn registry_keeps_state_by_identity() {
+        let reg = HealthRegistry::default();
+        let a = reg.get("g", "r", "127.0.0.1:1");
+        a.mark_down_passive(true);
+        let again = reg.get("g", "r", "127.0.0.1:1");
+        assert!(Arc::ptr_eq(&a, &again));
+        assert!(!Arc::ptr_eq(&a, &reg.get("g", "r2", "127.0.0.1:1")));
+    }
+}
