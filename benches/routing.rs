@@ -8,6 +8,7 @@ use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use weir::config::load::load_from_str;
+use weir::health::HealthRegistry;
 use weir::snapshot::{build, RequestView, Snapshot, Target};
 
 const GATEWAYS: usize = 1000;
@@ -39,7 +40,7 @@ fn config() -> String {
 
 fn snapshot() -> Snapshot {
     let loaded = load_from_str(Path::new("bench.yaml"), &config()).expect("bench config loads");
-    build(&loaded).expect("bench config builds")
+    build(&loaded, &HealthRegistry::default()).expect("bench config builds")
 }
 
 fn decide(s: &Snapshot, host: &[u8]) -> Option<u16> {
@@ -77,7 +78,14 @@ fn bench(c: &mut Criterion) {
     });
     c.bench_function("snapshot_build_1000_gateways_10000_routes", |b| {
         let loaded = load_from_str(Path::new("bench.yaml"), &config()).unwrap();
-        b.iter(|| black_box(build(&loaded).unwrap().gateways.len()))
+        b.iter(|| {
+            black_box(
+                build(&loaded, &HealthRegistry::default())
+                    .unwrap()
+                    .gateways
+                    .len(),
+            )
+        })
     });
 }
 

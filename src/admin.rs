@@ -28,7 +28,10 @@ fn text(status: StatusCode, body: String) -> Response<Vec<u8>> {
 impl Admin {
     fn readyz(&self) -> Response<Vec<u8>> {
         if !self.status.ready.load(Ordering::Relaxed) {
-            return text(StatusCode::SERVICE_UNAVAILABLE, "not ready: listeners not bound yet\n".into());
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: listeners not bound yet\n".into(),
+            );
         }
         let restart = self
             .status
@@ -48,7 +51,10 @@ impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
         if req.method != http::Method::GET && req.method != http::Method::HEAD {
-            return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n".into());
+            return text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed\n".into(),
+            );
         }
         match req.uri.path() {
             "/healthz" => text(StatusCode::OK, "ok\n".into()),

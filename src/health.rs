@@ -99,7 +99,8 @@ impl InstanceHealth {
             let backoff = (self.backoff_ms.load(Ordering::Relaxed) * 2)
                 .clamp(PASSIVE_BACKOFF_MIN_MS, PASSIVE_BACKOFF_MAX_MS);
             self.backoff_ms.store(backoff, Ordering::Relaxed);
-            self.retry_at_ms.store(now_ms() + backoff, Ordering::Relaxed);
+            self.retry_at_ms
+                .store(now_ms() + backoff, Ordering::Relaxed);
         }
         self.set(DOWN)
     }
@@ -290,7 +291,9 @@ impl Checker {
         let mut changed = false;
         for g in &snapshot.gateways {
             for r in &g.routes {
-                let Target::Pool(pool) = &r.target else { continue };
+                let Target::Pool(pool) = &r.target else {
+                    continue;
+                };
                 for u in &pool.instances {
                     match &pool.check {
                         Some(check) => self.maybe_probe(g, r, u, check, now),
@@ -333,7 +336,10 @@ impl Checker {
             return;
         };
         let (health, check, current) = (health.clone(), check.clone(), self.current.clone());
-        let label = format!("gateway {:?}, route {:?}, instance {}", g.name, r.key, u.name);
+        let label = format!(
+            "gateway {:?}, route {:?}, instance {}",
+            g.name, r.key, u.name
+        );
         tokio::spawn(async move {
             let backend = Backend {
                 addr: pingora::protocols::l4::socket::SocketAddr::Inet(addr),

@@ -236,7 +236,10 @@ impl ProxyHttp for Weir {
     ) -> Box<Error> {
         if let Some((health, has_check)) = ctx.last_health() {
             if health.mark_down_passive(has_check) {
-                log::warn!("instance {peer} is down: connect failed ({})", e.etype().as_str());
+                log::warn!(
+                    "instance {peer} is down: connect failed ({})",
+                    e.etype().as_str()
+                );
                 if let Some(s) = &ctx.snapshot {
                     s.refresh_health();
                 }

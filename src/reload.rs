@@ -100,8 +100,12 @@ impl Reloader {
         if !force && loaded.fingerprint == *applied {
             return Ok(Outcome::Unchanged);
         }
-        let snapshot = build(&loaded, &self.health)?;
-        snapshot.carry_over(&self.current.load());
+        let mut snapshot = build(&loaded, &self.health)?;
+        let old = self.current.load();
+        let bound: Vec<u16> = self.bound.iter().map(|(a, _)| a.port()).collect();
+        snapshot.keep_bound_ports(&old, &bound);
+        snapshot.carry_over(&old);
+        drop(old);
         snapshot.refresh_health();
         self.note_listener_changes(&snapshot);
         self.current.store(Arc::new(snapshot));
@@ -115,8 +119,14 @@ impl Reloader {
         match self.reload(force) {
             Ok(Outcome::Applied) => {
                 self.status.reloads_ok.fetch_add(1, Ordering::Relaxed);
-                self.status.last_ok_unix.store(unix_now(), Ordering::Relaxed);
-                *self.status.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                self.status
+                    .last_ok_unix
+                    .store(unix_now(), Ordering::Relaxed);
+                *self
+                    .status
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = None;
                 log::info!("config reloaded ({why})");
             }
             Ok(Outcome::Unchanged) => log::debug!("config unchanged ({why})"),
@@ -125,8 +135,11 @@ impl Reloader {
                 for e in errors.iter() {
                     log::error!("config reload rejected, running config kept: {e}");
                 }
-                *self.status.last_error.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some(errors.to_string());
+                *self
+                    .status
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(errors.to_string());
             }
         }
     }
@@ -181,19 +194,20 @@ fn watch_dirs(reloader: &Reloader) -> BTreeSet<PathBuf> {
 /// its own thread: parsing and building are CPU work that must not hold up the proxy.
 fn watch_loop(reloader: Arc<Reloader>) {
     let (tx, rx) = mpsc::channel::<()>();
-    let mut watcher = match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if let Ok(event) = res {
-            if !matches!(event.kind, EventKind::Access(_)) {
-                let _ = tx.send(());
+    let mut watcher =
+        match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if let Ok(event) = res {
+                if !matches!(event.kind, EventKind::Access(_)) {
+                    let _ = tx.send(());
+                }
             }
-        }
-    }) {
-        Ok(w) => w,
-        Err(e) => {
-            log::error!("cannot watch config files, reload with SIGHUP only: {e}");
-            return;
-        }
-    };
+        }) {
+            Ok(w) => w,
+            Err(e) => {
+                log::error!("cannot watch config files, reload with SIGHUP only: {e}");
+                return;
+            }
+        };
     let mut watched = BTreeSet::new();
     sync_watches(&mut watcher, &mut watched, watch_dirs(&reloader));
     while rx.recv().is_ok() {
@@ -235,14 +249,13 @@ impl BackgroundService for ReloadService {
         {
             log::error!("cannot start the config watcher: {e}");
         }
-        let mut hup =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-                Ok(s) => s,
-                Err(e) => {
-                    log::error!("cannot handle SIGHUP: {e}");
-                    return;
-                }
-            };
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("cannot handle SIGHUP: {e}");
+                return;
+            }
+        };
         loop {
             tokio::select! {
                 _ = hup.recv() => {

@@ -66,8 +66,12 @@ fn worker_threads() -> usize {
 /// Where to connect to reach a bound address (a wildcard bind is reached on loopback).
 fn reachable(addr: SocketAddr) -> SocketAddr {
     match addr.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port())),
-        IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::from((Ipv6Addr::LOCALHOST, addr.port())),
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port()))
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::from((Ipv6Addr::LOCALHOST, addr.port()))
+        }
         _ => addr,
     }
 }
@@ -80,9 +84,16 @@ struct Readiness {
 #[async_trait]
 impl BackgroundService for Readiness {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let addrs: Vec<SocketAddr> = self.reloader.bound().iter().map(|(a, _)| reachable(*a)).collect();
+        let addrs: Vec<SocketAddr> = self
+            .reloader
+            .bound()
+            .iter()
+            .map(|(a, _)| reachable(*a))
+            .collect();
         loop {
-            let all = addrs.iter().all(|a| TcpStream::connect_timeout(a, Duration::from_millis(200)).is_ok());
+            let all = addrs
+                .iter()
+                .all(|a| TcpStream::connect_timeout(a, Duration::from_millis(200)).is_ok());
             if all {
                 self.reloader.status.ready.store(true, Ordering::Relaxed);
                 notify_systemd_ready();
@@ -174,9 +185,19 @@ pub fn run(config_path: &Path, options: RunOptions) -> Result<(), String> {
         admin.add_tcp(&addr.to_string());
         server.add_service(admin);
     }
-    server.add_service(background_service("resolver", Resolver { current: current.clone() }));
+    server.add_service(background_service(
+        "resolver",
+        Resolver {
+            current: current.clone(),
+        },
+    ));
     server.add_service(background_service("health", Checker { current }));
-    server.add_service(background_service("reload", ReloadService { reloader: reloader.clone() }));
+    server.add_service(background_service(
+        "reload",
+        ReloadService {
+            reloader: reloader.clone(),
+        },
+    ));
     server.add_service(background_service("readiness", Readiness { reloader }));
     server.run_forever();
 }

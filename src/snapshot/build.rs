@@ -178,10 +178,13 @@ impl Builder<'_> {
                 self.main_error("admin", not_supported("admin token_file (admin writes)"));
             }
             if admin.bind.parse::<SocketAddr>().is_err() {
-                self.main_error("admin", format!(
-                    "invalid bind {:?}: expected IP:PORT such as 127.0.0.1:9900",
-                    admin.bind
-                ));
+                self.main_error(
+                    "admin",
+                    format!(
+                        "invalid bind {:?}: expected IP:PORT such as 127.0.0.1:9900",
+                        admin.bind
+                    ),
+                );
             }
         }
         if config.access_log.is_some() {

@@ -311,6 +311,31 @@ impl Snapshot {
             .collect()
     }
 
+    /// Keeps bound ports routed after a reload moved their listener or gateway port:
+    /// until a restart, the port still bound keeps serving the listener (or gateway) of
+    /// the same name.
+    pub fn keep_bound_ports(&mut self, old: &Snapshot, bound: &[u16]) {
+        for &port in bound {
+            if self.entry(port).is_some() {
+                continue;
+            }
+            let kept = match old.entry(port) {
+                Some(Entry::Shared(l)) => self
+                    .listeners
+                    .iter()
+                    .position(|n| n.name == old.listeners[l].name)
+                    .map(Entry::Shared),
+                Some(Entry::Dedicated(g)) => self
+                    .gateway_by_name(&old.gateways[g].name)
+                    .map(Entry::Dedicated),
+                None => None,
+            };
+            if let Some(entry) = kept {
+                self.ports.push((port, entry));
+            }
+        }
+    }
+
     /// Keeps round-robin positions from `old` where a gateway's routes (or a route's
     /// instances) are unchanged, so a reload does not restart every rotation.
     pub fn carry_over(&self, old: &Snapshot) {
@@ -319,7 +344,10 @@ impl Snapshot {
                 continue;
             };
             let same_routes = g.routes.len() == o.routes.len()
-                && g.routes.iter().zip(&o.routes).all(|(a, b)| a.key == b.key && a.weight == b.weight);
+                && g.routes
+                    .iter()
+                    .zip(&o.routes)
+                    .all(|(a, b)| a.key == b.key && a.weight == b.weight);
             if same_routes {
                 g.schedule.load().set_position(o.schedule.load().position());
             }
@@ -331,7 +359,10 @@ impl Snapshot {
                     continue;
                 };
                 let same = p.instances.len() == q.instances.len()
-                    && p.instances.iter().zip(&q.instances).all(|(a, b)| a.name == b.name);
+                    && p.instances
+                        .iter()
+                        .zip(&q.instances)
+                        .all(|(a, b)| a.name == b.name);
                 if same {
                     p.schedule.set_position(q.schedule.position());
                 }
@@ -360,7 +391,8 @@ impl Snapshot {
                 let alive: Vec<bool> = g.routes.iter().map(|r| self.route_alive(r)).collect();
                 let mut stored = g.alive.lock().unwrap_or_else(|e| e.into_inner());
                 if *stored != alive {
-                    g.schedule.store(Arc::new(Schedule::new(&g.effective_weights(&alive))));
+                    g.schedule
+                        .store(Arc::new(Schedule::new(&g.effective_weights(&alive))));
                     *stored = alive;
                     changed = true;
                 }
@@ -375,7 +407,13 @@ impl Snapshot {
 }
 
 impl Gateway {
-    pub fn new(name: Arc<str>, source: PathBuf, routes: Vec<Route>, listener_mask: u64, port: Option<u16>) -> Gateway {
+    pub fn new(
+        name: Arc<str>,
+        source: PathBuf,
+        routes: Vec<Route>,
+        listener_mask: u64,
+        port: Option<u16>,
+    ) -> Gateway {
         let alive = vec![true; routes.len()];
         let weights: Vec<u32> = routes.iter().map(|r| r.weight).collect();
         Gateway {
@@ -404,7 +442,13 @@ impl Gateway {
         let w = self.effective_weights(&alive);
         let total: u32 = w.iter().sum();
         w.iter()
-            .map(|x| if total == 0 { 0.0 } else { *x as f64 / total as f64 })
+            .map(|x| {
+                if total == 0 {
+                    0.0
+                } else {
+                    *x as f64 / total as f64
+                }
+            })
             .collect()
     }
 }

@@ -53,21 +53,31 @@ pub struct Upstream {
     pub port: u16,
     seen: Arc<Mutex<Vec<Seen>>>,
     stop: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
 }
 
 impl Upstream {
     pub fn start(name: &str) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Upstream::start_on(name, 0)
+    }
+
+    /// Starts an upstream on a given port (0: any free port).
+    pub fn start_on(name: &str, port: u16) -> Upstream {
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
         let port = listener.local_addr().unwrap().port();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (s, st, n) = (seen.clone(), stop.clone(), name.to_string());
+        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
+        let (s, st, n, c) = (seen.clone(), stop.clone(), name.to_string(), conns.clone());
         thread::spawn(move || {
             for conn in listener.incoming() {
                 if st.load(Ordering::Relaxed) {
                     break;
                 }
                 let Ok(conn) = conn else { continue };
+                if let Ok(clone) = conn.try_clone() {
+                    c.lock().unwrap().push(clone);
+                }
                 let (s, n) = (s.clone(), n.clone());
                 thread::spawn(move || serve_upstream(conn, &n, &s));
             }
@@ -77,7 +87,13 @@ impl Upstream {
             port,
             seen,
             stop,
+            conns,
         }
+    }
+
+    /// Stops listening and cuts every open connection, as a crashed server would.
+    pub fn kill(self) -> u16 {
+        self.port
     }
 
     pub fn addr(&self) -> String {
@@ -103,7 +119,16 @@ impl Upstream {
 impl Drop for Upstream {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        // Wake the accept loop so that it sees `stop` and drops the listener.
         let _ = TcpStream::connect(("127.0.0.1", self.port));
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+        // Wait until the port refuses connections.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
