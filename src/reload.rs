@@ -96,11 +96,18 @@ impl Reloader {
     /// did not change since the last applied load are not rebuilt.
     pub fn reload(&self, force: bool) -> Result<Outcome, Diagnostics> {
         let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
+        let t0 = std::time::Instant::now();
         let loaded = load(&self.path)?;
         if !force && loaded.fingerprint == *applied {
             return Ok(Outcome::Unchanged);
         }
+        let t1 = std::time::Instant::now();
         let mut snapshot = build(&loaded, &self.health)?;
+        log::debug!(
+            "reload: read and parsed in {:?}, validated and built in {:?}",
+            t1 - t0,
+            t1.elapsed()
+        );
         let old = self.current.load();
         let bound: Vec<u16> = self.bound.iter().map(|(a, _)| a.port()).collect();
         snapshot.keep_bound_ports(&old, &bound);
@@ -116,6 +123,7 @@ impl Reloader {
 
     /// `reload`, with the outcome logged and counted.
     pub fn reload_logged(&self, force: bool, why: &str) {
+        let started = std::time::Instant::now();
         match self.reload(force) {
             Ok(Outcome::Applied) => {
                 self.status.reloads_ok.fetch_add(1, Ordering::Relaxed);
@@ -127,7 +135,13 @@ impl Reloader {
                     .last_error
                     .lock()
                     .unwrap_or_else(|e| e.into_inner()) = None;
-                log::info!("config reloaded ({why})");
+                let s = self.current.load();
+                let routes: usize = s.gateways.iter().map(|g| g.routes.len()).sum();
+                log::info!(
+                    "config reloaded ({why}) in {:.1} ms: {} gateway(s), {routes} route(s)",
+                    started.elapsed().as_secs_f64() * 1000.0,
+                    s.gateways.len()
+                );
             }
             Ok(Outcome::Unchanged) => log::debug!("config unchanged ({why})"),
             Err(errors) => {

@@ -110,7 +110,6 @@ pub fn build(loaded: &Loaded, health: &HealthRegistry) -> Result<Snapshot, Diagn
         return Err(b.errors);
     }
     Ok(Snapshot {
-        gateways,
         vhosts,
         listeners,
         ports,
@@ -119,6 +118,12 @@ pub fn build(loaded: &Loaded, health: &HealthRegistry) -> Result<Snapshot, Diagn
         files: loaded.files.clone(),
         watch_dirs: loaded.watch_dirs.clone(),
         admin: config.admin.as_ref().and_then(|a| a.bind.parse().ok()),
+        by_name: gateways
+            .iter()
+            .enumerate()
+            .map(|(i, g)| (g.name.clone(), i))
+            .collect(),
+        gateways,
     })
 }
 

@@ -242,6 +242,8 @@ pub struct Snapshot {
     pub watch_dirs: Vec<PathBuf>,
     /// The admin listener's address (bound at start only).
     pub admin: Option<SocketAddr>,
+    /// Gateway name → index.
+    pub by_name: rustc_hash::FxHashMap<Arc<str>, usize>,
 }
 
 impl Snapshot {
@@ -290,7 +292,7 @@ impl Snapshot {
     }
 
     pub fn gateway_by_name(&self, name: &str) -> Option<usize> {
-        self.gateways.iter().position(|g| &*g.name == name)
+        self.by_name.get(name).copied()
     }
 
     /// Every address weir listens on, with what it is for. Dedicated gateway ports bind
