@@ -148,36 +148,61 @@ impl InstanceHealth {
 /// Health state per (gateway, route, instance), so that a reload keeps what it knows.
 #[derive(Debug, Default)]
 pub struct HealthRegistry {
-    map: Mutex<HashMap<String, Arc<InstanceHealth>>>,
+    inner: Mutex<Registry>,
 }
 
-fn key(gateway: &str, route: &str, instance: &str) -> String {
-    format!("{gateway}\u{0}{route}\u{0}{instance}")
+#[derive(Debug, Default)]
+struct Registry {
+    /// Key → (health, the build that last asked for it).
+    map: HashMap<String, (Arc<InstanceHealth>, u64)>,
+    /// The current build; bumped by `begin_build`.
+    build: u64,
+    /// Reused to form keys without allocating per lookup.
+    scratch: String,
 }
 
 impl HealthRegistry {
-    /// The health of an instance, kept from earlier snapshots when it existed there.
-    pub fn get(&self, gateway: &str, route: &str, instance: &str) -> Arc<InstanceHealth> {
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(key(gateway, route, instance))
-            .or_default()
-            .clone()
+    /// Starts a new snapshot build: what it does not ask for, `prune` forgets.
+    pub fn begin_build(&self) {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).build += 1;
     }
 
-    /// Forgets instances that `snapshot` no longer has.
-    pub fn retain(&self, snapshot: &Snapshot) {
-        let mut keep = std::collections::HashSet::new();
-        for g in &snapshot.gateways {
-            for r in &g.routes {
-                if let Target::Pool(p) = &r.target {
-                    for u in &p.instances {
-                        keep.insert(key(&g.name, &r.key, &u.name));
-                    }
-                }
-            }
+    /// The health of an instance, kept from earlier snapshots when it existed there.
+    pub fn get(&self, gateway: &str, route: &str, instance: &str) -> Arc<InstanceHealth> {
+        let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let r = &mut *guard;
+        r.scratch.clear();
+        for part in [gateway, "\u{0}", route, "\u{0}", instance] {
+            r.scratch.push_str(part);
         }
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        map.retain(|k, _| keep.contains(k));
+        let build = r.build;
+        if let Some((health, stamp)) = r.map.get_mut(r.scratch.as_str()) {
+            *stamp = build;
+            return health.clone();
+        }
+        let health = Arc::new(InstanceHealth::default());
+        r.map.insert(r.scratch.clone(), (health.clone(), build));
+        health
+    }
+
+    /// Forgets instances that the last build did not have. Call after that build's
+    /// snapshot is in service.
+    pub fn prune(&self) {
+        let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let build = guard.build;
+        guard.map.retain(|_, (_, stamp)| *stamp == build);
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -420,10 +445,20 @@ mod tests {
     #[test]
     fn registry_keeps_state_by_identity() {
         let reg = HealthRegistry::default();
+        reg.begin_build();
         let a = reg.get("g", "r", "127.0.0.1:1");
+        let other = reg.get("g", "r", "127.0.0.1:2");
         a.mark_down_passive(true);
+        reg.begin_build();
         let again = reg.get("g", "r", "127.0.0.1:1");
         assert!(Arc::ptr_eq(&a, &again));
+        reg.prune();
+        assert_eq!(
+            reg.len(),
+            1,
+            "the instance the last build dropped is forgotten"
+        );
+        assert!(!Arc::ptr_eq(&other, &reg.get("g", "r", "127.0.0.1:2")));
         assert!(!Arc::ptr_eq(&a, &reg.get("g", "r2", "127.0.0.1:1")));
     }
 }

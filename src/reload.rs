@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -96,18 +96,14 @@ impl Reloader {
     /// did not change since the last applied load are not rebuilt.
     pub fn reload(&self, force: bool) -> Result<Outcome, Diagnostics> {
         let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
-        let t0 = std::time::Instant::now();
+        let started = Instant::now();
         let loaded = load(&self.path)?;
         if !force && loaded.fingerprint == *applied {
             return Ok(Outcome::Unchanged);
         }
-        let t1 = std::time::Instant::now();
+        let parsed = Instant::now();
         let mut snapshot = build(&loaded, &self.health)?;
-        log::debug!(
-            "reload: read and parsed in {:?}, validated and built in {:?}",
-            t1 - t0,
-            t1.elapsed()
-        );
+        let built = Instant::now();
         let old = self.current.load();
         let bound: Vec<u16> = self.bound.iter().map(|(a, _)| a.port()).collect();
         snapshot.keep_bound_ports(&old, &bound);
@@ -115,15 +111,26 @@ impl Reloader {
         drop(old);
         snapshot.refresh_health();
         self.note_listener_changes(&snapshot);
+        let carried = Instant::now();
+        // The old snapshot is freed here unless requests in flight still hold it.
         self.current.store(Arc::new(snapshot));
-        self.health.retain(&self.current.load());
+        let swapped = Instant::now();
+        self.health.prune();
+        log::debug!(
+            "reload phases: read+parse {:?}, validate+build {:?}, carry over {:?}, swap {:?}, prune {:?}",
+            parsed - started,
+            built - parsed,
+            carried - built,
+            swapped - carried,
+            swapped.elapsed()
+        );
         *applied = loaded.fingerprint;
         Ok(Outcome::Applied)
     }
 
     /// `reload`, with the outcome logged and counted.
     pub fn reload_logged(&self, force: bool, why: &str) {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         match self.reload(force) {
             Ok(Outcome::Applied) => {
                 self.status.reloads_ok.fetch_add(1, Ordering::Relaxed);

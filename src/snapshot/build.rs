@@ -33,6 +33,7 @@ const MAX_INSTANCE_WEIGHT: u32 = 1000;
 /// Validates `loaded` whole and compiles it into a snapshot. Instance health comes
 /// from `health`, so that instances that were there before keep what is known of them.
 pub fn build(loaded: &Loaded, health: &HealthRegistry) -> Result<Snapshot, Diagnostics> {
+    health.begin_build();
     let mut b = Builder {
         main: &loaded.main,
         errors: Diagnostics::default(),
