@@ -7,7 +7,9 @@
 //! command line (`cli`).
 
 pub mod admin;
+pub mod balance;
 pub mod cli;
+pub mod condition;
 pub mod config;
 pub mod diag;
 pub mod forward;
@@ -15,7 +17,9 @@ pub mod health;
 pub mod proxy;
 pub mod reload;
 pub mod resolve;
+pub mod rewrite;
 pub mod schedule;
 pub mod server;
 pub mod snapshot;
+pub mod sticky;
 pub mod vhost;

@@ -17,9 +17,11 @@ use pingora::protocols::Digest;
 use pingora::proxy::FailToProxy;
 use pingora::upstreams::peer::HttpPeer;
 
+use crate::balance::PickInput;
+use crate::condition::Request;
 use crate::forward::{self, Forwarding};
 use crate::health::InstanceHealth;
-use crate::snapshot::{Entry, Refusal, RequestView, Selected, Snapshot, Target, Upstream};
+use crate::snapshot::{Entry, Refusal, Selected, Snapshot, StickyWrites, Target, Upstream};
 
 /// The proxy service; one per process, shared by every listener.
 pub struct Weir {
@@ -40,6 +42,10 @@ pub struct Ctx {
     local_port: u16,
     /// A failed connect moved the request onto a `respond:` route.
     respond_instead: bool,
+    /// The last picked instance's in-flight count was raised (and is to be lowered).
+    counted: bool,
+    /// Sticky cookies to set on the response.
+    writes: StickyWrites,
     pub instance: Option<Arc<str>>,
 }
 
@@ -58,14 +64,44 @@ impl Ctx {
     /// The health of the instance last handed to Pingora, with whether its route has
     /// an active check.
     fn last_health(&self) -> Option<(&InstanceHealth, bool)> {
+        let u = self.last_upstream()?;
+        let has_check = matches!(self.target(), Some(Target::Pool(p)) if p.check.is_some());
+        Some((&u.health, has_check))
+    }
+
+    fn last_upstream(&self) -> Option<&Upstream> {
         match self.target()? {
-            Target::Pool(p) => {
-                let u = p.instances.get(self.last?)?;
-                Some((&u.health, p.check.is_some()))
-            }
+            Target::Pool(p) => p.instances.get(self.last?),
             _ => None,
         }
     }
+
+    /// Lowers the in-flight count raised when the last instance was picked.
+    fn release(&mut self) {
+        if std::mem::take(&mut self.counted) {
+            if let Some((h, _)) = self.last_health() {
+                h.inflight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}
+
+/// What conditions read of the request.
+fn request_view<'a>(req: &'a RequestHeader, client: Option<std::net::IpAddr>) -> Request<'a> {
+    Request::new(
+        request_host(req),
+        req.uri.path(),
+        req.method.as_str(),
+        &req.headers,
+        client,
+    )
 }
 
 fn refusal_response(r: Refusal) -> (u16, &'static [u8]) {
@@ -97,6 +133,47 @@ fn local_port(session: &Session) -> u16 {
 }
 
 impl Weir {
+    /// Applies the selected route's rewrites to the upstream request (SPEC §2.7).
+    fn rewrite(
+        &self,
+        session: &Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &Ctx,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<()> {
+        let Some(snapshot) = &ctx.snapshot else {
+            return Ok(());
+        };
+        let Some(sel) = ctx.selected else {
+            return Ok(());
+        };
+        let rewrites = &snapshot.route(sel).rewrites;
+        if rewrites.is_empty() {
+            return Ok(());
+        }
+        let req = session.req_header();
+        let mut current: Option<String> = None;
+        for rw in rewrites {
+            let (path, query) = match &current {
+                Some(pq) => pq.split_once('?').map_or((pq.as_str(), None), |(p, q)| (p, Some(q))),
+                None => (req.uri.path(), req.uri.query()),
+            };
+            let view = Request::new(request_host(req), path, req.method.as_str(), &req.headers, client);
+            if let Some(next) = rw.apply(&view, path, query) {
+                current = Some(next);
+            }
+        }
+        if let Some(pq) = current {
+            match pq.parse::<http::Uri>() {
+                Ok(uri) => upstream_request.set_uri(uri),
+                Err(e) => {
+                    return Error::e_explain(HTTPStatus(500), format!("rewrite gave an invalid path {pq:?}: {e}"))
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn refuse(&self, session: &mut Session, r: Refusal) -> Result<bool> {
         let (status, body) = refusal_response(r);
         session
@@ -122,9 +199,16 @@ impl Weir {
         Ok(respond.header.status.as_u16())
     }
 
-    fn pick(ctx: &Ctx) -> Option<Upstream> {
+    fn pick(session: &Session, ctx: &Ctx) -> Option<Upstream> {
         match ctx.target()? {
-            Target::Pool(pool) => pool.pick(ctx.tried).cloned(),
+            Target::Pool(pool) => {
+                let pinned = ctx.selected?.pinned.and_then(|i| pool.pinned(i, ctx.tried));
+                let input = PickInput {
+                    client: client_ip(session),
+                    req: session.req_header(),
+                };
+                pinned.or_else(|| pool.pick(ctx.tried, &input)).cloned()
+            }
             Target::External(ext) => ext.pick(ctx.tried),
             Target::Respond(_) | Target::Chain(_) => None,
         }
@@ -136,10 +220,10 @@ impl Weir {
         let (Some(snapshot), Some(entry)) = (&ctx.snapshot, ctx.entry) else {
             return false;
         };
-        let view = RequestView {
-            host: request_host(session.req_header()),
-        };
-        match snapshot.select(entry, &view) {
+        let req = session.req_header();
+        let view = request_view(req, client_ip(session));
+        ctx.writes.clear();
+        match snapshot.select(entry, request_host(req), &view, &mut ctx.writes) {
             Ok(s) if Some(s) != ctx.selected => {
                 ctx.selected = Some(s);
                 ctx.tried = 0;
@@ -177,10 +261,9 @@ impl ProxyHttp for Weir {
                 .await?;
             return Ok(true);
         }
-        let view = RequestView {
-            host: request_host(session.req_header()),
-        };
-        let selected = match snapshot.select(entry, &view) {
+        let req = session.req_header();
+        let view = request_view(req, client_ip(session));
+        let selected = match snapshot.select(entry, request_host(req), &view, &mut ctx.writes) {
             Ok(s) => s,
             Err(r) => return self.refuse(session, r).await,
         };
@@ -195,17 +278,22 @@ impl ProxyHttp for Weir {
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let mut upstream = Self::pick(ctx);
+        let mut upstream = Self::pick(session, ctx);
         if upstream.is_none() && ctx.tried != 0 && Self::reroute(session, ctx) {
             if matches!(ctx.target(), Some(Target::Respond(_))) {
                 ctx.respond_instead = true;
                 return Error::e_explain(HTTPStatus(503), "rerouted to a respond route");
             }
-            upstream = Self::pick(ctx);
+            upstream = Self::pick(session, ctx);
         }
         let Some(upstream) = upstream else {
             return Error::e_explain(HTTPStatus(503), "no upstream instance available");
         };
+        upstream
+            .health
+            .inflight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ctx.counted = true;
         ctx.last = Some(upstream.index);
         ctx.instance = Some(upstream.name.clone());
         Ok(Box::new(upstream.peer))
@@ -245,6 +333,7 @@ impl ProxyHttp for Weir {
                 }
             }
         }
+        ctx.release();
         if let Some(i) = ctx.last.filter(|i| *i < 64) {
             ctx.tried |= 1 << i;
         }
@@ -301,6 +390,36 @@ impl ProxyHttp for Weir {
         }
     }
 
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut pingora::http::ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let Some(snapshot) = &ctx.snapshot else {
+            return Ok(());
+        };
+        let tls = false;
+        for (g, r) in ctx.writes.iter() {
+            if let Some(c) = &snapshot.gateways[g].routes[r].set_cookie {
+                response.append_header(http::header::SET_COOKIE, c.get(tls).clone())?;
+            }
+        }
+        // Instance stickiness: (re)write when the instance is not the one the cookie named.
+        if let (Some(sel), Some(u)) = (ctx.selected, ctx.last_upstream()) {
+            if sel.pinned != Some(u.index) {
+                if let Some(c) = &u.set_cookie {
+                    response.append_header(http::header::SET_COOKIE, c.get(tls).clone())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        ctx.release();
+    }
+
     fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, error: &Error) -> bool {
         // A client that hangs up mid-request is routine at an edge, not an error to log.
         error.esource() == &ErrorSource::Downstream && error.etype() == &ConnectionClosed
@@ -312,10 +431,8 @@ impl ProxyHttp for Weir {
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let client = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
+        let client = client_ip(session);
+        self.rewrite(session, upstream_request, ctx, client)?;
         let trusted = match (client, &ctx.snapshot) {
             (Some(ip), Some(s)) => s.defaults.is_trusted(ip),
             _ => false,

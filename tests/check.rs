@@ -155,20 +155,46 @@ fn later_features_are_refused_not_ignored() {
         &format!(
             "{HEAD}gateways:
   - name: a
+    hsts: {{ max_age: 60 }}
+    routes:
+      r: {{ respond: {{ status: 200 }} }}
+  - name: b
+    port: 9999/tcp
+    routes:
+      r: {{ instances: [\"127.0.0.1:1\"] }}
+"
+        ),
+    )]);
+    for field in ["hsts", "port N/tcp"] {
+        assert!(err.contains(&format!("not supported yet: {field}")), "{err}");
+    }
+}
+
+#[test]
+fn condition_and_rewrite_errors_point_at_the_column() {
+    let err = check_err(&[(
+        "weir.yaml",
+        &format!(
+            "{HEAD}gateways:
+  - name: a
     routes:
       r:
-        condition: \"user-agent == Firefox\"
-        rewrites: [ {{ path: \"/x if path_beg /y\" }} ]
+        condition: \"has cookie beta and (user-agent == Firefox\"
+        rewrites: [ {{ path: \"%[path,regsub(^/v1,/api)] if path_beg\" }} ]
+        condition_strength: 50%
+        respond: {{ status: 200 }}
+      s:
+        condition_strength: 10%
         respond: {{ status: 200 }}
 "
         ),
     )]);
-    for field in ["condition", "rewrites"] {
-        assert!(
-            err.contains(&format!("route \"r\": not supported yet: {field}")),
-            "{err}"
-        );
-    }
+    assert!(
+        err.contains("gateway \"a\", route \"r\": invalid condition \"has cookie beta and (user-agent == Firefox\" at column 43: expected ')'"),
+        "{err}"
+    );
+    assert!(err.contains("condition \"path_beg\": column 9: expected a value to match"), "{err}");
+    assert!(err.contains("route \"s\": condition_strength needs a condition"), "{err}");
 }
 
 #[test]

@@ -14,11 +14,15 @@ use pingora::upstreams::peer::HttpPeer;
 use rustc_hash::FxHashMap;
 
 use super::{
-    Defaults, Entry, External, Gateway, Listener, Pool, Respond, Route, Snapshot, Target, Upstream,
-    MAX_CHAIN_DEPTH,
+    Defaults, Entry, External, Gateway, GatewayParts, Listener, Pool, Respond, Route, Snapshot,
+    Target, Upstream, MAX_CHAIN_DEPTH,
 };
+use crate::balance::Picker;
+use crate::sticky::{self, SetCookie};
 use crate::config::load::Loaded;
-use crate::config::units::{split_host_port, InstanceSpec};
+use crate::condition::{self, Expr};
+use crate::config::units::{split_host_port, InstanceSpec, FULL};
+use crate::rewrite::{self, Rewrite};
 use crate::config::{Balance, Config, GatewayConfig, PortKind, RouteConfig, Sticky};
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::health::{ActiveCheck, HealthRegistry};
@@ -93,11 +97,14 @@ pub fn build(loaded: &Loaded, health: &HealthRegistry) -> Result<Snapshot, Diagn
         }
         let routes = b.routes(gw, &scope, &names, &template, &mut externals);
         gateways.push(Gateway::new(
-            gw.name.as_str().into(),
-            gw.source.clone(),
+            GatewayParts {
+                name: gw.name.as_str().into(),
+                source: gw.source.clone(),
+                sticky: gw.sticky,
+                listener_mask,
+                port,
+            },
             routes,
-            listener_mask,
-            port,
         ));
     }
     b.check_chains(&config.gateways, &gateways);
@@ -118,6 +125,7 @@ pub fn build(loaded: &Loaded, health: &HealthRegistry) -> Result<Snapshot, Diagn
         externals,
         files: loaded.files.clone(),
         watch_dirs: loaded.watch_dirs.clone(),
+        refresh: std::sync::Mutex::new(()),
         admin: config.admin.as_ref().and_then(|a| a.bind.parse().ok()),
         by_name: gateways
             .iter()
@@ -209,18 +217,8 @@ impl Builder<'_> {
         if gw.port.is_some_and(|p| p.kind == PortKind::Tcp) {
             self.error(gw, scope, not_supported("port N/tcp (TCP gateways)"));
         }
-        if gw.sticky != Sticky::None {
-            self.error(gw, scope, not_supported("sticky"));
-        }
         if gw.hsts.is_some() {
             self.error(gw, scope, not_supported("hsts"));
-        }
-        if gw
-            .balance
-            .as_ref()
-            .is_some_and(|b| *b != Balance::RoundRobin)
-        {
-            self.error(gw, scope, not_supported("balance other than round_robin"));
         }
         if gw.routes.is_empty() {
             self.error(gw, scope, "gateway has no routes");
@@ -374,37 +372,66 @@ impl Builder<'_> {
         let mut routes = Vec::with_capacity(gw.routes.len());
         for ((key, route), weight) in gw.routes.iter().zip(weights) {
             let scope = format!("{scope}, route {key:?}");
-            self.refuse_unsupported_route(gw, route, &scope);
+            self.check_route_fields(gw, route, &scope);
+            let (condition, strength, rewrites) = self.route_logic(gw, route, &scope);
             if let Some(target) = self.target(gw, key, route, &scope, names, template) {
                 if let Target::External(e) = &target {
                     externals.push(e.clone());
                 }
+                let sticky_id = sticky::id(&[&gw.name, key]);
+                let cookie = sticky::cookie_name(&gw.name);
+                let set_cookie = (gw.sticky == Sticky::Route)
+                    .then(|| SetCookie::new(&cookie, &sticky::value(sticky_id, None)))
+                    .flatten();
                 routes.push(Route {
                     key: key.as_str().into(),
                     weight,
                     target,
+                    condition,
+                    strength,
+                    rewrites,
+                    sticky_id,
+                    set_cookie,
                 });
             }
         }
         routes
     }
 
-    fn refuse_unsupported_route(&mut self, gw: &GatewayConfig, r: &RouteConfig, scope: &str) {
-        if r.condition.is_some() {
-            self.error(gw, scope, not_supported("condition"));
+    fn check_route_fields(&mut self, gw: &GatewayConfig, r: &RouteConfig, scope: &str) {
+        if r.condition_strength.is_some() && r.condition.is_none() {
+            self.error(gw, scope, "condition_strength needs a condition");
         }
-        if r.condition_strength.is_some() {
-            self.error(gw, scope, not_supported("condition_strength"));
+        if r.balance.is_some() && r.instances.is_empty() {
+            self.error(gw, scope, "balance needs instances to balance over");
         }
-        if !r.rewrites.is_empty() {
-            self.error(gw, scope, not_supported("rewrites"));
+    }
+
+    /// The compiled condition, strength and rewrites of a route.
+    fn route_logic(
+        &mut self,
+        gw: &GatewayConfig,
+        r: &RouteConfig,
+        scope: &str,
+    ) -> (Option<Expr>, Schedule, Vec<Rewrite>) {
+        let condition = r.condition.as_ref().and_then(|text| match condition::parse(text) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                self.error(gw, scope, format!("invalid condition {text:?} at {e}"));
+                None
+            }
+        });
+        // Default strength: 100% with a condition (SPEC §2.2).
+        let strength = r.condition_strength.map_or(FULL, |p| p.basis_points());
+        let strength = Schedule::new(&[strength, FULL - strength]);
+        let mut rewrites = Vec::new();
+        for rw in &r.rewrites {
+            match rewrite::compile(&rw.path) {
+                Ok(c) => rewrites.push(c),
+                Err(e) => self.error(gw, scope, e),
+            }
         }
-        if r.balance
-            .as_ref()
-            .is_some_and(|b| *b != Balance::RoundRobin)
-        {
-            self.error(gw, scope, not_supported("balance other than round_robin"));
-        }
+        (condition, strength, rewrites)
     }
 
     /// What a route key and body point at (SPEC §1 route key forms).
@@ -533,11 +560,22 @@ impl Builder<'_> {
             let mut peer = template.clone();
             peer._address = pingora::protocols::l4::socket::SocketAddr::Inet(addr);
             let name = format!("{}:{}", spec.host, spec.port);
+            let route_id = sticky::id(&[&gw.name, key]);
+            // Named instances keep their cookie when their address changes.
+            let identity = spec.name.as_deref().unwrap_or(&name);
+            let sticky_id = sticky::id(&[&gw.name, key, identity]);
+            let cookie = sticky::cookie_name(&gw.name);
+            let set_cookie = (gw.sticky == Sticky::Instance)
+                .then(|| SetCookie::new(&cookie, &sticky::value(route_id, Some(sticky_id))))
+                .flatten();
             instances.push(Upstream {
                 health: self.health.get(&gw.name, key, &name),
                 name: name.into(),
                 index,
+                weight: spec.weight,
                 peer,
+                sticky_id,
+                set_cookie,
             });
             weights.push(spec.weight);
         }
@@ -555,8 +593,14 @@ impl Builder<'_> {
             }
             None => None,
         };
+        let balance = route
+            .balance
+            .as_ref()
+            .or(gw.balance.as_ref())
+            .unwrap_or(&Balance::RoundRobin);
         Some(Pool {
             schedule: Schedule::new(&weights),
+            picker: Picker::new(balance, &instances),
             instances,
             check,
         })
@@ -769,14 +813,17 @@ mod tests {
     #[test]
     fn all_errors_reported() {
         let e = errors(&format!(
-            "{LISTENER}gateways:\n- name: g\n  virtual_hosts: [a.com]\n  routes: {{ x: {{}} }}\n- name: g\n  virtual_hosts: [A.com]\n  routes: {{ y: {{ condition: \"true\", respond: {{status: 200}} }} }}\n"
+            "{LISTENER}gateways:\n- name: g\n  virtual_hosts: [a.com]\n  routes: {{ x: {{}} }}\n- name: g\n  virtual_hosts: [A.com]\n  routes: {{ y: {{ condition: \"user-agent ==\", respond: {{status: 200}} }} }}\n"
         ));
         assert!(e.contains("duplicate gateway name"), "{e}");
         assert!(
             e.contains("virtual host \"A.com\" is already used by gateway \"g\""),
             "{e}"
         );
-        assert!(e.contains("not supported yet: condition"), "{e}");
+        assert!(
+            e.contains("route \"y\": invalid condition \"user-agent ==\" at column 14: expected a user agent"),
+            "{e}"
+        );
         assert!(e.contains("route \"x\""), "{e}");
     }
 
@@ -794,11 +841,11 @@ mod tests {
             "{LISTENER}gateways:\n- name: front\n  virtual_hosts: [f.test]\n  routes: {{ back: {{}} }}\n- name: back\n  routes: {{ r: {{ respond: {{status: 201}} }} }}\n"
         ))
         .unwrap();
+        let headers = http::HeaderMap::new();
+        let req = crate::condition::Request::new(b"f.test", "/", "GET", &headers, None);
+        let mut writes = super::super::StickyWrites::default();
         let sel = s
-            .select(
-                Entry::Shared(0),
-                &super::super::RequestView { host: b"f.test" },
-            )
+            .select(Entry::Shared(0), b"f.test", &req, &mut writes)
             .unwrap();
         assert_eq!(sel.gateway, 1);
         assert!(matches!(s.route(sel).target, Target::Respond(_)));
@@ -807,9 +854,7 @@ mod tests {
     #[test]
     fn unsupported_fields_refused() {
         for (snippet, field) in [
-            ("sticky: route\n  ", "sticky"),
             ("port: 9000/tcp\n  ", "port N/tcp"),
-            ("balance: random\n  ", "balance"),
             ("hsts: { max_age: 1 }\n  ", "hsts"),
         ] {
             let e = errors(&format!(

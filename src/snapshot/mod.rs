@@ -9,7 +9,7 @@ mod build;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,8 +19,13 @@ use ipnet::IpNet;
 use pingora::http::ResponseHeader;
 use pingora::upstreams::peer::HttpPeer;
 
+use crate::balance::{PickInput, Picker};
+use crate::condition::{Expr, Request};
+use crate::config::Sticky;
 use crate::health::{ActiveCheck, InstanceHealth};
+use crate::rewrite::Rewrite;
 use crate::schedule::Schedule;
+use crate::sticky::{self, SetCookie};
 use crate::vhost::VhostTable;
 
 pub use build::{build, check_summary};
@@ -69,8 +74,13 @@ pub struct Gateway {
     /// Weighted round-robin over the routes that can take traffic now: their effective
     /// weights, with routes that have no healthy instance left out (SPEC §2.4).
     pub schedule: ArcSwap<Schedule>,
-    /// Which routes `schedule` was built with; changed only by `refresh_health`.
-    alive: Mutex<Vec<bool>>,
+    /// Which routes can take traffic; `schedule` was built from these. Written only
+    /// by `refresh_health`, read lock-free by requests.
+    alive: Vec<AtomicBool>,
+    /// Routes with a condition, in route order.
+    pub conditional: Vec<usize>,
+    pub sticky: Sticky,
+    pub cookie_name: Box<str>,
     /// Bit i set: shared listener i carries this gateway's vhosts.
     pub listener_mask: u64,
     pub port: Option<u16>,
@@ -82,6 +92,14 @@ pub struct Route {
     /// Effective weight in basis points (100% = 10,000).
     pub weight: u32,
     pub target: Target,
+    pub condition: Option<Expr>,
+    /// Deterministic strength pick: entry 0 = take the matching request.
+    pub strength: Schedule,
+    pub rewrites: Vec<Rewrite>,
+    /// Identity in sticky cookies.
+    pub sticky_id: u64,
+    /// `Set-Cookie` for route stickiness.
+    pub set_cookie: Option<SetCookie>,
 }
 
 #[derive(Debug)]
@@ -99,20 +117,22 @@ pub struct Pool {
     pub instances: Vec<Upstream>,
     /// Round-robin over instances by instance weight.
     pub schedule: Schedule,
+    pub picker: Picker,
     pub check: Option<Arc<ActiveCheck>>,
 }
 
 impl Pool {
-    /// The next available instance not in `tried` (bit i = instance i already tried).
-    pub fn pick(&self, tried: u64) -> Option<&Upstream> {
-        for _ in 0..self.schedule.len() {
-            let i = self.schedule.pick()?;
-            let untried = i >= 64 || tried & (1 << i) == 0;
-            if untried && self.instances[i].health.available() {
-                return Some(&self.instances[i]);
-            }
-        }
-        None
+    /// The next available instance not in `tried` (bit i = instance i already tried),
+    /// by the route's balance algorithm.
+    pub fn pick(&self, tried: u64, input: &PickInput) -> Option<&Upstream> {
+        self.picker.pick(&self.instances, &self.schedule, tried, input)
+    }
+
+    /// The instance a sticky cookie names, if it can take the request.
+    pub fn pinned(&self, index: usize, tried: u64) -> Option<&Upstream> {
+        let u = self.instances.get(index)?;
+        let untried = index >= 64 || tried & (1 << index) == 0;
+        (untried && u.health.available()).then_some(u)
     }
 
     /// Whether any instance may take traffic.
@@ -127,8 +147,13 @@ pub struct Upstream {
     /// `host:port` as configured, for logs and metrics.
     pub name: Arc<str>,
     pub index: usize,
+    pub weight: u32,
     pub peer: HttpPeer,
     pub health: Arc<InstanceHealth>,
+    /// Identity in sticky cookies.
+    pub sticky_id: u64,
+    /// `Set-Cookie` for instance stickiness.
+    pub set_cookie: Option<SetCookie>,
 }
 
 /// An external `[host:port]` target; host names are re-resolved in the background.
@@ -186,9 +211,12 @@ impl External {
                 Upstream {
                     name: self.name.clone(),
                     index,
+                    weight: 1,
                     peer,
                     // External targets have no health checks: always available.
                     health: Arc::default(),
+                    sticky_id: 0,
+                    set_cookie: None,
                 }
             })
             .collect()
@@ -218,13 +246,35 @@ pub enum Refusal {
 pub struct Selected {
     pub gateway: usize,
     pub route: usize,
+    /// The instance an instance-sticky cookie names (still valid when routed).
+    pub pinned: Option<usize>,
 }
 
-/// What the routing decision reads of a request.
-#[derive(Debug, Clone, Copy)]
-pub struct RequestView<'a> {
-    /// Host (or `:authority`), as sent.
-    pub host: &'a [u8],
+/// Gateways along the routing path whose sticky cookie must be (re)written, with the
+/// route chosen there. Fixed size: routing allocates nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StickyWrites {
+    hops: [(u16, u16); 4],
+    len: u8,
+}
+
+impl StickyWrites {
+    fn push(&mut self, gateway: usize, route: usize) {
+        if (self.len as usize) < self.hops.len() {
+            self.hops[self.len as usize] = (gateway as u16, route as u16);
+            self.len += 1;
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.hops[..self.len as usize]
+            .iter()
+            .map(|(g, r)| (*g as usize, *r as usize))
+    }
+
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
 }
 
 #[derive(Debug)]
@@ -244,6 +294,8 @@ pub struct Snapshot {
     pub admin: Option<SocketAddr>,
     /// Gateway name → index.
     pub by_name: rustc_hash::FxHashMap<Arc<str>, usize>,
+    /// Serialises `refresh_health` (writers only; requests never take it).
+    pub refresh: Mutex<()>,
 }
 
 impl Snapshot {
@@ -255,11 +307,11 @@ impl Snapshot {
 
     /// The gateway that takes a request arriving on `entry`.
     #[inline]
-    pub fn gateway_for(&self, entry: Entry, req: &RequestView) -> Result<usize, Refusal> {
+    pub fn gateway_for(&self, entry: Entry, host: &[u8]) -> Result<usize, Refusal> {
         match entry {
             Entry::Dedicated(g) => Ok(g),
             Entry::Shared(listener) => {
-                let g = self.vhosts.lookup(req.host).ok_or(Refusal::UnknownHost)?;
+                let g = self.vhosts.lookup(host).ok_or(Refusal::UnknownHost)?;
                 if self.gateways[g].listener_mask & (1 << listener) == 0 {
                     return Err(Refusal::Misdirected);
                 }
@@ -268,19 +320,34 @@ impl Snapshot {
         }
     }
 
-    /// Routes a request: gateway by entry and Host, then route by weight, following
-    /// chains to other gateways. The selected route is never a chain.
-    pub fn select(&self, entry: Entry, req: &RequestView) -> Result<Selected, Refusal> {
-        let mut gateway = self.gateway_for(entry, req)?;
+    /// Routes a request (SPEC §2.1–2.3, 2.6): gateway by entry and Host; then in each
+    /// gateway, a valid sticky cookie, else the first route whose condition matches
+    /// (taken at its strength), else the weighted split; chains are followed in-process.
+    /// The selected route is never a chain. `writes` collects the sticky cookies to set.
+    pub fn select(
+        &self,
+        entry: Entry,
+        host: &[u8],
+        req: &Request,
+        writes: &mut StickyWrites,
+    ) -> Result<Selected, Refusal> {
+        let mut gateway = self.gateway_for(entry, host)?;
         for _ in 0..=MAX_CHAIN_DEPTH {
-            let route = self.gateways[gateway]
-                .schedule
-                .load()
-                .pick()
-                .ok_or(Refusal::NoRoute)?;
-            match self.gateways[gateway].routes[route].target {
+            let g = &self.gateways[gateway];
+            let (route, pinned) = match g.from_cookie(req) {
+                Some(found) => found,
+                None => {
+                    let route = g.by_condition(req).or_else(|| g.schedule.load().pick());
+                    let route = route.ok_or(Refusal::NoRoute)?;
+                    if g.sticky != Sticky::None {
+                        writes.push(gateway, route);
+                    }
+                    (route, None)
+                }
+            };
+            match g.routes[route].target {
                 Target::Chain(next) => gateway = next,
-                _ => return Ok(Selected { gateway, route }),
+                _ => return Ok(Selected { gateway, route, pinned }),
             }
         }
         // Unreachable for a validated snapshot: chains are loop-checked at load.
@@ -385,17 +452,24 @@ impl Snapshot {
     /// Called after instance health changes, off the request path (or on the error path
     /// of a failed connect). Returns whether any schedule changed.
     pub fn refresh_health(&self) -> bool {
+        let _one_at_a_time = self.refresh.lock().unwrap_or_else(|e| e.into_inner());
         let mut any = false;
         // Chains make one gateway's liveness depend on another's: repeat until stable.
         for _ in 0..=MAX_CHAIN_DEPTH {
             let mut changed = false;
             for g in &self.gateways {
                 let alive: Vec<bool> = g.routes.iter().map(|r| self.route_alive(r)).collect();
-                let mut stored = g.alive.lock().unwrap_or_else(|e| e.into_inner());
-                if *stored != alive {
+                let same = g
+                    .alive
+                    .iter()
+                    .zip(&alive)
+                    .all(|(a, b)| a.load(Ordering::Relaxed) == *b);
+                if !same {
+                    for (a, b) in g.alive.iter().zip(&alive) {
+                        a.store(*b, Ordering::Relaxed);
+                    }
                     g.schedule
-                        .store(Arc::new(Schedule::new(&g.effective_weights(&alive))));
-                    *stored = alive;
+                        .store(Arc::new(Schedule::new(&g.effective_weights())));
                     changed = true;
                 }
             }
@@ -408,49 +482,88 @@ impl Snapshot {
     }
 }
 
+/// What `Gateway::new` takes besides its routes.
+pub struct GatewayParts {
+    pub name: Arc<str>,
+    pub source: PathBuf,
+    pub sticky: Sticky,
+    pub listener_mask: u64,
+    pub port: Option<u16>,
+}
+
 impl Gateway {
-    pub fn new(
-        name: Arc<str>,
-        source: PathBuf,
-        routes: Vec<Route>,
-        listener_mask: u64,
-        port: Option<u16>,
-    ) -> Gateway {
-        let alive = vec![true; routes.len()];
+    pub fn new(parts: GatewayParts, routes: Vec<Route>) -> Gateway {
+        let alive = routes.iter().map(|_| AtomicBool::new(true)).collect();
         let weights: Vec<u32> = routes.iter().map(|r| r.weight).collect();
         Gateway {
-            name,
-            source,
+            cookie_name: sticky::cookie_name(&parts.name).into(),
+            conditional: (0..routes.len())
+                .filter(|i| routes[*i].condition.is_some())
+                .collect(),
+            name: parts.name,
+            source: parts.source,
             schedule: ArcSwap::from_pointee(Schedule::new(&weights)),
-            alive: Mutex::new(alive),
+            alive,
             routes,
-            listener_mask,
-            port,
+            sticky: parts.sticky,
+            listener_mask: parts.listener_mask,
+            port: parts.port,
         }
     }
 
+    #[inline]
+    fn is_alive(&self, route: usize) -> bool {
+        self.alive[route].load(Ordering::Relaxed)
+    }
+
+    /// The route (and instance) a valid sticky cookie names.
+    fn from_cookie(&self, req: &Request) -> Option<(usize, Option<usize>)> {
+        if self.sticky == Sticky::None {
+            return None;
+        }
+        let (route_id, instance_id) = sticky::decode(req.cookie(&self.cookie_name)?)?;
+        let route = self.routes.iter().position(|r| r.sticky_id == route_id)?;
+        if !self.is_alive(route) {
+            return None;
+        }
+        if self.sticky == Sticky::Instance {
+            if let Target::Pool(pool) = &self.routes[route].target {
+                let instance = pool
+                    .instances
+                    .iter()
+                    .position(|u| Some(u.sticky_id) == instance_id)?;
+                return pool.pinned(instance, 0).map(|_| (route, Some(instance)));
+            }
+        }
+        Some((route, None))
+    }
+
+    /// The first route whose condition matches, if its strength takes the request.
+    fn by_condition(&self, req: &Request) -> Option<usize> {
+        let first = self
+            .conditional
+            .iter()
+            .copied()
+            .find(|i| self.routes[*i].condition.as_ref().is_some_and(|c| c.eval(req)))?;
+        let taken = self.routes[first].strength.pick() == Some(0);
+        (taken && self.is_alive(first)).then_some(first)
+    }
+
     /// Route weights with dead routes at zero.
-    fn effective_weights(&self, alive: &[bool]) -> Vec<u32> {
+    fn effective_weights(&self) -> Vec<u32> {
         self.routes
             .iter()
-            .zip(alive)
-            .map(|(r, a)| if *a { r.weight } else { 0 })
+            .enumerate()
+            .map(|(i, r)| if self.is_alive(i) { r.weight } else { 0 })
             .collect()
     }
 
     /// Each route's share of weighted traffic now, 0..1 (health taken into account).
     pub fn weight_ratios(&self) -> Vec<f64> {
-        let alive = self.alive.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let w = self.effective_weights(&alive);
+        let w = self.effective_weights();
         let total: u32 = w.iter().sum();
         w.iter()
-            .map(|x| {
-                if total == 0 {
-                    0.0
-                } else {
-                    *x as f64 / total as f64
-                }
-            })
+            .map(|x| if total == 0 { 0.0 } else { *x as f64 / total as f64 })
             .collect()
     }
 }

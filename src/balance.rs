@@ -1,0 +1,197 @@
+//! Balancing inside a route (SPEC §2.5): which instance of a pool takes a request.
+//! `round_robin` (smooth, honouring instance weights), `random` (weighted),
+//! `least_conn` (fewest requests in flight per unit of weight), `source_ip` and
+//! `hash(header|cookie|path)` (consistent hashing on a Ketama ring: removing an
+//! instance moves only its own keys). Every algorithm skips instances that are down
+//! or already failed for this request; hashing walks the ring to the next one.
+
+use std::net::IpAddr;
+
+use http::HeaderName;
+use pingora::http::RequestHeader;
+use pingora_ketama::{Bucket, Continuum};
+
+use crate::config::Balance;
+use crate::schedule::Schedule;
+use crate::snapshot::Upstream;
+
+/// How far a hash lookup walks the ring looking for a usable instance.
+const RING_WALK: usize = 4096;
+
+/// What a hash key is taken from.
+#[derive(Debug, Clone)]
+pub enum HashKey {
+    SourceIp,
+    Header(HeaderName),
+    Cookie(String),
+    Path,
+}
+
+pub enum Picker {
+    RoundRobin,
+    Random { cumulative: Vec<u32> },
+    LeastConn,
+    Hash { key: HashKey, ring: Continuum },
+}
+
+impl std::fmt::Debug for Picker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Picker::RoundRobin => "round_robin",
+            Picker::Random { .. } => "random",
+            Picker::LeastConn => "least_conn",
+            Picker::Hash { .. } => "hash",
+        })
+    }
+}
+
+/// What a pick may read of the request.
+pub struct PickInput<'a> {
+    pub client: Option<IpAddr>,
+    pub req: &'a RequestHeader,
+}
+
+impl Picker {
+    /// Compiles an algorithm for instances (with their weights).
+    pub fn new(balance: &Balance, instances: &[Upstream]) -> Picker {
+        let ring = || {
+            let buckets: Vec<Bucket> = instances
+                .iter()
+                .filter(|u| u.weight > 0)
+                .filter_map(|u| u.peer._address.as_inet().map(|a| Bucket::new(*a, u.weight)))
+                .collect();
+            Continuum::new(&buckets)
+        };
+        match balance {
+            Balance::RoundRobin => Picker::RoundRobin,
+            Balance::Random => Picker::Random {
+                cumulative: instances
+                    .iter()
+                    .scan(0u32, |sum, u| {
+                        *sum += u.weight;
+                        Some(*sum)
+                    })
+                    .collect(),
+            },
+            Balance::LeastConn => Picker::LeastConn,
+            Balance::SourceIp => Picker::Hash { key: HashKey::SourceIp, ring: ring() },
+            Balance::HashPath => Picker::Hash { key: HashKey::Path, ring: ring() },
+            Balance::HashHeader(h) => match HeaderName::from_bytes(h.as_bytes()) {
+                Ok(name) => Picker::Hash { key: HashKey::Header(name), ring: ring() },
+                Err(_) => Picker::RoundRobin,
+            },
+            Balance::HashCookie(c) => Picker::Hash { key: HashKey::Cookie(c.clone()), ring: ring() },
+        }
+    }
+
+    /// The next usable instance: available and not in `tried` (bit i = instance i).
+    pub fn pick<'p>(
+        &self,
+        instances: &'p [Upstream],
+        schedule: &Schedule,
+        tried: u64,
+        input: &PickInput,
+    ) -> Option<&'p Upstream> {
+        let usable = |i: usize| {
+            (i >= 64 || tried & (1 << i) == 0) && instances[i].health.available()
+        };
+        let chosen = match self {
+            Picker::RoundRobin => None,
+            Picker::Random { cumulative } => random(cumulative, &usable),
+            Picker::LeastConn => least_conn(instances, schedule, &usable),
+            Picker::Hash { key, ring } => hashed(key, ring, instances, input, &usable),
+        };
+        if let Some(i) = chosen {
+            return Some(&instances[i]);
+        }
+        // Round-robin, and the fallback of the others (no key, every candidate unusable).
+        (0..schedule.len())
+            .filter_map(|_| schedule.pick())
+            .find(|i| usable(*i))
+            .map(|i| &instances[i])
+    }
+}
+
+fn random(cumulative: &[u32], usable: &impl Fn(usize) -> bool) -> Option<usize> {
+    let total = *cumulative.last()?;
+    if total == 0 {
+        return None;
+    }
+    for _ in 0..cumulative.len() * 2 {
+        let r = fastrand::u32(0..total);
+        let i = cumulative.partition_point(|c| *c <= r);
+        if usable(i) {
+            return Some(i);
+        }
+    }
+    None
+}
+
+fn least_conn(
+    instances: &[Upstream],
+    schedule: &Schedule,
+    usable: &impl Fn(usize) -> bool,
+) -> Option<usize> {
+    // Start the scan at a rotating point, so that ties spread instead of piling on one.
+    let start = schedule.pick().unwrap_or(0);
+    let n = instances.len();
+    let mut best: Option<(usize, u64, u64)> = None;
+    for k in 0..n {
+        let i = (start + k) % n;
+        let w = instances[i].weight as u64;
+        if w == 0 || !usable(i) {
+            continue;
+        }
+        let load = instances[i].health.inflight.load(std::sync::atomic::Ordering::Relaxed) as u64;
+        // load/w < best_load/best_w, without division.
+        if best.is_none_or(|(_, bl, bw)| load * bw < bl * w) {
+            best = Some((i, load, w));
+        }
+    }
+    best.map(|(i, _, _)| i)
+}
+
+fn hash_key<'a>(key: &HashKey, input: &'a PickInput, buf: &'a mut [u8; 16]) -> Option<&'a [u8]> {
+    match key {
+        HashKey::SourceIp => match input.client? {
+            IpAddr::V4(v4) => {
+                buf[..4].copy_from_slice(&v4.octets());
+                Some(&buf[..4])
+            }
+            IpAddr::V6(v6) => {
+                *buf = v6.octets();
+                Some(&buf[..])
+            }
+        },
+        HashKey::Path => Some(input.req.uri.path().as_bytes()),
+        HashKey::Header(name) => input.req.headers.get(name).map(|v| v.as_bytes()),
+        HashKey::Cookie(name) => input
+            .req
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|pair| {
+                let (n, v) = pair.split_once('=')?;
+                (n.trim() == name).then(|| v.trim().as_bytes())
+            }),
+    }
+}
+
+fn hashed(
+    key: &HashKey,
+    ring: &Continuum,
+    instances: &[Upstream],
+    input: &PickInput,
+    usable: &impl Fn(usize) -> bool,
+) -> Option<usize> {
+    let mut buf = [0u8; 16];
+    let key = hash_key(key, input, &mut buf)?;
+    ring.node_iter(key).take(RING_WALK).find_map(|addr| {
+        instances
+            .iter()
+            .position(|u| u.peer._address.as_inet() == Some(addr))
+            .filter(|i| usable(*i))
+    })
+}
