@@ -74,13 +74,25 @@ impl Picker {
                     .collect(),
             },
             Balance::LeastConn => Picker::LeastConn,
-            Balance::SourceIp => Picker::Hash { key: HashKey::SourceIp, ring: ring() },
-            Balance::HashPath => Picker::Hash { key: HashKey::Path, ring: ring() },
+            Balance::SourceIp => Picker::Hash {
+                key: HashKey::SourceIp,
+                ring: ring(),
+            },
+            Balance::HashPath => Picker::Hash {
+                key: HashKey::Path,
+                ring: ring(),
+            },
             Balance::HashHeader(h) => match HeaderName::from_bytes(h.as_bytes()) {
-                Ok(name) => Picker::Hash { key: HashKey::Header(name), ring: ring() },
+                Ok(name) => Picker::Hash {
+                    key: HashKey::Header(name),
+                    ring: ring(),
+                },
                 Err(_) => Picker::RoundRobin,
             },
-            Balance::HashCookie(c) => Picker::Hash { key: HashKey::Cookie(c.clone()), ring: ring() },
+            Balance::HashCookie(c) => Picker::Hash {
+                key: HashKey::Cookie(c.clone()),
+                ring: ring(),
+            },
         }
     }
 
@@ -92,9 +104,8 @@ impl Picker {
         tried: u64,
         input: &PickInput,
     ) -> Option<&'p Upstream> {
-        let usable = |i: usize| {
-            (i >= 64 || tried & (1 << i) == 0) && instances[i].health.available()
-        };
+        let usable =
+            |i: usize| (i >= 64 || tried & (1 << i) == 0) && instances[i].health.available();
         let chosen = match self {
             Picker::RoundRobin => None,
             Picker::Random { cumulative } => random(cumulative, &usable),
@@ -142,7 +153,10 @@ fn least_conn(
         if w == 0 || !usable(i) {
             continue;
         }
-        let load = instances[i].health.inflight.load(std::sync::atomic::Ordering::Relaxed) as u64;
+        let load = instances[i]
+            .health
+            .inflight
+            .load(std::sync::atomic::Ordering::Relaxed) as u64;
         // load/w < best_load/best_w, without division.
         if best.is_none_or(|(_, bl, bw)| load * bw < bl * w) {
             best = Some((i, load, w));

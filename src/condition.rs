@@ -106,7 +106,7 @@ struct Cookies<'a> {
     overflow: bool,
 }
 
-fn cookie_pairs<'a>(headers: &'a HeaderMap) -> impl Iterator<Item = (&'a str, &'a str)> {
+fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
     headers
         .get_all(http::header::COOKIE)
         .iter()
@@ -159,7 +159,9 @@ impl<'a> Request<'a> {
             return Some(v);
         }
         if jar.overflow {
-            return cookie_pairs(self.headers).find(|(n, _)| *n == name).map(|(_, v)| v);
+            return cookie_pairs(self.headers)
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v);
         }
         None
     }
@@ -174,7 +176,10 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 }
 
 fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
-    needle.is_empty() || hay.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
+    needle.is_empty()
+        || hay
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 impl Expr {
@@ -217,7 +222,9 @@ impl Test {
             Test::PathIs(p) => r.path == p,
             Test::PathPrefix(p) => r.path.starts_with(p.as_str()),
             Test::MethodIs(m) => r.method.eq_ignore_ascii_case(m),
-            Test::Source(nets) => r.client.is_some_and(|ip| nets.iter().any(|n| n.contains(&ip))),
+            Test::Source(nets) => r
+                .client
+                .is_some_and(|ip| nets.iter().any(|n| n.contains(&ip))),
             Test::Acl(acl) => acl.eval(r),
         }
     }
@@ -251,9 +258,10 @@ impl Acl {
         match self.matcher {
             Matcher::Found => true,
             Matcher::Str => self.values.iter().any(|v| eq(sample, v.as_bytes())),
-            Matcher::Beg => self.values.iter().any(|v| {
-                sample.len() >= v.len() && eq(&sample[..v.len()], v.as_bytes())
-            }),
+            Matcher::Beg => self
+                .values
+                .iter()
+                .any(|v| sample.len() >= v.len() && eq(&sample[..v.len()], v.as_bytes())),
             Matcher::End => self.values.iter().any(|v| {
                 sample.len() >= v.len() && eq(&sample[sample.len() - v.len()..], v.as_bytes())
             }),
@@ -370,7 +378,10 @@ fn lex(text: &str) -> Result<Vec<Token>, ParseError> {
                     .position(|(_, x)| *x == close)
                     .map(|p| p + i + 1);
                 let Some(end) = end else {
-                    return err(col(start), format!("unterminated raw ACL: missing '{close}'"));
+                    return err(
+                        col(start),
+                        format!("unterminated raw ACL: missing '{close}'"),
+                    );
                 };
                 let raw: String = chars[i + 1..end].iter().map(|(_, c)| *c).collect();
                 out.push(Token {
@@ -446,9 +457,13 @@ fn looks_like_bare_acl(text: &str) -> bool {
         return true;
     }
     // `path /x` and `method GET` are ACLs; `path == /x`, `method == GET` are short codes.
-    let short_code_op = ["==", "=", "!=", "is", "not", "has", "contains", "misses", "prefix"]
-        .iter()
-        .any(|op| second.eq_ignore_ascii_case(op) || second.starts_with('=') || second.starts_with("!="));
+    let short_code_op = [
+        "==", "=", "!=", "is", "not", "has", "contains", "misses", "prefix",
+    ]
+    .iter()
+    .any(|op| {
+        second.eq_ignore_ascii_case(op) || second.starts_with('=') || second.starts_with("!=")
+    });
     (first == "path" || first == "method") && !second.is_empty() && !short_code_op
 }
 
@@ -535,13 +550,18 @@ impl Parser {
             Tok::LParen => {
                 let e = self.or()?;
                 match self.next() {
-                    Some(Token { tok: Tok::RParen, .. }) => Ok(e),
+                    Some(Token {
+                        tok: Tok::RParen, ..
+                    }) => Ok(e),
                     _ => err(self.column_of_prev(), "expected ')'"),
                 }
             }
             Tok::Raw(text, col) => parse_acl(&text, col).map(|a| Expr::Test(Test::Acl(a))),
             Tok::Word(w) => self.word(&w, t.column),
-            other => err(t.column, format!("expected a condition, found {}", describe(&other))),
+            other => err(
+                t.column,
+                format!("expected a condition, found {}", describe(&other)),
+            ),
         }
     }
 
@@ -555,7 +575,13 @@ impl Parser {
     fn value(&mut self, what: &str) -> Result<String, ParseError> {
         let column = self.column();
         match self.next() {
-            Some(Token { tok: Tok::Word(w), .. }) | Some(Token { tok: Tok::Quoted(w), .. }) => Ok(w),
+            Some(Token {
+                tok: Tok::Word(w), ..
+            })
+            | Some(Token {
+                tok: Tok::Quoted(w),
+                ..
+            }) => Ok(w),
             _ => err(column, format!("expected {what}")),
         }
     }
@@ -568,10 +594,18 @@ impl Parser {
             Some(Tok::NotEq) => Ok(false),
             Some(Tok::Word(w)) if positive.iter().any(|k| w.eq_ignore_ascii_case(k)) => Ok(true),
             Some(Tok::Word(w)) if negative.iter().any(|k| w.eq_ignore_ascii_case(k)) => Ok(false),
-            _ => err(column, format!(
-                "expected an operator: ==, !=, {}",
-                positive.iter().chain(negative).copied().collect::<Vec<_>>().join(", ")
-            )),
+            _ => err(
+                column,
+                format!(
+                    "expected an operator: ==, !=, {}",
+                    positive
+                        .iter()
+                        .chain(negative)
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ),
         }
     }
 
@@ -742,16 +776,24 @@ fn parse_acl(text: &str, column: usize) -> Result<Acl, ParseError> {
                 };
                 matcher = match (m, &fetch) {
                     ("found", _) => Matcher::Found,
-                    ("str", Fetch::Src) | ("beg", Fetch::Src) | ("end", Fetch::Src)
-                    | ("sub", Fetch::Src) | ("reg", Fetch::Src) => {
-                        return err(mcol, "src matches IP addresses only")
-                    }
+                    ("str", Fetch::Src)
+                    | ("beg", Fetch::Src)
+                    | ("end", Fetch::Src)
+                    | ("sub", Fetch::Src)
+                    | ("reg", Fetch::Src) => return err(mcol, "src matches IP addresses only"),
                     ("str", _) => Matcher::Str,
                     ("beg", _) => Matcher::Beg,
                     ("end", _) => Matcher::End,
                     ("sub", _) => Matcher::Sub,
                     ("reg", _) => Matcher::Reg,
-                    _ => return err(mcol, format!("unknown match method {m:?}: expected found, str, beg, end, sub or reg")),
+                    _ => {
+                        return err(
+                            mcol,
+                            format!(
+                            "unknown match method {m:?}: expected found, str, beg, end, sub or reg"
+                        ),
+                        )
+                    }
                 };
             }
             "--" if values.is_empty() => {}
@@ -776,7 +818,11 @@ fn parse_acl(text: &str, column: usize) -> Result<Acl, ParseError> {
     for (col, v) in values {
         match matcher {
             Matcher::Reg => {
-                let pattern = if ignore_case { format!("(?i){v}") } else { v.to_string() };
+                let pattern = if ignore_case {
+                    format!("(?i){v}")
+                } else {
+                    v.to_string()
+                };
                 let re = Regex::new(&pattern).map_err(|e| ParseError {
                     column: col,
                     message: format!("invalid regex {v:?}: {e}"),
@@ -826,7 +872,13 @@ mod tests {
         }
         fn eval(&self, cond: &str) -> bool {
             let e = parse(cond).unwrap_or_else(|e| panic!("{cond:?}: {e}"));
-            e.eval(&Request::new(self.host.as_bytes(), self.path, self.method, &self.headers, self.client))
+            e.eval(&Request::new(
+                self.host.as_bytes(),
+                self.path,
+                self.method,
+                &self.headers,
+                self.client,
+            ))
         }
     }
 
@@ -836,7 +888,9 @@ mod tests {
 
     #[test]
     fn vamp_parser_examples() {
-        let ff = req(FIREFOX).with("cookie", "vamp=12345; other=1").with("vamp", "x12345y");
+        let ff = req(FIREFOX)
+            .with("cookie", "vamp=12345; other=1")
+            .with("vamp", "x12345y");
         let chrome = req(CHROME);
         for (cond, on_ff, on_chrome) in [
             ("User-Agent==Firefox", true, false),
@@ -850,7 +904,11 @@ mod tests {
             ("misses header vamp", false, true),
             ("cookie vamp contains 12345", true, false),
             ("header vamp misses 12345", false, true),
-            ("(User-Agent = Chrome OR User-Agent = Firefox) AND has cookie vamp", true, false),
+            (
+                "(User-Agent = Chrome OR User-Agent = Firefox) AND has cookie vamp",
+                true,
+                false,
+            ),
         ] {
             assert_eq!(ff.eval(cond), on_ff, "{cond} on firefox");
             assert_eq!(chrome.eval(cond), on_chrome, "{cond} on chrome");
@@ -861,7 +919,10 @@ mod tests {
     fn spec_short_codes_and_aliases() {
         let r = req(SAFARI).with("x-beta", "yes");
         assert!(r.eval("user-agent == Safari"));
-        assert!(!req(CHROME).eval("useragent == safari"), "Chrome says Safari but not Version");
+        assert!(
+            !req(CHROME).eval("useragent == safari"),
+            "Chrome says Safari but not Version"
+        );
         assert!(req("Mozilla/4.0 (compatible; MSIE 8.0)").eval("user-agent == ie"));
         assert!(req("Mozilla/5.0 Edge/18").eval("user-agent = EDGE"));
         assert!(r.eval("host == LOCALHOST"));
@@ -897,10 +958,16 @@ mod tests {
         let r = req(FIREFOX).with("x-ver", "Beta-2");
         assert!(r.eval("< path_beg /v1 >"));
         assert!(r.eval("{ path_end items }"));
-        assert!(r.eval("path_beg /v1"), "a whole condition may omit the brackets");
+        assert!(
+            r.eval("path_beg /v1"),
+            "a whole condition may omit the brackets"
+        );
         assert!(r.eval("path /v1/items"));
         assert!(!r.eval("path /v1"));
-        assert!(r.eval("< path_sub /ITEMS -i >") == false);
+        assert!(
+            !r.eval("< path_sub /ITEMS -i >"),
+            "flags come before values"
+        );
         assert!(r.eval("< path_sub -i /ITEMS >"));
         assert!(r.eval("< path_reg ^/v[0-9]+/ >"));
         assert!(r.eval("< hdr(x-ver) Beta-2 >"));
@@ -995,9 +1062,32 @@ mod tests {
     fn print(r: &Ref, parent: u8) -> String {
         let (text, prec) = match r {
             Ref::Leaf(t, _) => (t.to_string(), 3),
-            Ref::Not(e) => (format!("{}{}", ["not ", "! ", "NOT ", "!"][fastrand::usize(0..4)], print(e, 2)), 2),
-            Ref::And(a, b) => (format!("{} {} {}", print(a, 1), ["and", "&&", "AND"][fastrand::usize(0..3)], print(b, 1)), 1),
-            Ref::Or(a, b) => (format!("{} {} {}", print(a, 0), ["or", "||", "Or"][fastrand::usize(0..3)], print(b, 0)), 0),
+            Ref::Not(e) => (
+                format!(
+                    "{}{}",
+                    ["not ", "! ", "NOT ", "!"][fastrand::usize(0..4)],
+                    print(e, 2)
+                ),
+                2,
+            ),
+            Ref::And(a, b) => (
+                format!(
+                    "{} {} {}",
+                    print(a, 1),
+                    ["and", "&&", "AND"][fastrand::usize(0..3)],
+                    print(b, 1)
+                ),
+                1,
+            ),
+            Ref::Or(a, b) => (
+                format!(
+                    "{} {} {}",
+                    print(a, 0),
+                    ["or", "||", "Or"][fastrand::usize(0..3)],
+                    print(b, 0)
+                ),
+                0,
+            ),
         };
         if prec < parent || (prec == parent && parent < 3 && fastrand::bool()) {
             format!("({text})")

@@ -80,7 +80,8 @@ impl Ctx {
     fn release(&mut self) {
         if std::mem::take(&mut self.counted) {
             if let Some((h, _)) = self.last_health() {
-                h.inflight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                h.inflight
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
     }
@@ -155,10 +156,18 @@ impl Weir {
         let mut current: Option<String> = None;
         for rw in rewrites {
             let (path, query) = match &current {
-                Some(pq) => pq.split_once('?').map_or((pq.as_str(), None), |(p, q)| (p, Some(q))),
+                Some(pq) => pq
+                    .split_once('?')
+                    .map_or((pq.as_str(), None), |(p, q)| (p, Some(q))),
                 None => (req.uri.path(), req.uri.query()),
             };
-            let view = Request::new(request_host(req), path, req.method.as_str(), &req.headers, client);
+            let view = Request::new(
+                request_host(req),
+                path,
+                req.method.as_str(),
+                &req.headers,
+                client,
+            );
             if let Some(next) = rw.apply(&view, path, query) {
                 current = Some(next);
             }
@@ -167,7 +176,10 @@ impl Weir {
             match pq.parse::<http::Uri>() {
                 Ok(uri) => upstream_request.set_uri(uri),
                 Err(e) => {
-                    return Error::e_explain(HTTPStatus(500), format!("rewrite gave an invalid path {pq:?}: {e}"))
+                    return Error::e_explain(
+                        HTTPStatus(500),
+                        format!("rewrite gave an invalid path {pq:?}: {e}"),
+                    )
                 }
             }
         }

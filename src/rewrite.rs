@@ -34,9 +34,8 @@ pub fn compile(text: &str) -> Result<Rewrite, String> {
     let (template, condition) = match text.rfind(" if ") {
         Some(i) => {
             let cond_text = &text[i + 4..];
-            let cond = condition::parse(cond_text).map_err(|e| {
-                format!("rewrite {text:?}: condition {cond_text:?}: {e}")
-            })?;
+            let cond = condition::parse(cond_text)
+                .map_err(|e| format!("rewrite {text:?}: condition {cond_text:?}: {e}"))?;
             (&text[..i], cond)
         }
         None => (text, Expr::Const(true)),
@@ -49,12 +48,11 @@ pub fn compile(text: &str) -> Result<Rewrite, String> {
     if !matches!(parts.first(), Some(Part::Path | Part::PathRegsub { .. }))
         && !matches!(parts.first(), Some(Part::Lit(l)) if l.starts_with('/'))
     {
-        return Err(format!("rewrite {text:?}: the new path must start with / or %[path]"));
+        return Err(format!(
+            "rewrite {text:?}: the new path must start with / or %[path]"
+        ));
     }
-    Ok(Rewrite {
-        parts,
-        condition,
-    })
+    Ok(Rewrite { parts, condition })
 }
 
 /// The end of a `%[...]` expression that starts at `start` (just after `%[`).
@@ -151,7 +149,11 @@ fn parse_expression(expr: &str) -> Result<Part, String> {
         if let Some(bad) = flags.chars().find(|f| !"gi".contains(*f)) {
             return Err(format!("regsub: unknown flag {bad:?} (g and i are known)"));
         }
-        let pattern = if flags.contains('i') { format!("(?i){re}") } else { re.clone() };
+        let pattern = if flags.contains('i') {
+            format!("(?i){re}")
+        } else {
+            re.clone()
+        };
         let re = Regex::new(&pattern).map_err(|err| format!("invalid regex {re:?}: {err}"))?;
         return Ok(Part::PathRegsub {
             re,
@@ -208,7 +210,11 @@ impl Rewrite {
                         out.push_str(v);
                     }
                 }
-                Part::PathRegsub { re, replacement, all } => {
+                Part::PathRegsub {
+                    re,
+                    replacement,
+                    all,
+                } => {
                     if *all {
                         out.push_str(&re.replace_all(path, replacement.as_str()));
                     } else {
@@ -244,26 +250,56 @@ mod tests {
     fn spec_example_regsub_if_path_beg() {
         let rule = "%[path,regsub(^/v1,/api)] if path_beg /v1";
         assert_eq!(run(rule, "/v1/users", None).as_deref(), Some("/api/users"));
-        assert_eq!(run(rule, "/v1/users", Some("a=1")).as_deref(), Some("/api/users?a=1"));
+        assert_eq!(
+            run(rule, "/v1/users", Some("a=1")).as_deref(),
+            Some("/api/users?a=1")
+        );
         assert_eq!(run(rule, "/v2/users", None), None);
     }
 
     #[test]
     fn templates() {
-        assert_eq!(run("/x if path_beg /y", "/y/z", Some("q=1")).as_deref(), Some("/x?q=1"));
-        assert_eq!(run("/new?fixed=1 if true", "/old", Some("q=1")).as_deref(), Some("/new?fixed=1"));
-        assert_eq!(run("/t/%[hdr(X-Tenant)]%[path]", "/p", None).as_deref(), Some("/t/acme/p"));
-        assert_eq!(run("%[path]?%[query]&v=2", "/p", Some("a=1")).as_deref(), Some("/p?a=1&v=2"));
+        assert_eq!(
+            run("/x if path_beg /y", "/y/z", Some("q=1")).as_deref(),
+            Some("/x?q=1")
+        );
+        assert_eq!(
+            run("/new?fixed=1 if true", "/old", Some("q=1")).as_deref(),
+            Some("/new?fixed=1")
+        );
+        assert_eq!(
+            run("/t/%[hdr(X-Tenant)]%[path]", "/p", None).as_deref(),
+            Some("/t/acme/p")
+        );
+        assert_eq!(
+            run("%[path]?%[query]&v=2", "/p", Some("a=1")).as_deref(),
+            Some("/p?a=1&v=2")
+        );
         assert_eq!(
             run("%[path,regsub(^/u/([0-9]+)/x,/users/\\1)]", "/u/42/x", None).as_deref(),
             Some("/users/42")
         );
-        assert_eq!(run("%[path,regsub(o,0,g)]", "/foo/bo", None).as_deref(), Some("/f00/b0"));
-        assert_eq!(run("%[path,regsub(o,0)]", "/foo", None).as_deref(), Some("/f0o"));
-        assert_eq!(run("%[path,regsub(^/A,/b,i)]", "/a/c", None).as_deref(), Some("/b/c"));
-        assert_eq!(run("%[path,regsub([0-9]{2,3},N)]", "/x1234", None).as_deref(), Some("/xN4"));
+        assert_eq!(
+            run("%[path,regsub(o,0,g)]", "/foo/bo", None).as_deref(),
+            Some("/f00/b0")
+        );
+        assert_eq!(
+            run("%[path,regsub(o,0)]", "/foo", None).as_deref(),
+            Some("/f0o")
+        );
+        assert_eq!(
+            run("%[path,regsub(^/A,/b,i)]", "/a/c", None).as_deref(),
+            Some("/b/c")
+        );
+        assert_eq!(
+            run("%[path,regsub([0-9]{2,3},N)]", "/x1234", None).as_deref(),
+            Some("/xN4")
+        );
         // The last " if " splits: a template may itself contain " if ".
-        assert_eq!(run("/a if b if path_beg /", "/z", None).as_deref(), Some("/a if b"));
+        assert_eq!(
+            run("/a if b if path_beg /", "/z", None).as_deref(),
+            Some("/a if b")
+        );
     }
 
     #[test]

@@ -30,7 +30,13 @@ pub fn id(parts: &[&str]) -> u64 {
 pub fn cookie_name(gateway: &str) -> String {
     let clean: String = gateway
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     format!("weir_{clean}")
 }
@@ -101,6 +107,9 @@ mod tests {
         assert_eq!(cookie_name("sava:1.0/x"), "weir_sava_1.0_x");
         let c = SetCookie::new("weir_g", "00ff").unwrap();
         assert_eq!(c.get(false), "weir_g=00ff; Path=/; HttpOnly; SameSite=Lax");
-        assert_eq!(c.get(true), "weir_g=00ff; Path=/; HttpOnly; SameSite=Lax; Secure");
+        assert_eq!(
+            c.get(true),
+            "weir_g=00ff; Path=/; HttpOnly; SameSite=Lax; Secure"
+        );
     }
 }

@@ -166,7 +166,10 @@ fn later_features_are_refused_not_ignored() {
         ),
     )]);
     for field in ["hsts", "port N/tcp"] {
-        assert!(err.contains(&format!("not supported yet: {field}")), "{err}");
+        assert!(
+            err.contains(&format!("not supported yet: {field}")),
+            "{err}"
+        );
     }
 }
 
@@ -193,8 +196,14 @@ fn condition_and_rewrite_errors_point_at_the_column() {
         err.contains("gateway \"a\", route \"r\": invalid condition \"has cookie beta and (user-agent == Firefox\" at column 43: expected ')'"),
         "{err}"
     );
-    assert!(err.contains("condition \"path_beg\": column 9: expected a value to match"), "{err}");
-    assert!(err.contains("route \"s\": condition_strength needs a condition"), "{err}");
+    assert!(
+        err.contains("condition \"path_beg\": column 9: expected a value to match"),
+        "{err}"
+    );
+    assert!(
+        err.contains("route \"s\": condition_strength needs a condition"),
+        "{err}"
+    );
 }
 
 #[test]

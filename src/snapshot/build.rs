@@ -18,15 +18,15 @@ use super::{
     Target, Upstream, MAX_CHAIN_DEPTH,
 };
 use crate::balance::Picker;
-use crate::sticky::{self, SetCookie};
-use crate::config::load::Loaded;
 use crate::condition::{self, Expr};
+use crate::config::load::Loaded;
 use crate::config::units::{split_host_port, InstanceSpec, FULL};
-use crate::rewrite::{self, Rewrite};
 use crate::config::{Balance, Config, GatewayConfig, PortKind, RouteConfig, Sticky};
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::health::{ActiveCheck, HealthRegistry};
+use crate::rewrite::{self, Rewrite};
 use crate::schedule::{effective_weights, Schedule};
+use crate::sticky::{self, SetCookie};
 use crate::vhost::{normalize_pattern, VhostTable};
 
 /// Shared listeners a gateway can name (bits of `Gateway::listener_mask`).
@@ -414,13 +414,16 @@ impl Builder<'_> {
         r: &RouteConfig,
         scope: &str,
     ) -> (Option<Expr>, Schedule, Vec<Rewrite>) {
-        let condition = r.condition.as_ref().and_then(|text| match condition::parse(text) {
-            Ok(e) => Some(e),
-            Err(e) => {
-                self.error(gw, scope, format!("invalid condition {text:?} at {e}"));
-                None
-            }
-        });
+        let condition = r
+            .condition
+            .as_ref()
+            .and_then(|text| match condition::parse(text) {
+                Ok(e) => Some(e),
+                Err(e) => {
+                    self.error(gw, scope, format!("invalid condition {text:?} at {e}"));
+                    None
+                }
+            });
         // Default strength: 100% with a condition (SPEC §2.2).
         let strength = r.condition_strength.map_or(FULL, |p| p.basis_points());
         let strength = Schedule::new(&[strength, FULL - strength]);

@@ -125,7 +125,8 @@ impl Pool {
     /// The next available instance not in `tried` (bit i = instance i already tried),
     /// by the route's balance algorithm.
     pub fn pick(&self, tried: u64, input: &PickInput) -> Option<&Upstream> {
-        self.picker.pick(&self.instances, &self.schedule, tried, input)
+        self.picker
+            .pick(&self.instances, &self.schedule, tried, input)
     }
 
     /// The instance a sticky cookie names, if it can take the request.
@@ -334,7 +335,7 @@ impl Snapshot {
         let mut gateway = self.gateway_for(entry, host)?;
         for _ in 0..=MAX_CHAIN_DEPTH {
             let g = &self.gateways[gateway];
-            let (route, pinned) = match g.from_cookie(req) {
+            let (route, pinned) = match g.stuck_route(req) {
                 Some(found) => found,
                 None => {
                     let route = g.by_condition(req).or_else(|| g.schedule.load().pick());
@@ -347,7 +348,13 @@ impl Snapshot {
             };
             match g.routes[route].target {
                 Target::Chain(next) => gateway = next,
-                _ => return Ok(Selected { gateway, route, pinned }),
+                _ => {
+                    return Ok(Selected {
+                        gateway,
+                        route,
+                        pinned,
+                    })
+                }
             }
         }
         // Unreachable for a validated snapshot: chains are loop-checked at load.
@@ -517,7 +524,7 @@ impl Gateway {
     }
 
     /// The route (and instance) a valid sticky cookie names.
-    fn from_cookie(&self, req: &Request) -> Option<(usize, Option<usize>)> {
+    fn stuck_route(&self, req: &Request) -> Option<(usize, Option<usize>)> {
         if self.sticky == Sticky::None {
             return None;
         }
@@ -540,11 +547,12 @@ impl Gateway {
 
     /// The first route whose condition matches, if its strength takes the request.
     fn by_condition(&self, req: &Request) -> Option<usize> {
-        let first = self
-            .conditional
-            .iter()
-            .copied()
-            .find(|i| self.routes[*i].condition.as_ref().is_some_and(|c| c.eval(req)))?;
+        let first = self.conditional.iter().copied().find(|i| {
+            self.routes[*i]
+                .condition
+                .as_ref()
+                .is_some_and(|c| c.eval(req))
+        })?;
         let taken = self.routes[first].strength.pick() == Some(0);
         (taken && self.is_alive(first)).then_some(first)
     }
@@ -563,7 +571,13 @@ impl Gateway {
         let w = self.effective_weights();
         let total: u32 = w.iter().sum();
         w.iter()
-            .map(|x| if total == 0 { 0.0 } else { *x as f64 / total as f64 })
+            .map(|x| {
+                if total == 0 {
+                    0.0
+                } else {
+                    *x as f64 / total as f64
+                }
+            })
             .collect()
     }
 }

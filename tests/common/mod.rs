@@ -61,8 +61,17 @@ impl Upstream {
         Upstream::start_on(name, 0)
     }
 
+    /// An upstream that waits `delay` before each response.
+    pub fn start_slow(name: &str, delay: Duration) -> Upstream {
+        Upstream::start_with(name, 0, delay)
+    }
+
     /// Starts an upstream on a given port (0: any free port).
     pub fn start_on(name: &str, port: u16) -> Upstream {
+        Upstream::start_with(name, port, Duration::ZERO)
+    }
+
+    fn start_with(name: &str, port: u16, delay: Duration) -> Upstream {
         let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
         let port = listener.local_addr().unwrap().port();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -79,7 +88,7 @@ impl Upstream {
                     c.lock().unwrap().push(clone);
                 }
                 let (s, n) = (s.clone(), n.clone());
-                thread::spawn(move || serve_upstream(conn, &n, &s));
+                thread::spawn(move || serve_upstream(conn, &n, &s, delay));
             }
         });
         Upstream {
@@ -132,7 +141,7 @@ impl Drop for Upstream {
     }
 }
 
-fn serve_upstream(conn: TcpStream, name: &str, seen: &Mutex<Vec<Seen>>) {
+fn serve_upstream(conn: TcpStream, name: &str, seen: &Mutex<Vec<Seen>>, delay: Duration) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
     let mut writer = conn.try_clone().unwrap();
     let mut reader = BufReader::new(conn);
@@ -173,6 +182,9 @@ fn serve_upstream(conn: TcpStream, name: &str, seen: &Mutex<Vec<Seen>>) {
             target,
             headers,
         });
+        if !delay.is_zero() {
+            thread::sleep(delay);
+        }
         let response = format!(
             "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nx-upstream: {name}\r\n\r\n{name}",
             name.len()
@@ -352,6 +364,21 @@ pub struct Client {
 impl Client {
     pub fn connect(port: u16) -> Client {
         let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to weir");
+        Client::from_stream(stream)
+    }
+
+    /// Connects from a given loopback source address (e.g. 127.0.0.7).
+    pub fn connect_from(source: &str, port: u16) -> Client {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        let src: std::net::SocketAddr = format!("{source}:0").parse().unwrap();
+        socket.bind(&src.into()).expect("bind source address");
+        let dst: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        socket.connect(&dst.into()).expect("connect to weir");
+        Client::from_stream(socket.into())
+    }
+
+    fn from_stream(stream: TcpStream) -> Client {
         stream
             .set_read_timeout(Some(Duration::from_secs(15)))
             .unwrap();
