@@ -54,11 +54,25 @@ fn weighted_config() -> String {
     y
 }
 
-/// 20 conditional routes per gateway, of four kinds; none matches the bench request
-/// except (optionally) the last, so every condition is evaluated.
-fn conditional_config() -> String {
+/// 20 conditional routes per gateway, of four kinds; none matches the bench request,
+/// so every condition is evaluated. `conditional` says which gateways get them (the
+/// others get the 10 weighted routes).
+fn conditional_config(conditional: impl Fn(usize) -> bool) -> String {
     let mut y = String::from("listeners: { http: { bind: \"127.0.0.1:8080\" } }\ngateways:\n");
     for g in 0..GATEWAYS {
+        if !conditional(g) {
+            y.push_str(&format!(
+                "  - name: gw{g}\n    virtual_hosts: [{}]\n    routes:\n{}",
+                vhost(g),
+                (0..10)
+                    .map(|r| format!(
+                        "      r{r}: {{ weight: 10%, instances: [\"127.0.0.1:{}\"] }}\n",
+                        10000 + r
+                    ))
+                    .collect::<String>()
+            ));
+            continue;
+        }
         y.push_str(&format!(
             "  - name: gw{g}\n    virtual_hosts: [{}]\n    routes:\n",
             vhost(g)
@@ -136,16 +150,28 @@ fn bench(c: &mut Criterion) {
         })
     });
 
-    let conditional = snapshot(&conditional_config());
+    // The case: one gateway with 20 conditional routes among 1,000 vhosts.
+    let one = snapshot(&conditional_config(|g| g == 500));
+    assert!(decide(&one, &hosts[500], &headers, &req).is_some());
+    c.bench_function(
+        "route_decision_20_conditional_routes_among_1000_vhosts",
+        |b| b.iter(|| black_box(decide(&one, black_box(&hosts[500]), &headers, &req))),
+    );
+    // Harsher: every gateway has 20 conditions and requests rotate over all of them, so
+    // the conditions are rarely in CPU cache.
+    let all = snapshot(&conditional_config(|_| true));
     assert!(hosts
         .iter()
-        .all(|h| decide(&conditional, h, &headers, &req).is_some()));
-    c.bench_function("route_decision_1000_vhosts_20_conditional_routes", |b| {
-        b.iter(|| {
-            i = (i + 1) % hosts.len();
-            black_box(decide(&conditional, black_box(&hosts[i]), &headers, &req))
-        })
-    });
+        .all(|h| decide(&all, h, &headers, &req).is_some()));
+    c.bench_function(
+        "route_decision_rotating_1000_gateways_20_conditional_routes",
+        |b| {
+            b.iter(|| {
+                i = (i + 1) % hosts.len();
+                black_box(decide(&all, black_box(&hosts[i]), &headers, &req))
+            })
+        },
+    );
 
     let loaded = load_from_str(Path::new("bench.yaml"), &weighted_config()).unwrap();
     c.bench_function("snapshot_build_1000_gateways_10000_routes", |b| {

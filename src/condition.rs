@@ -42,11 +42,11 @@ pub enum Test {
     /// Host (port stripped) equals, case-insensitively; value lower-cased.
     HostIs(String),
     /// User-Agent contains every one of these (case-sensitive; aliases expanded).
-    UserAgent(Vec<String>),
+    UserAgent(Vec<Needle>),
     CookieExists(String),
-    CookieContains(String, String),
+    CookieContains(String, Needle),
     HeaderExists(HeaderName),
-    HeaderContains(HeaderName, String),
+    HeaderContains(HeaderName, Needle),
     PathIs(String),
     PathPrefix(String),
     MethodIs(String),
@@ -60,7 +60,10 @@ pub struct Acl {
     fetch: Fetch,
     matcher: Matcher,
     ignore_case: bool,
+    /// Values as written (lower-cased with `-i`).
     values: Vec<String>,
+    /// The same values as substring searchers, for `sub`.
+    needles: Vec<Needle>,
     regexes: Vec<Regex>,
     nets: Vec<IpNet>,
 }
@@ -96,7 +99,7 @@ pub struct Request<'a> {
     cookies: OnceCell<Cookies<'a>>,
 }
 
-const MAX_COOKIES: usize = 32;
+const MAX_COOKIES: usize = 16;
 
 /// The request's cookies, parsed once: up to `MAX_COOKIES` kept in place, beyond that
 /// looked up by scanning the header again.
@@ -114,8 +117,13 @@ fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let name = name.trim();
-            (!name.is_empty()).then(|| (name, value.trim().trim_matches('"')))
+            let name = name.trim_ascii();
+            let value = value.trim_ascii();
+            let value = value
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(value);
+            (!name.is_empty()).then_some((name, value))
         })
 }
 
@@ -171,15 +179,39 @@ impl<'a> Request<'a> {
     }
 }
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
+/// A substring to search for. Kept small (headers are short): candidates are found
+/// with SIMD `memchr` on the first byte, then compared.
+#[derive(Clone)]
+pub struct Needle {
+    text: Box<[u8]>,
 }
 
-fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
-    needle.is_empty()
-        || hay
-            .windows(needle.len())
-            .any(|w| w.eq_ignore_ascii_case(needle))
+impl fmt::Debug for Needle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(&self.text))
+    }
+}
+
+impl Needle {
+    pub fn new(text: &str) -> Needle {
+        Needle {
+            text: text.as_bytes().into(),
+        }
+    }
+
+    #[inline]
+    pub fn found_in(&self, hay: &[u8]) -> bool {
+        let Some((&first, rest)) = self.text.split_first() else {
+            return true;
+        };
+        memchr::memchr_iter(first, hay).any(|i| hay[i + 1..].starts_with(rest))
+    }
+
+    /// Case-insensitive search; the needle was lower-cased when built.
+    fn found_in_ignore_case(&self, hay: &[u8]) -> bool {
+        let n = &self.text;
+        n.is_empty() || hay.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
+    }
 }
 
 impl Expr {
@@ -214,11 +246,11 @@ impl Test {
             }
             Test::UserAgent(parts) => r
                 .header_values(&http::header::USER_AGENT)
-                .any(|ua| parts.iter().all(|p| contains(ua, p.as_bytes()))),
+                .any(|ua| parts.iter().all(|p| p.found_in(ua))),
             Test::CookieExists(n) => r.cookie(n).is_some(),
-            Test::CookieContains(n, v) => r.cookie(n).is_some_and(|c| c.contains(v.as_str())),
+            Test::CookieContains(n, v) => r.cookie(n).is_some_and(|c| v.found_in(c.as_bytes())),
             Test::HeaderExists(n) => r.headers.contains_key(n),
-            Test::HeaderContains(n, v) => r.header_values(n).any(|h| contains(h, v.as_bytes())),
+            Test::HeaderContains(n, v) => r.header_values(n).any(|h| v.found_in(h)),
             Test::PathIs(p) => r.path == p,
             Test::PathPrefix(p) => r.path.starts_with(p.as_str()),
             Test::MethodIs(m) => r.method.eq_ignore_ascii_case(m),
@@ -265,11 +297,11 @@ impl Acl {
             Matcher::End => self.values.iter().any(|v| {
                 sample.len() >= v.len() && eq(&sample[sample.len() - v.len()..], v.as_bytes())
             }),
-            Matcher::Sub => self.values.iter().any(|v| {
+            Matcher::Sub => self.needles.iter().any(|n| {
                 if self.ignore_case {
-                    contains_ignore_case(sample, v.as_bytes())
+                    n.found_in_ignore_case(sample)
                 } else {
-                    contains(sample, v.as_bytes())
+                    n.found_in(sample)
                 }
             }),
             Matcher::Reg => match std::str::from_utf8(sample) {
@@ -635,9 +667,9 @@ impl Parser {
                 let positive = self.operator(&["has", "contains"], &["misses"])?;
                 let value = self.value("a value")?;
                 let test = if lower == "cookie" {
-                    Test::CookieContains(name, value)
+                    Test::CookieContains(name, Needle::new(&value))
                 } else {
-                    Test::HeaderContains(header_name(&name, name_col)?, value)
+                    Test::HeaderContains(header_name(&name, name_col)?, Needle::new(&value))
                 };
                 Ok(negate(positive, Expr::Test(test)))
             }
@@ -705,16 +737,16 @@ fn parse_net(v: &str) -> Option<IpNet> {
 }
 
 /// Vamp's user-agent aliases (case-insensitive names); anything else is a substring.
-fn user_agent_alias(v: &str) -> Vec<String> {
+fn user_agent_alias(v: &str) -> Vec<Needle> {
     let parts: &[&str] = match v.to_ascii_lowercase().as_str() {
         "chrome" => &["Chrome"],
         "firefox" => &["Firefox"],
         "edge" => &["Edge"],
         "ie" => &["MSIE"],
         "safari" => &["Safari", "Version"],
-        _ => return vec![v.to_string()],
+        _ => return vec![Needle::new(v)],
     };
-    parts.iter().map(|s| s.to_string()).collect()
+    parts.iter().map(|s| Needle::new(s)).collect()
 }
 
 /// Parses a raw HAProxy ACL; `column` is where its text starts in the condition.
@@ -812,6 +844,7 @@ fn parse_acl(text: &str, column: usize) -> Result<Acl, ParseError> {
         matcher,
         ignore_case,
         values: Vec::new(),
+        needles: Vec::new(),
         regexes: Vec::new(),
         nets: Vec::new(),
     };
@@ -833,7 +866,15 @@ fn parse_acl(text: &str, column: usize) -> Result<Acl, ParseError> {
                 column: col,
                 message: format!("invalid address or CIDR {v:?}"),
             })?),
-            _ => acl.values.push(v.to_string()),
+            _ => {
+                let v = if ignore_case {
+                    v.to_ascii_lowercase()
+                } else {
+                    v.to_string()
+                };
+                acl.needles.push(Needle::new(&v));
+                acl.values.push(v);
+            }
         }
     }
     Ok(acl)
