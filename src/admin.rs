@@ -11,9 +11,12 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
 use crate::reload::Status;
+use crate::snapshot::Snapshot;
+use arc_swap::ArcSwap;
 
 pub struct Admin {
     pub status: Arc<Status>,
+    pub current: Arc<ArcSwap<Snapshot>>,
 }
 
 fn text(status: StatusCode, body: String) -> Response<Vec<u8>> {
@@ -59,6 +62,15 @@ impl ServeHttp for Admin {
         match req.uri.path() {
             "/healthz" => text(StatusCode::OK, "ok\n".into()),
             "/readyz" => self.readyz(),
+            "/metrics" => {
+                let body = crate::metrics::render(&self.current.load());
+                Response::builder()
+                    .status(StatusCode::OK)
+                    .header(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")
+                    .header(http::header::CONTENT_LENGTH, body.len())
+                    .body(body)
+                    .unwrap_or_default()
+            }
             _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
         }
     }

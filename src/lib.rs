@@ -6,6 +6,7 @@
 //! forwarding headers) → assembled into a Pingora server (`server`), driven by the
 //! command line (`cli`).
 
+pub mod accesslog;
 pub mod admin;
 pub mod balance;
 pub mod cli;
@@ -14,6 +15,7 @@ pub mod config;
 pub mod diag;
 pub mod forward;
 pub mod health;
+pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod resolve;

@@ -17,20 +17,50 @@ use pingora::protocols::Digest;
 use pingora::proxy::FailToProxy;
 use pingora::upstreams::peer::HttpPeer;
 
+use std::any::Any;
+use std::time::Instant;
+
+use crate::accesslog::{self, AccessLog};
 use crate::balance::PickInput;
 use crate::condition::Request;
 use crate::forward::{self, Forwarding};
 use crate::health::InstanceHealth;
+use crate::metrics;
 use crate::snapshot::{Entry, Refusal, Selected, Snapshot, StickyWrites, Target, Upstream};
 
 /// The proxy service; one per process, shared by every listener.
 pub struct Weir {
     pub current: Arc<ArcSwap<Snapshot>>,
+    pub access_log: Option<Arc<AccessLog>>,
+}
+
+/// Counts an open client connection in `weir_connections_active` while it lives. It is
+/// carried from request to request on a kept-alive connection, and dropped with it.
+struct ConnGuard(prometheus::IntGauge);
+
+impl ConnGuard {
+    fn new(listener: &str) -> ConnGuard {
+        let gauge = metrics::metrics()
+            .connections_active
+            .with_label_values(&[listener]);
+        gauge.inc();
+        ConnGuard(gauge)
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// Per-request state.
-#[derive(Default)]
 pub struct Ctx {
+    start: Instant,
+    conn: Option<Arc<ConnGuard>>,
+    /// The `X-Request-Id` sent upstream.
+    request_id: Option<String>,
+    upstream_status: Option<u16>,
     snapshot: Option<Arc<Snapshot>>,
     entry: Option<Entry>,
     selected: Option<Selected>,
@@ -134,6 +164,43 @@ fn local_port(session: &Session) -> u16 {
 }
 
 impl Weir {
+    fn write_access_log(
+        &self,
+        log: &AccessLog,
+        session: &Session,
+        ctx: &Ctx,
+        status: u16,
+        elapsed: std::time::Duration,
+    ) {
+        let req = session.req_header();
+        let (gateway, route) = ctx.gateway_and_route().unzip();
+        let incoming_id = req
+            .headers
+            .get(forward::X_REQUEST_ID)
+            .and_then(|v| v.to_str().ok());
+        let entry = accesslog::Entry {
+            ts: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            client: client_ip(session).map(|ip| ip.to_string()),
+            method: req.method.as_str(),
+            host: std::str::from_utf8(request_host(req)).unwrap_or(""),
+            path: req
+                .uri
+                .path_and_query()
+                .map_or(req.uri.path(), |pq| pq.as_str()),
+            status,
+            bytes_sent: session.body_bytes_sent(),
+            duration_ms: elapsed.as_secs_f64() * 1000.0,
+            gateway,
+            route,
+            instance: ctx.instance.as_deref(),
+            upstream_status: ctx.upstream_status,
+            request_id: ctx.request_id.as_deref().or(incoming_id),
+            tls_version: None,
+            sni: None,
+        };
+        log.log(&entry);
+    }
+
     /// Applies the selected route's rewrites to the upstream request (SPEC §2.7).
     fn rewrite(
         &self,
@@ -251,12 +318,53 @@ impl ProxyHttp for Weir {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx::default()
+        Ctx {
+            start: Instant::now(),
+            conn: None,
+            request_id: None,
+            upstream_status: None,
+            snapshot: None,
+            entry: None,
+            selected: None,
+            tried: 0,
+            last: None,
+            retries_left: 0,
+            local_port: 0,
+            respond_instead: false,
+            counted: false,
+            writes: StickyWrites::default(),
+            instance: None,
+        }
+    }
+
+    fn persist_connection_context(
+        &self,
+        _session: &Session,
+        ctx: &Ctx,
+    ) -> Option<Box<dyn Any + Send + Sync>> {
+        ctx.conn
+            .clone()
+            .map(|c| Box::new(c) as Box<dyn Any + Send + Sync>)
+    }
+
+    fn on_connection_reuse(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Ctx,
+        prev: Box<dyn Any + Send + Sync>,
+    ) {
+        if let Ok(conn) = prev.downcast::<Arc<ConnGuard>>() {
+            ctx.conn = Some(*conn);
+        }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let snapshot = self.current.load_full();
         let port = local_port(session);
+        if ctx.conn.is_none() {
+            ctx.conn = Some(Arc::new(ConnGuard::new(&snapshot.port_label(port))));
+        }
+        ctx.snapshot = Some(snapshot.clone());
         let defaults = &snapshot.defaults;
         session.set_keepalive(Some(defaults.idle_timeout.as_secs().max(1)));
         session.set_read_timeout(Some(defaults.request_header_timeout));
@@ -334,6 +442,14 @@ impl ProxyHttp for Weir {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        if let (Some((g, r)), Some(i)) = (ctx.gateway_and_route(), ctx.instance.as_deref()) {
+            let kind = if e.etype() == &ConnectTimedout {
+                "connect_timeout"
+            } else {
+                "connect"
+            };
+            metrics::upstream_error(g, r, i, kind);
+        }
         if let Some((health, has_check)) = ctx.last_health() {
             if health.mark_down_passive(has_check) {
                 log::warn!(
@@ -428,8 +544,51 @@ impl ProxyHttp for Weir {
         Ok(())
     }
 
-    async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut pingora::http::ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.upstream_status = Some(upstream_response.status.as_u16());
+        Ok(())
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         ctx.release();
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let elapsed = ctx.start.elapsed();
+        if let Some(snapshot) = &ctx.snapshot {
+            let m = match ctx.selected {
+                Some(sel) => &snapshot.route(sel).metrics,
+                None => &snapshot.unrouted,
+            };
+            if status != 0 {
+                m.record(
+                    status,
+                    elapsed,
+                    session.body_bytes_sent(),
+                    session.body_bytes_read(),
+                );
+            }
+        }
+        if let Some(e) = e.filter(|e| e.esource() == &ErrorSource::Upstream) {
+            let kind = match e.etype() {
+                // Counted per attempt in fail_to_connect.
+                ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError | BindError => {
+                    None
+                }
+                ReadTimedout | WriteTimedout => Some("timeout"),
+                ConnectionClosed => Some("closed"),
+                _ => Some("other"),
+            };
+            if let (Some(kind), Some((g, r))) = (kind, ctx.gateway_and_route()) {
+                metrics::upstream_error(g, r, ctx.instance.as_deref().unwrap_or(""), kind);
+            }
+        }
+        if let Some(log) = &self.access_log {
+            self.write_access_log(log, session, ctx, status, elapsed);
+        }
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, error: &Error) -> bool {
@@ -459,6 +618,14 @@ impl ProxyHttp for Weir {
             host,
             port: ctx.local_port,
         };
-        forward::apply(upstream_request, &fwd)
+        forward::apply(upstream_request, &fwd)?;
+        if self.access_log.is_some() {
+            ctx.request_id = upstream_request
+                .headers
+                .get(forward::X_REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+        }
+        Ok(())
     }
 }

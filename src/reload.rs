@@ -78,6 +78,7 @@ impl Reloader {
         let status = Status::default();
         status.reloads_ok.store(0, Ordering::Relaxed);
         status.last_ok_unix.store(unix_now(), Ordering::Relaxed);
+        crate::metrics::loaded(unix_now());
         Ok(Reloader {
             path: path.to_path_buf(),
             bound: snapshot.bind_addresses(),
@@ -113,7 +114,9 @@ impl Reloader {
         self.note_listener_changes(&snapshot);
         let carried = Instant::now();
         // The old snapshot is freed here unless requests in flight still hold it.
-        self.current.store(Arc::new(snapshot));
+        let old = self.current.swap(Arc::new(snapshot));
+        crate::metrics::forget_removed(&old, &self.current.load());
+        drop(old);
         let swapped = Instant::now();
         self.health.prune();
         log::debug!(
@@ -133,6 +136,7 @@ impl Reloader {
         let started = Instant::now();
         match self.reload(force) {
             Ok(Outcome::Applied) => {
+                crate::metrics::reload(true, unix_now());
                 self.status.reloads_ok.fetch_add(1, Ordering::Relaxed);
                 self.status
                     .last_ok_unix
@@ -152,6 +156,7 @@ impl Reloader {
             }
             Ok(Outcome::Unchanged) => log::debug!("config unchanged ({why})"),
             Err(errors) => {
+                crate::metrics::reload(false, unix_now());
                 self.status.reloads_failed.fetch_add(1, Ordering::Relaxed);
                 for e in errors.iter() {
                     log::error!("config reload rejected, running config kept: {e}");

@@ -15,6 +15,7 @@ use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 
+use crate::accesslog::{self, AccessLog};
 use crate::admin::Admin;
 use crate::config::load::load;
 use crate::diag::Diagnostics;
@@ -161,10 +162,17 @@ pub fn run(config_path: &Path, options: RunOptions) -> Result<(), String> {
     server.bootstrap();
 
     let current = reloader.current.clone();
+    let access_log = match &current.load().access_log {
+        Some(target) => Some(
+            AccessLog::new(target).map_err(|e| format!("access_log {target}: cannot open: {e}"))?,
+        ),
+        None => None,
+    };
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
         Weir {
             current: current.clone(),
+            access_log: access_log.clone(),
         },
         "weir proxy",
     );
@@ -178,12 +186,16 @@ pub fn run(config_path: &Path, options: RunOptions) -> Result<(), String> {
             "weir admin".to_string(),
             Admin {
                 status: reloader.status.clone(),
+                current: current.clone(),
             },
         );
         admin.threads = Some(1);
         log::info!("admin listener listening on {addr}");
         admin.add_tcp(&addr.to_string());
         server.add_service(admin);
+    }
+    if let Some(log) = access_log {
+        server.add_service(background_service("access log", accesslog::Writer { log }));
     }
     server.add_service(background_service(
         "resolver",

@@ -24,6 +24,7 @@ use crate::config::units::{split_host_port, InstanceSpec, FULL};
 use crate::config::{Balance, Config, GatewayConfig, PortKind, RouteConfig, Sticky};
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::health::{ActiveCheck, HealthRegistry};
+use crate::metrics::RouteMetrics;
 use crate::rewrite::{self, Rewrite};
 use crate::schedule::{effective_weights, Schedule};
 use crate::sticky::{self, SetCookie};
@@ -126,7 +127,15 @@ pub fn build(loaded: &Loaded, health: &HealthRegistry) -> Result<Snapshot, Diagn
         files: loaded.files.clone(),
         watch_dirs: loaded.watch_dirs.clone(),
         refresh: std::sync::Mutex::new(()),
+        unrouted: RouteMetrics::new("", ""),
         admin: config.admin.as_ref().and_then(|a| a.bind.parse().ok()),
+        access_log: config.access_log.as_ref().map(|p| {
+            if p == "stdout" {
+                p.clone()
+            } else {
+                loaded.resolve(p).to_string_lossy().into_owned()
+            }
+        }),
         by_name: gateways
             .iter()
             .enumerate()
@@ -200,9 +209,6 @@ impl Builder<'_> {
                     ),
                 );
             }
-        }
-        if config.access_log.is_some() {
-            self.main_error("access_log", not_supported("access_log"));
         }
     }
 
@@ -392,6 +398,7 @@ impl Builder<'_> {
                     rewrites,
                     sticky_id,
                     set_cookie,
+                    metrics: RouteMetrics::new(&gw.name, key),
                 });
             }
         }

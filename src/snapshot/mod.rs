@@ -23,6 +23,7 @@ use crate::balance::{PickInput, Picker};
 use crate::condition::{Expr, Request};
 use crate::config::Sticky;
 use crate::health::{ActiveCheck, InstanceHealth};
+use crate::metrics::RouteMetrics;
 use crate::rewrite::Rewrite;
 use crate::schedule::Schedule;
 use crate::sticky::{self, SetCookie};
@@ -100,6 +101,7 @@ pub struct Route {
     pub sticky_id: u64,
     /// `Set-Cookie` for route stickiness.
     pub set_cookie: Option<SetCookie>,
+    pub metrics: RouteMetrics,
 }
 
 #[derive(Debug)]
@@ -293,10 +295,14 @@ pub struct Snapshot {
     pub watch_dirs: Vec<PathBuf>,
     /// The admin listener's address (bound at start only).
     pub admin: Option<SocketAddr>,
+    /// Where the access log goes (read at start only): `stdout` or a path.
+    pub access_log: Option<String>,
     /// Gateway name → index.
     pub by_name: rustc_hash::FxHashMap<Arc<str>, usize>,
     /// Serialises `refresh_health` (writers only; requests never take it).
     pub refresh: Mutex<()>,
+    /// Metrics of requests that reached no route (unknown host, no route left).
+    pub unrouted: RouteMetrics,
 }
 
 impl Snapshot {
@@ -367,6 +373,15 @@ impl Snapshot {
 
     pub fn gateway_by_name(&self, name: &str) -> Option<usize> {
         self.by_name.get(name).copied()
+    }
+
+    /// The name a local port is known by in metrics: its listener's, or the gateway's.
+    pub fn port_label(&self, port: u16) -> String {
+        match self.entry(port) {
+            Some(Entry::Shared(l)) => self.listeners[l].name.to_string(),
+            Some(Entry::Dedicated(g)) => format!("gateway:{}", self.gateways[g].name),
+            None => format!("port:{port}"),
+        }
     }
 
     /// Every address weir listens on, with what it is for. Dedicated gateway ports bind

@@ -1,0 +1,143 @@
+//! The access log (SPEC §5): one JSON object per line, to stdout or a file, written off
+//! the request path. Requests hand their line to a bounded channel; a writer thread
+//! writes and flushes. When the channel is full the line is dropped and counted, never
+//! waited for. `SIGUSR1` reopens the file (for logrotate).
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use serde::Serialize;
+
+/// Lines that may wait for the writer.
+const QUEUE: usize = 65_536;
+
+/// One access log line.
+#[derive(Debug, Serialize)]
+pub struct Entry<'a> {
+    pub ts: String,
+    pub client: Option<String>,
+    pub method: &'a str,
+    pub host: &'a str,
+    /// The path (and query) as the client sent it, before any rewrite.
+    pub path: &'a str,
+    pub status: u16,
+    pub bytes_sent: usize,
+    pub duration_ms: f64,
+    pub gateway: Option<&'a str>,
+    pub route: Option<&'a str>,
+    pub instance: Option<&'a str>,
+    pub upstream_status: Option<u16>,
+    pub request_id: Option<&'a str>,
+    pub tls_version: Option<&'a str>,
+    pub sni: Option<&'a str>,
+}
+
+pub struct AccessLog {
+    tx: SyncSender<String>,
+    pub dropped: AtomicU64,
+    /// Taken by the writer service when it starts (after `-d` has forked).
+    rx: Mutex<Option<Receiver<String>>>,
+    target: String,
+}
+
+impl AccessLog {
+    /// An access log to `target`: `stdout` or a file path (opened for append at once,
+    /// so that a bad path fails at start).
+    pub fn new(target: &str) -> io::Result<Arc<AccessLog>> {
+        if target != "stdout" {
+            open(target)?;
+        }
+        let (tx, rx) = sync_channel(QUEUE);
+        Ok(Arc::new(AccessLog {
+            tx,
+            dropped: AtomicU64::new(0),
+            rx: Mutex::new(Some(rx)),
+            target: target.to_string(),
+        }))
+    }
+
+    /// Queues one line; drops it (and counts) rather than wait.
+    pub fn log(&self, entry: &Entry) {
+        let Ok(line) = serde_json::to_string(entry) else {
+            return;
+        };
+        if self.tx.try_send(line).is_err() && self.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
+            log::warn!("access log queue full: dropping lines rather than slowing requests");
+        }
+    }
+}
+
+fn open(path: &str) -> io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+fn sink(target: &str) -> io::Result<Box<dyn Write + Send>> {
+    Ok(if target == "stdout" {
+        Box::new(BufWriter::new(io::stdout()))
+    } else {
+        Box::new(BufWriter::new(open(target)?))
+    })
+}
+
+fn write_loop(target: String, rx: Receiver<String>, reopen: Arc<AtomicBool>) {
+    let mut out = match sink(&target) {
+        Ok(o) => o,
+        Err(e) => return log::error!("access log {target}: {e}"),
+    };
+    while let Ok(line) = rx.recv() {
+        if reopen.swap(false, Ordering::Relaxed) {
+            let _ = out.flush();
+            match sink(&target) {
+                Ok(o) => out = o,
+                Err(e) => {
+                    log::error!("access log {target}: reopen failed, keeping the old file: {e}")
+                }
+            }
+        }
+        let mut next = Some(line);
+        while let Some(line) = next {
+            let _ = out.write_all(line.as_bytes());
+            let _ = out.write_all(b"\n");
+            next = match rx.try_recv() {
+                Ok(l) => Some(l),
+                Err(TryRecvError::Empty) => None,
+                Err(TryRecvError::Disconnected) => {
+                    let _ = out.flush();
+                    return;
+                }
+            };
+        }
+        let _ = out.flush();
+    }
+}
+
+/// Starts the writer thread inside Pingora's runtime (after daemonizing).
+pub struct Writer {
+    pub log: Arc<AccessLog>,
+}
+
+#[async_trait]
+impl BackgroundService for Writer {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        let Some(rx) = self.log.rx.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return;
+        };
+        let reopen = Arc::new(AtomicBool::new(false));
+        if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGUSR1, reopen.clone()) {
+            log::warn!("access log: cannot handle SIGUSR1: {e}");
+        }
+        let target = self.log.target.clone();
+        if let Err(e) = std::thread::Builder::new()
+            .name("weir-access-log".into())
+            .spawn(move || write_loop(target, rx, reopen))
+        {
+            log::error!("access log: cannot start the writer: {e}");
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! Prometheus metrics (SPEC §7), in one registry for the process.
+//!
+//! Per-route handles are resolved when a snapshot is built and kept in it, so recording
+//! a request is a few atomic adds: no label lookup, no allocation, no lock. Series of
+//! routes and instances that a reload removed are deleted after the swap. Gauges that
+//! describe the current state (instance health, effective weights) are set from the
+//! snapshot when `/metrics` is scraped.
+
+use std::collections::HashSet;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::snapshot::{Snapshot, Target};
+
+/// Kinds of upstream error counted in `weir_upstream_errors_total`.
+pub const ERROR_KINDS: [&str; 5] = ["connect", "connect_timeout", "timeout", "closed", "other"];
+
+/// Edge-sized latency buckets: 0.5 ms to 30 s.
+const BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0,
+    30.0,
+];
+
+pub struct Metrics {
+    pub registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    upstream_errors: IntCounterVec,
+    bytes_sent: IntCounterVec,
+    bytes_received: IntCounterVec,
+    instance_healthy: IntGaugeVec,
+    route_weight: GaugeVec,
+    pub connections_active: IntGaugeVec,
+    pub tls_handshake_errors: IntCounterVec,
+    reloads: IntCounterVec,
+    last_reload: Gauge,
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let r = Registry::new();
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "weir_request_duration_seconds",
+                "Request duration, from the request header to the end of the response.",
+            )
+            .buckets(BUCKETS.to_vec()),
+            &["gateway", "route"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(duration.clone()))
+            .expect("metric registered once");
+        let instance_healthy = IntGaugeVec::new(
+            Opts::new(
+                "weir_instance_healthy",
+                "1 when the instance takes traffic (up or not yet checked), 0 when down.",
+            ),
+            &["gateway", "route", "instance"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(instance_healthy.clone()))
+            .expect("metric registered once");
+        let route_weight = GaugeVec::new(
+            Opts::new(
+                "weir_route_weight_ratio",
+                "The route's effective share of weighted traffic, 0..1, health taken into account.",
+            ),
+            &["gateway", "route"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(route_weight.clone()))
+            .expect("metric registered once");
+        let connections_active = IntGaugeVec::new(
+            Opts::new(
+                "weir_connections_active",
+                "Open client connections (HTTP/2: requests in flight).",
+            ),
+            &["listener"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(connections_active.clone()))
+            .expect("metric registered once");
+        let last_reload = Gauge::new(
+            "weir_config_last_reload_timestamp_seconds",
+            "Unix time of the last successful config load.",
+        )
+        .expect("valid metric");
+        r.register(Box::new(last_reload.clone()))
+            .expect("metric registered once");
+        Metrics {
+            requests: counter(
+                &r,
+                "weir_requests_total",
+                "Requests answered, by status class.",
+                &["gateway", "route", "code"],
+            ),
+            duration,
+            upstream_errors: counter(
+                &r,
+                "weir_upstream_errors_total",
+                "Failed upstream connections and exchanges.",
+                &["gateway", "route", "instance", "kind"],
+            ),
+            bytes_sent: counter(
+                &r,
+                "weir_bytes_sent_total",
+                "Response body bytes sent to clients.",
+                &["gateway", "route"],
+            ),
+            bytes_received: counter(
+                &r,
+                "weir_bytes_received_total",
+                "Request body bytes received from clients.",
+                &["gateway", "route"],
+            ),
+            instance_healthy,
+            route_weight,
+            connections_active,
+            tls_handshake_errors: counter(
+                &r,
+                "weir_tls_handshake_errors_total",
+                "Failed TLS handshakes.",
+                &["listener"],
+            ),
+            reloads: counter(
+                &r,
+                "weir_config_reloads_total",
+                "Config reloads, by result.",
+                &["result"],
+            ),
+            last_reload,
+            registry: r,
+        }
+    }
+}
+
+/// The process's metrics.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+/// One route's pre-resolved handles.
+#[derive(Debug, Clone)]
+pub struct RouteMetrics {
+    /// By status class: 1xx .. 5xx.
+    requests: [IntCounter; 5],
+    duration: Histogram,
+    bytes_sent: IntCounter,
+    bytes_received: IntCounter,
+}
+
+impl RouteMetrics {
+    pub fn new(gateway: &str, route: &str) -> RouteMetrics {
+        let m = metrics();
+        let class = |c: &str| m.requests.with_label_values(&[gateway, route, c]);
+        RouteMetrics {
+            requests: [
+                class("1xx"),
+                class("2xx"),
+                class("3xx"),
+                class("4xx"),
+                class("5xx"),
+            ],
+            duration: m.duration.with_label_values(&[gateway, route]),
+            bytes_sent: m.bytes_sent.with_label_values(&[gateway, route]),
+            bytes_received: m.bytes_received.with_label_values(&[gateway, route]),
+        }
+    }
+
+    /// Records one answered request.
+    #[inline]
+    pub fn record(&self, status: u16, elapsed: Duration, sent: usize, received: usize) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        self.requests[class].inc();
+        self.duration.observe(elapsed.as_secs_f64());
+        self.bytes_sent.inc_by(sent as u64);
+        self.bytes_received.inc_by(received as u64);
+    }
+}
+
+/// Counts an upstream error (an error path: label lookup is fine here).
+pub fn upstream_error(gateway: &str, route: &str, instance: &str, kind: &str) {
+    metrics()
+        .upstream_errors
+        .with_label_values(&[gateway, route, instance, kind])
+        .inc();
+}
+
+/// Records the time of the first successful load.
+pub fn loaded(unix_time: u64) {
+    metrics().last_reload.set(unix_time as f64);
+}
+
+/// Counts a reload attempt.
+pub fn reload(ok: bool, unix_time: u64) {
+    let m = metrics();
+    m.reloads
+        .with_label_values(&[if ok { "ok" } else { "error" }])
+        .inc();
+    if ok {
+        m.last_reload.set(unix_time as f64);
+    }
+}
+
+fn route_labels(s: &Snapshot) -> Vec<(String, String)> {
+    s.gateways
+        .iter()
+        .flat_map(|g| {
+            g.routes
+                .iter()
+                .map(|r| (g.name.to_string(), r.key.to_string()))
+        })
+        .collect()
+}
+
+fn instance_labels(s: &Snapshot) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for g in &s.gateways {
+        for r in &g.routes {
+            if let Target::Pool(p) = &r.target {
+                for u in &p.instances {
+                    out.push((g.name.to_string(), r.key.to_string(), u.name.to_string()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Deletes the series of routes and instances that `old` had and `new` does not.
+pub fn forget_removed(old: &Snapshot, new: &Snapshot) {
+    let m = metrics();
+    let keep: HashSet<_> = route_labels(new).into_iter().collect();
+    for (g, r) in route_labels(old).into_iter().filter(|x| !keep.contains(x)) {
+        for c in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
+            let _ = m.requests.remove_label_values(&[&g, &r, c]);
+        }
+        let _ = m.duration.remove_label_values(&[&g, &r]);
+        let _ = m.bytes_sent.remove_label_values(&[&g, &r]);
+        let _ = m.bytes_received.remove_label_values(&[&g, &r]);
+    }
+    let keep: HashSet<_> = instance_labels(new).into_iter().collect();
+    for (g, r, i) in instance_labels(old)
+        .into_iter()
+        .filter(|x| !keep.contains(x))
+    {
+        for kind in ERROR_KINDS {
+            let _ = m.upstream_errors.remove_label_values(&[&g, &r, &i, kind]);
+        }
+    }
+}
+
+/// The Prometheus text exposition, with state gauges set from `snapshot`.
+pub fn render(snapshot: &Snapshot) -> Vec<u8> {
+    let m = metrics();
+    m.instance_healthy.reset();
+    m.route_weight.reset();
+    for g in &snapshot.gateways {
+        for (r, ratio) in g.routes.iter().zip(g.weight_ratios()) {
+            m.route_weight
+                .with_label_values(&[&g.name, &r.key])
+                .set(ratio);
+            if let Target::Pool(p) = &r.target {
+                for u in &p.instances {
+                    m.instance_healthy
+                        .with_label_values(&[&g.name, &r.key, &u.name])
+                        .set(u.health.available() as i64);
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    if let Err(e) = TextEncoder::new().encode(&m.registry.gather(), &mut out) {
+        log::error!("encoding metrics: {e}");
+    }
+    out
+}
