@@ -199,6 +199,18 @@ pub fn upstream_error(gateway: &str, route: &str, instance: &str, kind: &str) {
         .inc();
 }
 
+/// Creates the series every scrape should show from the start, at 0.
+pub fn start(listeners: &[String]) {
+    let m = metrics();
+    for l in listeners {
+        m.connections_active.with_label_values(&[l]);
+        m.tls_handshake_errors.with_label_values(&[l]);
+    }
+    for result in ["ok", "error"] {
+        m.reloads.with_label_values(&[result]);
+    }
+}
+
 /// Records the time of the first successful load.
 pub fn loaded(unix_time: u64) {
     metrics().last_reload.set(unix_time as f64);

@@ -162,6 +162,13 @@ pub fn run(config_path: &Path, options: RunOptions) -> Result<(), String> {
     server.bootstrap();
 
     let current = reloader.current.clone();
+    crate::metrics::start(
+        &reloader
+            .bound()
+            .iter()
+            .map(|(a, _)| current.load().port_label(a.port()))
+            .collect::<Vec<_>>(),
+    );
     let access_log = match &current.load().access_log {
         Some(target) => Some(
             AccessLog::new(target).map_err(|e| format!("access_log {target}: cannot open: {e}"))?,
@@ -182,15 +189,13 @@ pub fn run(config_path: &Path, options: RunOptions) -> Result<(), String> {
     }
     server.add_service(proxy);
     if let Some(addr) = admin_bind {
-        let mut admin = Service::new(
-            "weir admin".to_string(),
-            Admin {
-                status: reloader.status.clone(),
-                current: current.clone(),
-            },
-        );
+        let mut admin = Service::new("weir admin".to_string(), Admin::new(reloader.clone()));
         admin.threads = Some(1);
         log::info!("admin listener listening on {addr}");
+        let snapshot = current.load();
+        if !addr.ip().is_loopback() && snapshot.admin_token_file.is_none() {
+            log::warn!("admin listener on {addr} is not loopback-only; set admin.token_file");
+        }
         admin.add_tcp(&addr.to_string());
         server.add_service(admin);
     }

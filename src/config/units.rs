@@ -8,7 +8,7 @@ use std::fmt;
 use std::time::Duration;
 
 use serde::de::{self, Deserializer, MapAccess, Visitor};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 
 /// Parses `250ms`, `5s`, `2m`, `1h` (a whole number and a unit).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -243,7 +243,7 @@ impl<'de> Deserialize<'de> for Balance {
 }
 
 /// One upstream instance of a route: `"host:port"` or a map.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct InstanceSpec {
     #[serde(default)]
@@ -307,6 +307,61 @@ impl<'de> Deserialize<'de> for Instance {
 /// Wrapper so that an instance may be written as a string or as a map.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Instance(pub InstanceSpec);
+
+// Serialized back in the forms they are written in, for the admin API.
+
+impl Serialize for ConfigDuration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let ms = self.0.as_millis();
+        let text = if ms.is_multiple_of(3_600_000) && ms > 0 {
+            format!("{}h", ms / 3_600_000)
+        } else if ms.is_multiple_of(60_000) && ms > 0 {
+            format!("{}m", ms / 60_000)
+        } else if ms.is_multiple_of(1000) {
+            format!("{}s", ms / 1000)
+        } else {
+            format!("{ms}ms")
+        };
+        s.serialize_str(&text)
+    }
+}
+
+impl Serialize for Percent {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl Serialize for PortSpec {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let kind = match self.kind {
+            PortKind::Http => "http",
+            PortKind::Tcp => "tcp",
+        };
+        s.serialize_str(&format!("{}/{kind}", self.port))
+    }
+}
+
+impl Serialize for Balance {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let text = match self {
+            Balance::RoundRobin => "round_robin".to_string(),
+            Balance::Random => "random".to_string(),
+            Balance::LeastConn => "least_conn".to_string(),
+            Balance::SourceIp => "source_ip".to_string(),
+            Balance::HashHeader(h) => format!("hash(header {h})"),
+            Balance::HashCookie(c) => format!("hash(cookie {c})"),
+            Balance::HashPath => "hash(path)".to_string(),
+        };
+        s.serialize_str(&text)
+    }
+}
+
+impl Serialize for Instance {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
 
 #[cfg(test)]
 mod tests {

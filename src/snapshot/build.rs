@@ -99,6 +99,7 @@ pub fn build(loaded: &Loaded, health: &HealthRegistry) -> Result<Snapshot, Diagn
         let routes = b.routes(gw, &scope, &names, &template, &mut externals);
         gateways.push(Gateway::new(
             GatewayParts {
+                config: Arc::new(gw.clone()),
                 name: gw.name.as_str().into(),
                 source: gw.source.clone(),
                 sticky: gw.sticky,
@@ -129,6 +130,11 @@ pub fn build(loaded: &Loaded, health: &HealthRegistry) -> Result<Snapshot, Diagn
         refresh: std::sync::Mutex::new(()),
         unrouted: RouteMetrics::new("", ""),
         admin: config.admin.as_ref().and_then(|a| a.bind.parse().ok()),
+        admin_token_file: config
+            .admin
+            .as_ref()
+            .and_then(|a| a.token_file.as_ref())
+            .map(|f| loaded.resolve(f)),
         access_log: config.access_log.as_ref().map(|p| {
             if p == "stdout" {
                 p.clone()
@@ -197,9 +203,6 @@ impl Builder<'_> {
 
     fn refuse_unsupported_globals(&mut self, config: &Config) {
         if let Some(admin) = &config.admin {
-            if admin.token_file.is_some() {
-                self.main_error("admin", not_supported("admin token_file (admin writes)"));
-            }
             if admin.bind.parse::<SocketAddr>().is_err() {
                 self.main_error(
                     "admin",
@@ -873,9 +876,9 @@ mod tests {
             assert!(e.contains(&format!("not supported yet: {field}")), "{e}");
         }
         let e = errors(&format!(
-            "{LISTENER}admin: {{ bind: \"127.0.0.1:1\", token_file: t }}\ngateways: []\n"
+            "{LISTENER}admin: {{ bind: \"nowhere\" }}\ngateways: []\n"
         ));
-        assert!(e.contains("not supported yet: admin token_file"), "{e}");
+        assert!(e.contains("admin: invalid bind \"nowhere\""), "{e}");
     }
 
     #[test]

@@ -69,6 +69,8 @@ impl Defaults {
 
 #[derive(Debug)]
 pub struct Gateway {
+    /// The gateway as loaded (for the admin API).
+    pub config: Arc<crate::config::GatewayConfig>,
     pub name: Arc<str>,
     pub source: PathBuf,
     pub routes: Vec<Route>,
@@ -295,6 +297,8 @@ pub struct Snapshot {
     pub watch_dirs: Vec<PathBuf>,
     /// The admin listener's address (bound at start only).
     pub admin: Option<SocketAddr>,
+    /// The file holding the admin API's bearer token (read on each write).
+    pub admin_token_file: Option<PathBuf>,
     /// Where the access log goes (read at start only): `stdout` or a path.
     pub access_log: Option<String>,
     /// Gateway name → index.
@@ -506,6 +510,7 @@ impl Snapshot {
 
 /// What `Gateway::new` takes besides its routes.
 pub struct GatewayParts {
+    pub config: Arc<crate::config::GatewayConfig>,
     pub name: Arc<str>,
     pub source: PathBuf,
     pub sticky: Sticky,
@@ -522,6 +527,7 @@ impl Gateway {
             conditional: (0..routes.len())
                 .filter(|i| routes[*i].condition.is_some())
                 .collect(),
+            config: parts.config,
             name: parts.name,
             source: parts.source,
             schedule: ArcSwap::from_pointee(Schedule::new(&weights)),
