@@ -18,15 +18,23 @@ weir=${WEIR_BIN:-$here/target/release/weir}
 cfg=$BENCH_WORKDIR/weir.yaml
 IFS=, read -r -a servers <<<"${UPSTREAMS:?}"
 instances=$(printf '"%s", ' "${servers[@]}")
-cat >"$cfg" <<CFG
+# WEIR_METRICS=1 adds an admin listener (per-request metrics are recorded only when
+# one can serve them); WEIR_ACCESS_LOG=PATH writes the access log there.
+{
+cat <<CFG
 listeners:
   http: { bind: "$LISTEN_HOST:${CANDIDATE_HTTP_PORT:?}" }
+CFG
+[ "${WEIR_METRICS:-0}" = 1 ] && echo "admin: { bind: \"127.0.0.1:${WEIR_ADMIN_PORT:-19299}\" }"
+[ -n "${WEIR_ACCESS_LOG:-}" ] && echo "access_log: $WEIR_ACCESS_LOG"
+cat <<CFG
 gateways:
   - name: bench
     virtual_hosts: [127.0.0.1, localhost, bench.test]
     routes:
       upstreams: { instances: [${instances%, }] }
 CFG
+} >"$cfg"
 
 export WEIR_THREADS=${PROXY_THREADS:-2}
 export RUST_LOG=${RUST_LOG:-warn}

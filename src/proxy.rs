@@ -32,6 +32,8 @@ use crate::snapshot::{Entry, Refusal, Selected, Snapshot, StickyWrites, Target, 
 pub struct Weir {
     pub current: Arc<ArcSwap<Snapshot>>,
     pub access_log: Option<Arc<AccessLog>>,
+    /// Record per-request metrics (only when an admin listener can serve them).
+    pub metrics: bool,
 }
 
 /// Counts an open client connection in `weir_connections_active` while it lives. It is
@@ -558,7 +560,7 @@ impl ProxyHttp for Weir {
         ctx.release();
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let elapsed = ctx.start.elapsed();
-        if let Some(snapshot) = &ctx.snapshot {
+        if let Some(snapshot) = ctx.snapshot.as_ref().filter(|_| self.metrics) {
             let m = match ctx.selected {
                 Some(sel) => &snapshot.route(sel).metrics,
                 None => &snapshot.unrouted,

@@ -180,6 +180,7 @@ pub fn run(config_path: &Path, options: RunOptions) -> Result<(), String> {
         Weir {
             current: current.clone(),
             access_log: access_log.clone(),
+            metrics: admin_bind.is_some(),
         },
         "weir proxy",
     );
