@@ -24,4 +24,5 @@ pub mod schedule;
 pub mod server;
 pub mod snapshot;
 pub mod sticky;
+pub mod tls;
 pub mod vhost;

@@ -78,6 +78,8 @@ pub struct Ctx {
     counted: bool,
     /// Sticky cookies to set on the response.
     writes: StickyWrites,
+    /// The request came over TLS.
+    tls: bool,
     pub instance: Option<Arc<str>>,
 }
 
@@ -197,7 +199,10 @@ impl Weir {
             instance: ctx.instance.as_deref(),
             upstream_status: ctx.upstream_status,
             request_id: ctx.request_id.as_deref().or(incoming_id),
-            tls_version: None,
+            tls_version: session
+                .digest()
+                .and_then(|d| d.ssl_digest.as_ref())
+                .map(|d| &*d.version),
             sni: None,
         };
         log.log(&entry);
@@ -253,6 +258,41 @@ impl Weir {
             }
         }
         Ok(())
+    }
+
+    /// `redirect_https` (SPEC §1): a 308 to the same host and path on the TLS listener,
+    /// for hosts that listener serves. ACME HTTP-01 challenges are left to the routes.
+    async fn redirect(
+        &self,
+        session: &mut Session,
+        snapshot: &Snapshot,
+        to: usize,
+        tls_port: u16,
+    ) -> Result<bool> {
+        let req = session.req_header();
+        if req.uri.path().starts_with("/.well-known/acme-challenge/") {
+            return Ok(false);
+        }
+        let host = request_host(req);
+        let Some(g) = snapshot.vhosts.lookup(host) else {
+            return Ok(false);
+        };
+        if snapshot.gateways[g].listener_mask & (1 << to) == 0 {
+            return Ok(false);
+        }
+        let name = std::str::from_utf8(crate::vhost::strip_port(host)).unwrap_or("");
+        let port = if tls_port == 443 {
+            String::new()
+        } else {
+            format!(":{tls_port}")
+        };
+        let pq = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let location = format!("https://{name}{port}{pq}");
+        let mut resp = pingora::http::ResponseHeader::build(308, Some(2))?;
+        resp.insert_header(http::header::LOCATION, location)?;
+        resp.insert_header(http::header::CONTENT_LENGTH, 0)?;
+        session.write_response_header(Box::new(resp), true).await?;
+        Ok(true)
     }
 
     async fn refuse(&self, session: &mut Session, r: Refusal) -> Result<bool> {
@@ -335,6 +375,7 @@ impl ProxyHttp for Weir {
             respond_instead: false,
             counted: false,
             writes: StickyWrites::default(),
+            tls: false,
             instance: None,
         }
     }
@@ -375,6 +416,15 @@ impl ProxyHttp for Weir {
         let Some(entry) = snapshot.entry(port) else {
             return self.refuse(session, Refusal::UnknownHost).await;
         };
+        if let Entry::Shared(l) = entry {
+            let listener = &snapshot.listeners[l];
+            ctx.tls = listener.tls.is_some();
+            if let Some((to, tls_port)) = listener.redirect {
+                if self.redirect(session, &snapshot, to, tls_port).await? {
+                    return Ok(true);
+                }
+            }
+        }
         let req = session.req_header();
         if req.version == http::Version::HTTP_11 && request_host(req).is_empty() {
             // RFC 9112 §3.2: an HTTP/1.1 request without Host is a client error.
@@ -529,7 +579,15 @@ impl ProxyHttp for Weir {
         let Some(snapshot) = &ctx.snapshot else {
             return Ok(());
         };
-        let tls = false;
+        let tls = ctx.tls;
+        if tls {
+            if let Some(hsts) = ctx
+                .selected
+                .and_then(|s| snapshot.gateways[s.gateway].hsts.as_ref())
+            {
+                response.insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone())?;
+            }
+        }
         for (g, r) in ctx.writes.iter() {
             if let Some(c) = &snapshot.gateways[g].routes[r].set_cookie {
                 response.append_header(http::header::SET_COOKIE, c.get(tls).clone())?;
@@ -616,7 +674,7 @@ impl ProxyHttp for Weir {
         let fwd = Forwarding {
             client,
             trusted,
-            proto: "http",
+            proto: if ctx.tls { "https" } else { "http" },
             host,
             port: ctx.local_port,
         };

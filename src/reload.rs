@@ -23,6 +23,7 @@ use crate::config::load::load;
 use crate::diag::Diagnostics;
 use crate::health::HealthRegistry;
 use crate::snapshot::{build, Snapshot};
+use crate::tls::SniResolver;
 
 /// Quiet time after the last file event before reloading: editors and ConfigMap
 /// updates touch several files in a burst.
@@ -57,6 +58,9 @@ pub struct Reloader {
     pub status: Arc<Status>,
     /// The addresses bound at start: a reload cannot change them.
     bound: Vec<(SocketAddr, String)>,
+    /// The SNI resolver of each TLS listener bound at start, by listener name; a reload
+    /// hands each its new certificates.
+    pub tls: Vec<(Arc<str>, Arc<SniResolver>)>,
     /// Serialises reloads; holds the fingerprint of the files last applied.
     applied: Mutex<u64>,
 }
@@ -79,7 +83,18 @@ impl Reloader {
         status.reloads_ok.store(0, Ordering::Relaxed);
         status.last_ok_unix.store(unix_now(), Ordering::Relaxed);
         crate::metrics::loaded(unix_now());
+        let tls = snapshot
+            .listeners
+            .iter()
+            .filter_map(|l| {
+                let t = l.tls.as_ref()?;
+                let resolver = SniResolver::default();
+                resolver.store.store(t.store.clone());
+                Some((l.name.clone(), Arc::new(resolver)))
+            })
+            .collect();
         Ok(Reloader {
+            tls,
             path: path.to_path_buf(),
             bound: snapshot.bind_addresses(),
             current: Arc::new(ArcSwap::from_pointee(snapshot)),
@@ -112,6 +127,16 @@ impl Reloader {
         drop(old);
         snapshot.refresh_health();
         self.note_listener_changes(&snapshot);
+        for (name, resolver) in &self.tls {
+            if let Some(t) = snapshot
+                .listeners
+                .iter()
+                .find(|l| &l.name == name)
+                .and_then(|l| l.tls.as_ref())
+            {
+                resolver.store.store(t.store.clone());
+            }
+        }
         let carried = Instant::now();
         // The old snapshot is freed here unless requests in flight still hold it.
         let old = self.current.swap(Arc::new(snapshot));

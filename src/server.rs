@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use pingora::listeners::tls::TlsSettings;
 use pingora::prelude::Opt;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{Server, ShutdownWatch};
@@ -185,8 +186,34 @@ pub fn run(config_path: &Path, options: RunOptions) -> Result<(), String> {
         "weir proxy",
     );
     for (addr, what) in reloader.bound() {
-        log::info!("{what} listening on {addr}");
-        proxy.add_tcp(&addr.to_string());
+        let tls = reloader
+            .tls
+            .iter()
+            .find(|(name, _)| *what == format!("listener {name:?}"))
+            .map(|(_, r)| r.clone());
+        match tls {
+            Some(resolver) => {
+                log::info!("{what} listening on {addr} (TLS)");
+                let h2 = current
+                    .load()
+                    .listeners
+                    .iter()
+                    .find(|l| l.bind == *addr)
+                    .and_then(|l| l.tls.as_ref())
+                    .is_some_and(|t| t.h2);
+                let mut settings = TlsSettings::intermediate("", "")
+                    .map_err(|e| format!("{what}: TLS settings: {e}"))?;
+                settings.set_cert_resolver(resolver);
+                if h2 {
+                    settings.enable_h2();
+                }
+                proxy.add_tls_with_settings(&addr.to_string(), None, settings);
+            }
+            None => {
+                log::info!("{what} listening on {addr}");
+                proxy.add_tcp(&addr.to_string());
+            }
+        }
     }
     server.add_service(proxy);
     if let Some(addr) = admin_bind {

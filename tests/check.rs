@@ -154,10 +154,6 @@ fn later_features_are_refused_not_ignored() {
         "weir.yaml",
         &format!(
             "{HEAD}gateways:
-  - name: a
-    hsts: {{ max_age: 60 }}
-    routes:
-      r: {{ respond: {{ status: 200 }} }}
   - name: b
     port: 9999/tcp
     routes:
@@ -165,7 +161,7 @@ fn later_features_are_refused_not_ignored() {
 "
         ),
     )]);
-    for field in ["hsts", "port N/tcp"] {
+    for field in ["port N/tcp"] {
         assert!(
             err.contains(&format!("not supported yet: {field}")),
             "{err}"

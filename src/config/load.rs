@@ -76,6 +76,20 @@ pub fn load_from_str(main: &Path, text: &str) -> Result<Loaded, Diagnostics> {
         }
     }
     if errors.is_empty() {
+        // Certificates and keys are part of the config: their changes reload it too.
+        for tls in config.listeners.values().filter_map(|l| l.tls.as_ref()) {
+            for c in &tls.certificates {
+                for path in [&c.cert, &c.key] {
+                    let path = base_dir.join(path);
+                    if let Ok(bytes) = std::fs::read(&path) {
+                        (&path, &bytes).hash(&mut hasher);
+                    }
+                    if let Some(parent) = path.parent() {
+                        watch_dirs.push(parent.to_path_buf());
+                    }
+                }
+            }
+        }
         for f in &files {
             if let Some(parent) = f.parent().filter(|p| !p.as_os_str().is_empty()) {
                 watch_dirs.push(parent.to_path_buf());

@@ -15,7 +15,7 @@ use rustc_hash::FxHashMap;
 
 use super::{
     Defaults, Entry, External, Gateway, GatewayParts, Listener, Pool, Respond, Route, Snapshot,
-    Target, Upstream, MAX_CHAIN_DEPTH,
+    Target, TlsListener, Upstream, MAX_CHAIN_DEPTH,
 };
 use crate::balance::Picker;
 use crate::condition::{self, Expr};
@@ -99,6 +99,16 @@ pub fn build(loaded: &Loaded, health: &HealthRegistry) -> Result<Snapshot, Diagn
         let routes = b.routes(gw, &scope, &names, &template, &mut externals);
         gateways.push(Gateway::new(
             GatewayParts {
+                hsts: gw.hsts.as_ref().and_then(|h| {
+                    let mut v = format!("max-age={}", h.max_age);
+                    if h.include_subdomains {
+                        v.push_str("; includeSubDomains");
+                    }
+                    if h.preload {
+                        v.push_str("; preload");
+                    }
+                    http::HeaderValue::from_str(&v).ok()
+                }),
                 config: Arc::new(gw.clone()),
                 name: gw.name.as_str().into(),
                 source: gw.source.clone(),
@@ -226,9 +236,6 @@ impl Builder<'_> {
         if gw.port.is_some_and(|p| p.kind == PortKind::Tcp) {
             self.error(gw, scope, not_supported("port N/tcp (TCP gateways)"));
         }
-        if gw.hsts.is_some() {
-            self.error(gw, scope, not_supported("hsts"));
-        }
         if gw.routes.is_empty() {
             self.error(gw, scope, "gateway has no routes");
         }
@@ -272,12 +279,6 @@ impl Builder<'_> {
             if !valid_name(name) {
                 self.main_error(&scope, "invalid listener name");
             }
-            if l.tls.is_some() {
-                self.main_error(&scope, not_supported("tls"));
-            }
-            if l.redirect_https.is_some() {
-                self.main_error(&scope, not_supported("redirect_https"));
-            }
             if l.proxy_protocol {
                 self.main_error(&scope, not_supported("proxy_protocol"));
             }
@@ -305,12 +306,87 @@ impl Builder<'_> {
                 );
                 continue;
             }
+            let tls = l.tls.as_ref().and_then(|t| self.tls_listener(&scope, t));
             out.push(Listener {
                 name: name.as_str().into(),
                 bind,
+                tls,
+                redirect: None,
             });
         }
+        // redirect_https names a TLS listener; resolved once all listeners are known.
+        for (name, l) in &config.listeners {
+            let Some(target) = &l.redirect_https else {
+                continue;
+            };
+            let scope = format!("listener {name:?}");
+            let Some(from) = out.iter().position(|o| &*o.name == name) else {
+                continue;
+            };
+            match out.iter().position(|o| &*o.name == target) {
+                Some(to) if out[to].tls.is_some() && out[from].tls.is_none() => {
+                    let port = out[to].bind.port();
+                    out[from].redirect = Some((to, port));
+                }
+                Some(_) => self.main_error(
+                    &scope,
+                    format!(
+                        "redirect_https: {target:?} must be a TLS listener, and this one plain"
+                    ),
+                ),
+                None => self.main_error(&scope, format!("redirect_https: no listener {target:?}")),
+            }
+        }
         out
+    }
+
+    /// Loads and checks a TLS listener's certificates.
+    fn tls_listener(&mut self, scope: &str, t: &crate::config::TlsConfig) -> Option<TlsListener> {
+        if t.certificates.is_empty() {
+            self.main_error(scope, "tls: no certificates");
+            return None;
+        }
+        if t.min_version == Some(crate::config::TlsVersion::V1_3) {
+            self.main_error(scope, not_supported("tls.min_version \"1.3\""));
+        }
+        let mut h2 = true;
+        if let Some(alpn) = &t.alpn {
+            for p in alpn {
+                if p != "h2" && p != "http/1.1" {
+                    self.main_error(
+                        scope,
+                        format!("tls.alpn: unknown protocol {p:?}: expected h2 or http/1.1"),
+                    );
+                }
+            }
+            h2 = alpn.iter().any(|p| p == "h2");
+        }
+        let base = self.main.parent().unwrap_or(Path::new("."));
+        let mut certs = Vec::new();
+        for c in &t.certificates {
+            match crate::tls::load_pair(&base.join(&c.cert), &base.join(&c.key)) {
+                Ok(loaded) => certs.push(Arc::new(loaded)),
+                Err(e) => self.main_error(scope, e),
+            }
+        }
+        if let Some(i) = t.default_certificate {
+            if i >= t.certificates.len() {
+                self.main_error(
+                    scope,
+                    format!(
+                        "tls.default_certificate {i}: there are only {} certificates",
+                        t.certificates.len()
+                    ),
+                );
+            }
+        }
+        if certs.len() != t.certificates.len() {
+            return None;
+        }
+        Some(TlsListener {
+            store: Arc::new(crate::tls::CertStore::new(&certs, t.default_certificate)),
+            h2,
+        })
     }
 
     /// Gateway name → index; reports invalid and duplicate names.
@@ -866,10 +942,7 @@ mod tests {
 
     #[test]
     fn unsupported_fields_refused() {
-        for (snippet, field) in [
-            ("port: 9000/tcp\n  ", "port N/tcp"),
-            ("hsts: { max_age: 1 }\n  ", "hsts"),
-        ] {
+        for (snippet, field) in [("port: 9000/tcp\n  ", "port N/tcp")] {
             let e = errors(&format!(
                 "{LISTENER}gateways:\n- name: g\n  {snippet}routes: {{ r: {{ respond: {{status: 200}} }} }}\n"
             ));
@@ -879,6 +952,17 @@ mod tests {
             "{LISTENER}admin: {{ bind: \"nowhere\" }}\ngateways: []\n"
         ));
         assert!(e.contains("admin: invalid bind \"nowhere\""), "{e}");
+        let e = errors(
+            "listeners: { https: { bind: \"127.0.0.1:1\", tls: { certificates: [ { cert: none.pem, key: none.key } ], min_version: \"1.3\", alpn: [spdy] } }, http: { bind: \"127.0.0.1:2\", redirect_https: nope } }\ngateways: []\n",
+        );
+        for want in [
+            "not supported yet: tls.min_version \"1.3\"",
+            "unknown protocol \"spdy\"",
+            "certificate none.pem: cannot read",
+            "redirect_https: no listener \"nope\"",
+        ] {
+            assert!(e.contains(want), "missing {want}: {e}");
+        }
     }
 
     #[test]

@@ -48,6 +48,17 @@ pub enum Entry {
 pub struct Listener {
     pub name: Arc<str>,
     pub bind: SocketAddr,
+    /// The certificates of a TLS listener, compiled for its SNI resolver.
+    pub tls: Option<TlsListener>,
+    /// `redirect_https`: the TLS listener's index and the port to put in the `Location`.
+    pub redirect: Option<(usize, u16)>,
+}
+
+/// A TLS listener's certificates and protocols.
+#[derive(Debug, Clone)]
+pub struct TlsListener {
+    pub store: Arc<crate::tls::CertStore>,
+    pub h2: bool,
 }
 
 /// Settings from `defaults:`.
@@ -87,6 +98,8 @@ pub struct Gateway {
     /// Bit i set: shared listener i carries this gateway's vhosts.
     pub listener_mask: u64,
     pub port: Option<u16>,
+    /// `Strict-Transport-Security` for responses over TLS.
+    pub hsts: Option<http::HeaderValue>,
 }
 
 #[derive(Debug)]
@@ -510,6 +523,7 @@ impl Snapshot {
 
 /// What `Gateway::new` takes besides its routes.
 pub struct GatewayParts {
+    pub hsts: Option<http::HeaderValue>,
     pub config: Arc<crate::config::GatewayConfig>,
     pub name: Arc<str>,
     pub source: PathBuf,
@@ -536,6 +550,7 @@ impl Gateway {
             sticky: parts.sticky,
             listener_mask: parts.listener_mask,
             port: parts.port,
+            hsts: parts.hsts,
         }
     }
 

@@ -1,0 +1,185 @@
+//! TLS certificates (SPEC §1 `tls`, §4): loading and checking certificate/key pairs,
+//! and the SNI certificate resolver that Pingora's rustls listener asks on each
+//! handshake.
+//!
+//! A TLS listener's certificates are compiled into a [`CertStore`] with each snapshot
+//! (names from the SANs, or the CN when there are none); the listener's [`SniResolver`]
+//! holds the current store in an `ArcSwap`, so a reload swaps certificates for new
+//! handshakes without touching open connections. Exact names beat `*.` wildcards (one
+//! label, as browsers match them); with no match, the `default_certificate`, or no
+//! certificate at all (the handshake fails with `unrecognized_name`). When a name has
+//! both an ECDSA and an RSA certificate, clients that offer ECDSA get it.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{SignatureAlgorithm, SignatureScheme};
+
+/// One loaded certificate chain with its key.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub key: Arc<CertifiedKey>,
+    /// Names it serves, lower-cased (`*.example.org` for wildcards).
+    pub names: Vec<String>,
+    /// Unix time after which it is expired.
+    pub not_after: i64,
+    pub ecdsa: bool,
+}
+
+fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Loads a PEM certificate chain and its key; checks that the key matches and that
+/// the certificate is not expired. Errors say which file and why.
+pub fn load_pair(cert_path: &Path, key_path: &Path) -> Result<Loaded, String> {
+    let cert_pem = std::fs::read(cert_path)
+        .map_err(|e| format!("certificate {}: cannot read: {e}", cert_path.display()))?;
+    let key_pem = std::fs::read(key_path)
+        .map_err(|e| format!("key {}: cannot read: {e}", key_path.display()))?;
+    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("certificate {}: not PEM: {e}", cert_path.display()))?;
+    if chain.is_empty() {
+        return Err(format!(
+            "certificate {}: no PEM certificate in it",
+            cert_path.display()
+        ));
+    }
+    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .map_err(|e| format!("key {}: not PEM: {e}", key_path.display()))?
+        .ok_or_else(|| format!("key {}: no PEM private key in it", key_path.display()))?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|e| format!("key {}: unsupported key: {e}", key_path.display()))?;
+    let ecdsa = matches!(signing.algorithm(), SignatureAlgorithm::ECDSA);
+    let certified = CertifiedKey::new(chain.clone(), signing);
+    certified.keys_match().map_err(|e| {
+        format!(
+            "key {} does not match certificate {}: {e}",
+            key_path.display(),
+            cert_path.display()
+        )
+    })?;
+    let (names, not_after) = names_and_expiry(&chain[0])
+        .map_err(|e| format!("certificate {}: {e}", cert_path.display()))?;
+    if not_after < now_unix() {
+        return Err(format!("certificate {}: expired", cert_path.display()));
+    }
+    Ok(Loaded {
+        key: Arc::new(certified),
+        names,
+        not_after,
+        ecdsa,
+    })
+}
+
+/// The DNS names a certificate serves (SANs, else the CN) and when it expires.
+fn names_and_expiry(der: &CertificateDer) -> Result<(Vec<String>, i64), String> {
+    use x509_parser::prelude::*;
+    let (_, cert) =
+        X509Certificate::from_der(der.as_ref()).map_err(|e| format!("not X.509: {e}"))?;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            if let GeneralName::DNSName(d) = n {
+                names.push(d.to_ascii_lowercase());
+            }
+        }
+    }
+    if names.is_empty() {
+        names.extend(
+            cert.subject()
+                .iter_common_name()
+                .filter_map(|cn| cn.as_str().ok())
+                .map(str::to_ascii_lowercase),
+        );
+    }
+    Ok((names, cert.validity().not_after.timestamp()))
+}
+
+/// Days until a certificate expires (for `weir check`).
+pub fn days_left(l: &Loaded) -> i64 {
+    (l.not_after - now_unix()) / 86_400
+}
+
+/// The certificates of one TLS listener, by name.
+#[derive(Debug, Default)]
+pub struct CertStore {
+    exact: HashMap<String, Vec<Arc<Loaded>>>,
+    /// Keyed by the suffix after `*.`.
+    wildcard: HashMap<String, Vec<Arc<Loaded>>>,
+    default: Option<Arc<Loaded>>,
+}
+
+impl CertStore {
+    pub fn new(certs: &[Arc<Loaded>], default: Option<usize>) -> CertStore {
+        let mut store = CertStore {
+            default: default.and_then(|i| certs.get(i).cloned()),
+            ..CertStore::default()
+        };
+        for c in certs {
+            for name in &c.names {
+                let (map, key) = match name.strip_prefix("*.") {
+                    Some(suffix) => (&mut store.wildcard, suffix.to_string()),
+                    None => (&mut store.exact, name.clone()),
+                };
+                map.entry(key).or_default().push(c.clone());
+            }
+        }
+        store
+    }
+
+    /// The certificate for an SNI name (or none given), preferring ECDSA when offered.
+    pub fn pick(&self, sni: Option<&str>, ecdsa_ok: bool) -> Option<&Arc<Loaded>> {
+        fn choose(list: &[Arc<Loaded>], ecdsa_ok: bool) -> Option<&Arc<Loaded>> {
+            list.iter()
+                .find(|c| c.ecdsa && ecdsa_ok)
+                .or_else(|| list.iter().find(|c| !c.ecdsa))
+                .or_else(|| list.first())
+        }
+        if let Some(name) = sni {
+            let name = name.to_ascii_lowercase();
+            if let Some(c) = self.exact.get(&name).and_then(|l| choose(l, ecdsa_ok)) {
+                return Some(c);
+            }
+            // A wildcard covers exactly one label.
+            if let Some((_, suffix)) = name.split_once('.') {
+                if let Some(c) = self.wildcard.get(suffix).and_then(|l| choose(l, ecdsa_ok)) {
+                    return Some(c);
+                }
+            }
+        }
+        self.default.as_ref()
+    }
+}
+
+/// Pingora's rustls listener asks this for a certificate on each handshake.
+#[derive(Debug, Default)]
+pub struct SniResolver {
+    pub store: ArcSwap<CertStore>,
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello) -> Option<Arc<CertifiedKey>> {
+        let ecdsa_ok = hello.signature_schemes().iter().any(|s| {
+            matches!(
+                s,
+                SignatureScheme::ECDSA_NISTP256_SHA256
+                    | SignatureScheme::ECDSA_NISTP384_SHA384
+                    | SignatureScheme::ECDSA_NISTP521_SHA512
+            )
+        });
+        let store = self.store.load();
+        store
+            .pick(hello.server_name(), ecdsa_ok)
+            .map(|c| c.key.clone())
+    }
+}

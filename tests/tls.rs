@@ -1,0 +1,370 @@
+//! The TLS edge through the real binary: SNI certificate choice, protocol policy, ALPN,
+//! hot certificate reload, redirect to HTTPS and HSTS. Certificates come from a private
+//! CA made by the test with the `openssl` command; clients are `openssl s_client` and
+//! `curl`.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn openssl(args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn ca(dir: &Path) {
+    let d = |f: &str| dir.join(f).to_string_lossy().into_owned();
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        &d("ca.key"),
+        "-out",
+        &d("ca.pem"),
+        "-days",
+        "30",
+        "-subj",
+        "/CN=weir test CA",
+    ]);
+}
+
+/// A leaf certificate signed by the test CA: `name.pem`, `name.key`.
+fn leaf(dir: &Path, file: &str, cn: &str, sans: &[&str], ec: bool) {
+    let d = |f: &str| dir.join(f).to_string_lossy().into_owned();
+    let newkey: &[&str] = if ec {
+        &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]
+    } else {
+        &["-newkey", "rsa:2048"]
+    };
+    let mut req = vec!["req"];
+    req.extend_from_slice(newkey);
+    let (key, csr) = (d(&format!("{file}.key")), d(&format!("{file}.csr")));
+    let subj = format!("/CN={cn}");
+    req.extend_from_slice(&["-nodes", "-keyout", &key, "-out", &csr, "-subj", &subj]);
+    openssl(&req);
+    let ext = d(&format!("{file}.ext"));
+    let san: Vec<String> = sans.iter().map(|s| format!("DNS:{s}")).collect();
+    std::fs::write(&ext, format!("subjectAltName={}\n", san.join(","))).unwrap();
+    let serial = format!("{}", fastrand_serial());
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &d("ca.pem"),
+        "-CAkey",
+        &d("ca.key"),
+        "-set_serial",
+        &serial,
+        "-out",
+        &d(&format!("{file}.pem")),
+        "-days",
+        "30",
+        "-extfile",
+        &ext,
+    ]);
+}
+
+fn fastrand_serial() -> u64 {
+    use std::time::SystemTime;
+    let n = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    (n % 1_000_000_000) + 1000
+}
+
+/// What `openssl s_client` saw: (subject CN, serial, protocol), or None if the handshake failed.
+fn handshake(port: u16, sni: Option<&str>, extra: &[&str]) -> Option<(String, String, String)> {
+    let mut args = vec![
+        "s_client".to_string(),
+        "-connect".into(),
+        format!("127.0.0.1:{port}"),
+    ];
+    match sni {
+        Some(n) => args.extend(["-servername".to_string(), n.to_string()]),
+        None => args.push("-noservername".into()),
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let out = Command::new("openssl")
+        .args(&args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run openssl s_client");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let cert_start = text.find("-----BEGIN CERTIFICATE-----")?;
+    let cert_end = text.find("-----END CERTIFICATE-----")? + "-----END CERTIFICATE-----".len();
+    let pem = &text[cert_start..cert_end];
+    let mut x509 = Command::new("openssl")
+        .args([
+            "x509",
+            "-noout",
+            "-subject",
+            "-serial",
+            "-nameopt",
+            "multiline",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    x509.stdin
+        .take()
+        .unwrap()
+        .write_all(pem.as_bytes())
+        .unwrap();
+    let info = String::from_utf8_lossy(&x509.wait_with_output().unwrap().stdout).into_owned();
+    let cn = info
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("commonName"))
+        .map(|v| v.trim_start_matches([' ', '=']).trim().to_string())?;
+    let serial = info
+        .lines()
+        .find_map(|l| l.strip_prefix("serial="))
+        .unwrap_or("")
+        .to_string();
+    let proto = text
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("Protocol  :")
+                .or_else(|| l.trim().strip_prefix("Protocol :"))
+        })
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    let proto = if proto.is_empty() {
+        text.lines()
+            .find(|l| l.contains("New, TLSv"))
+            .and_then(|l| l.split(", ").nth(1))
+            .unwrap_or("")
+            .split(',')
+            .next()
+            .unwrap_or("")
+            .to_string()
+    } else {
+        proto
+    };
+    Some((cn, serial, proto))
+}
+
+fn curl(port: u16, host: &str, path: &str, ca: &Path, extra: &[&str]) -> (String, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-S", "--max-time", "10", "--cacert"])
+        .arg(ca)
+        .arg("--resolve")
+        .arg(format!("{host}:{port}:127.0.0.1"))
+        .args(extra)
+        .args(["-w", "\n%{http_code} %{http_version}"])
+        .arg(format!("https://{host}:{port}{path}"))
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (body.to_string(), status.to_string())
+}
+
+struct Edge {
+    weir: Weir,
+    dir: tempfile::TempDir,
+    http: u16,
+    https: u16,
+    up: Upstream,
+}
+
+fn edge(default: Option<usize>) -> Edge {
+    let dir = tempfile::tempdir().unwrap();
+    ca(dir.path());
+    leaf(dir.path(), "a", "a.test", &["a.test"], false);
+    leaf(dir.path(), "wild", "wild", &["*.wild.test"], false);
+    leaf(
+        dir.path(),
+        "fallback",
+        "fallback.test",
+        &["fallback.test"],
+        false,
+    );
+    let (http, https) = (free_port(), free_port());
+    let up = Upstream::start("up");
+    let default_line = default.map_or(String::new(), |i| {
+        format!("      default_certificate: {i}\n")
+    });
+    let yaml = format!(
+        "listeners:
+  http: {{ bind: \"127.0.0.1:{http}\", redirect_https: https }}
+  https:
+    bind: \"127.0.0.1:{https}\"
+    tls:
+      certificates:
+        - {{ cert: a.pem, key: a.key }}
+        - {{ cert: wild.pem, key: wild.key }}
+        - {{ cert: fallback.pem, key: fallback.key }}
+{default_line}gateways:
+  - name: g
+    virtual_hosts: [a.test, \"*.wild.test\", fallback.test]
+    hsts: {{ max_age: 600, include_subdomains: true }}
+    routes: {{ r: {{ instances: [\"{}\"] }} }}
+  - name: plain
+    virtual_hosts: [plain.test]
+    listeners: [http]
+    routes: {{ r: {{ respond: {{ status: 200, body: plain }} }} }}
+",
+        up.addr()
+    );
+    std::fs::write(dir.path().join("weir.yaml"), yaml).unwrap();
+    let weir = Weir::spawn(
+        tempfile::tempdir().unwrap(),
+        dir.path().join("weir.yaml"),
+        &[],
+        &[http, https],
+    );
+    Edge {
+        weir,
+        dir,
+        http,
+        https,
+        up,
+    }
+}
+
+#[test]
+fn sni_picks_exact_wildcard_and_default_certificates() {
+    let e = edge(Some(2));
+    let cn = |sni: Option<&str>| handshake(e.https, sni, &[]).map(|h| h.0);
+    assert_eq!(cn(Some("a.test")).as_deref(), Some("a.test"));
+    assert_eq!(
+        cn(Some("A.TEST")).as_deref(),
+        Some("a.test"),
+        "SNI is case-insensitive"
+    );
+    assert_eq!(cn(Some("x.wild.test")).as_deref(), Some("wild"));
+    assert_eq!(
+        cn(Some("y.x.wild.test")).as_deref(),
+        Some("fallback.test"),
+        "a wildcard covers one label"
+    );
+    assert_eq!(cn(Some("other.test")).as_deref(), Some("fallback.test"));
+    assert_eq!(cn(None).as_deref(), Some("fallback.test"));
+    drop(e.weir);
+}
+
+#[test]
+fn without_default_unknown_names_fail_the_handshake() {
+    let e = edge(None);
+    assert!(handshake(e.https, Some("a.test"), &[]).is_some());
+    assert!(handshake(e.https, Some("other.test"), &[]).is_none());
+    assert!(handshake(e.https, None, &[]).is_none());
+}
+
+#[test]
+fn protocol_policy_alpn_and_forwarding() {
+    let e = edge(Some(2));
+    assert!(
+        handshake(e.https, Some("a.test"), &["-tls1_1"]).is_none(),
+        "TLS 1.1 refused"
+    );
+    let v13 = handshake(e.https, Some("a.test"), &["-tls1_3"]).expect("TLS 1.3");
+    assert_eq!(v13.2, "TLSv1.3");
+    let v12 = handshake(e.https, Some("a.test"), &["-tls1_2"]).expect("TLS 1.2");
+    assert_eq!(v12.2, "TLSv1.2");
+    let ca = e.dir.path().join("ca.pem");
+    let (body, status) = curl(e.https, "a.test", "/x", &ca, &["--http2"]);
+    assert_eq!(
+        (body.as_str(), status.as_str()),
+        ("up", "200 2"),
+        "HTTP/2 over ALPN"
+    );
+    let (_, status) = curl(e.https, "a.test", "/x", &ca, &["--http1.1"]);
+    assert_eq!(status, "200 1.1");
+    let seen = e.up.last();
+    assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
+    assert_eq!(
+        seen.header("x-forwarded-port"),
+        Some(e.https.to_string().as_str())
+    );
+}
+
+#[test]
+fn hot_certificate_reload_and_bad_replacement() {
+    let e = edge(Some(2));
+    let before = handshake(e.https, Some("a.test"), &[]).unwrap().1;
+    // A new certificate for a.test, written over the old files.
+    leaf(e.dir.path(), "a2", "a.test", &["a.test"], false);
+    std::fs::copy(e.dir.path().join("a2.key"), e.dir.path().join("a.key")).unwrap();
+    std::fs::copy(e.dir.path().join("a2.pem"), e.dir.path().join("a.pem")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let after = loop {
+        let s = handshake(e.https, Some("a.test"), &[]).unwrap().1;
+        if s != before {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "new certificate not served: {}",
+            e.weir.log()
+        );
+        thread::sleep(Duration::from_millis(100));
+    };
+    // A key that does not match: rejected, named, and the last good certificate stays.
+    leaf(e.dir.path(), "other", "other", &["other.test"], false);
+    std::fs::copy(e.dir.path().join("other.key"), e.dir.path().join("a.key")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !e.weir.log().contains("does not match certificate") {
+        assert!(
+            Instant::now() < deadline,
+            "bad key not reported: {}",
+            e.weir.log()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(handshake(e.https, Some("a.test"), &[]).unwrap().1, after);
+}
+
+#[test]
+fn redirect_to_https_and_hsts() {
+    let e = edge(Some(2));
+    let r = get(e.http, "a.test", "/p?q=1");
+    assert_eq!(r.status, 308);
+    assert_eq!(
+        r.header("location"),
+        Some(format!("https://a.test:{}/p?q=1", e.https).as_str())
+    );
+    // ACME HTTP-01 challenges stay on plain HTTP; so do hosts the TLS listener lacks.
+    let acme = get(e.http, "a.test", "/.well-known/acme-challenge/token");
+    assert_eq!(acme.status, 200);
+    assert_eq!(get(e.http, "plain.test", "/").body, "plain");
+    let out = Command::new("curl")
+        .args(["-s", "-D", "-", "-o", "/dev/null", "--cacert"])
+        .arg(e.dir.path().join("ca.pem"))
+        .arg("--resolve")
+        .arg(format!("a.test:{}:127.0.0.1", e.https))
+        .arg(format!("https://a.test:{}/", e.https))
+        .output()
+        .unwrap();
+    let headers = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(
+        headers.contains("strict-transport-security: max-age=600; includesubdomains"),
+        "{headers}"
+    );
+    assert!(
+        !acme.headers.contains_key("strict-transport-security"),
+        "no HSTS over plain HTTP"
+    );
+}
