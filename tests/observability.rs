@@ -193,7 +193,11 @@ fn access_log_lines_are_json_with_every_field() {
         .iter()
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
         .collect();
-    let first = parsed.iter().find(|v| v["status"] == 200).expect("the 200 line").clone();
+    let first = parsed
+        .iter()
+        .find(|v| v["status"] == 200)
+        .expect("the 200 line")
+        .clone();
     for field in [
         "ts",
         "client",
@@ -223,7 +227,11 @@ fn access_log_lines_are_json_with_every_field() {
     assert_eq!(first["client"], "127.0.0.1");
     assert_eq!(first["method"], "GET");
     assert_eq!(first["bytes_sent"], 2);
-    let second = parsed.iter().find(|v| v["status"] == 404).expect("the 404 line").clone();
+    let second = parsed
+        .iter()
+        .find(|v| v["status"] == 404)
+        .expect("the 404 line")
+        .clone();
     assert_eq!(second["status"], 404);
     assert_eq!(second["gateway"], serde_json::Value::Null);
 }

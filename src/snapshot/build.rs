@@ -942,12 +942,10 @@ mod tests {
 
     #[test]
     fn unsupported_fields_refused() {
-        for (snippet, field) in [("port: 9000/tcp\n  ", "port N/tcp")] {
-            let e = errors(&format!(
-                "{LISTENER}gateways:\n- name: g\n  {snippet}routes: {{ r: {{ respond: {{status: 200}} }} }}\n"
-            ));
-            assert!(e.contains(&format!("not supported yet: {field}")), "{e}");
-        }
+        let e = errors(&format!(
+            "{LISTENER}gateways:\n- name: g\n  port: 9000/tcp\n  routes: {{ r: {{ respond: {{status: 200}} }} }}\n"
+        ));
+        assert!(e.contains("not supported yet: port N/tcp"), "{e}");
         let e = errors(&format!(
             "{LISTENER}admin: {{ bind: \"nowhere\" }}\ngateways: []\n"
         ));
