@@ -220,6 +220,7 @@ fn edge(default: Option<usize>) -> Edge {
   - name: g
     virtual_hosts: [a.test, \"*.wild.test\", fallback.test]
     hsts: {{ max_age: 600, include_subdomains: true }}
+    sticky: route
     routes: {{ r: {{ instances: [\"{}\"] }} }}
   - name: plain
     virtual_hosts: [plain.test]
@@ -367,4 +368,27 @@ fn redirect_to_https_and_hsts() {
         !acme.headers.contains_key("strict-transport-security"),
         "no HSTS over plain HTTP"
     );
+}
+
+#[test]
+fn check_validates_certificates_and_reports_expiry() {
+    let e = edge(Some(2));
+    let cfg = e.dir.path().join("weir.yaml");
+    let out = weir_cmd(&["check", path_str(&cfg)]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("3 certificate(s), the first to expire in "),
+        "{stdout}"
+    );
+    // A key that does not match its certificate is an error naming both files.
+    std::fs::copy(e.dir.path().join("wild.key"), e.dir.path().join("a.key")).unwrap();
+    let out = weir_cmd(&["check", path_str(&cfg)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.contains("a.key does not match certificate") && stderr.contains("a.pem"),
+        "{stderr}"
+    );
+    drop(e.weir);
 }

@@ -173,8 +173,21 @@ pub fn check_summary(s: &Snapshot) -> String {
             _ => 0,
         })
         .sum();
+    let certs: Vec<_> = s
+        .listeners
+        .iter()
+        .filter_map(|l| l.tls.as_ref())
+        .flat_map(|t| t.certs.iter())
+        .collect();
+    let tls = match certs.iter().map(|c| crate::tls::days_left(c)).min() {
+        Some(days) => format!(
+            ", {} certificate(s), the first to expire in {days} day(s)",
+            certs.len()
+        ),
+        None => String::new(),
+    };
     format!(
-        "{} file(s), {} listener(s), {} gateway(s), {} virtual host(s), {} route(s), {} instance(s)",
+        "{} file(s), {} listener(s), {} gateway(s), {} virtual host(s), {} route(s), {} instance(s){tls}",
         s.files.len(),
         s.listeners.len(),
         s.gateways.len(),
@@ -385,6 +398,7 @@ impl Builder<'_> {
         }
         Some(TlsListener {
             store: Arc::new(crate::tls::CertStore::new(&certs, t.default_certificate)),
+            certs,
             h2,
         })
     }

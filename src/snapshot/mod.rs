@@ -58,6 +58,7 @@ pub struct Listener {
 #[derive(Debug, Clone)]
 pub struct TlsListener {
     pub store: Arc<crate::tls::CertStore>,
+    pub certs: Vec<Arc<crate::tls::Loaded>>,
     pub h2: bool,
 }
 
