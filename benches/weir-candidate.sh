@@ -8,7 +8,7 @@
 #
 # The config routes by virtual host (the Host wrk sends is 127.0.0.1:PORT) to one route
 # whose instances are the upstreams: the same work an operator's vhost setup does.
-# TLS listeners are not in weir yet, so leave CANDIDATE_TLS_PORT unset.
+# With CANDIDATE_TLS_PORT set, weir also serves TLS with the harness's certificate.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -24,6 +24,12 @@ instances=$(printf '"%s", ' "${servers[@]}")
 cat <<CFG
 listeners:
   http: { bind: "$LISTEN_HOST:${CANDIDATE_HTTP_PORT:?}" }
+CFG
+# The harness's clients send no SNI (or an IP): the certificate is the default.
+[ -n "${CANDIDATE_TLS_PORT:-}" ] && cat <<CFG
+  https:
+    bind: "$LISTEN_HOST:$CANDIDATE_TLS_PORT"
+    tls: { certificates: [ { cert: "$CERT_FILE", key: "$KEY_FILE" } ], default_certificate: 0 }
 CFG
 [ "${WEIR_METRICS:-0}" = 1 ] && echo "admin: { bind: \"127.0.0.1:${WEIR_ADMIN_PORT:-19299}\" }"
 [ -n "${WEIR_ACCESS_LOG:-}" ] && echo "access_log: $WEIR_ACCESS_LOG"

@@ -2,7 +2,7 @@
 //! and dedicated gateway port, the admin listener, and the background services (health
 //! checks, reloads, DNS re-resolution, readiness), around one `ArcSwap` of snapshots.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -65,17 +65,10 @@ fn worker_threads() -> usize {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
 }
 
-/// Where to connect to reach a bound address (a wildcard bind is reached on loopback).
-fn reachable(addr: SocketAddr) -> SocketAddr {
-    match addr.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => {
-            SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port()))
-        }
-        IpAddr::V6(ip) if ip.is_unspecified() => {
-            SocketAddr::from((Ipv6Addr::LOCALHOST, addr.port()))
-        }
-        _ => addr,
-    }
+/// Whether something listens on `addr`: binding it fails as taken. (Connecting would
+/// do too, but a TLS listener would log every probe as a failed handshake.)
+fn is_listening(addr: SocketAddr) -> bool {
+    matches!(TcpListener::bind(addr), Err(e) if e.kind() == std::io::ErrorKind::AddrInUse)
 }
 
 /// Marks weir ready once every listener accepts connections, and tells systemd.
@@ -86,16 +79,9 @@ struct Readiness {
 #[async_trait]
 impl BackgroundService for Readiness {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let addrs: Vec<SocketAddr> = self
-            .reloader
-            .bound()
-            .iter()
-            .map(|(a, _)| reachable(*a))
-            .collect();
+        let addrs: Vec<SocketAddr> = self.reloader.bound().iter().map(|(a, _)| *a).collect();
         loop {
-            let all = addrs
-                .iter()
-                .all(|a| TcpStream::connect_timeout(a, Duration::from_millis(200)).is_ok());
+            let all = addrs.iter().all(|a| is_listening(*a));
             if all {
                 self.reloader.status.ready.store(true, Ordering::Relaxed);
                 notify_systemd_ready();

@@ -105,6 +105,32 @@ fn names_and_expiry(der: &CertificateDer) -> Result<(Vec<String>, i64), String> 
     Ok((names, cert.validity().not_after.timestamp()))
 }
 
+/// A self-signed certificate for `names`, made once per process and reused by every
+/// later snapshot, so that reloads do not change it.
+pub fn self_signed(names: &[String]) -> Result<Arc<Loaded>, String> {
+    static MADE: std::sync::Mutex<Vec<(Vec<String>, Arc<Loaded>)>> =
+        std::sync::Mutex::new(Vec::new());
+    let mut made = MADE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, l)) = made.iter().find(|(n, _)| n == names) {
+        return Ok(l.clone());
+    }
+    let generated = rcgen::generate_simple_self_signed(names.to_vec())
+        .map_err(|e| format!("tls.self_signed {names:?}: {e}"))?;
+    let key = PrivateKeyDer::Pkcs8(generated.key_pair.serialize_der().into());
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|e| format!("tls.self_signed: {e}"))?;
+    let der = generated.cert.der().clone();
+    let (cert_names, not_after) = names_and_expiry(&der)?;
+    let loaded = Arc::new(Loaded {
+        ecdsa: matches!(signing.algorithm(), SignatureAlgorithm::ECDSA),
+        key: Arc::new(CertifiedKey::new(vec![der], signing)),
+        names: cert_names,
+        not_after,
+    });
+    made.push((names.to_vec(), loaded.clone()));
+    Ok(loaded)
+}
+
 /// Days until a certificate expires (for `weir check`).
 pub fn days_left(l: &Loaded) -> i64 {
     (l.not_after - now_unix()) / 86_400

@@ -392,3 +392,40 @@ fn check_validates_certificates_and_reports_expiry() {
     );
     drop(e.weir);
 }
+
+#[test]
+fn self_signed_certificate_made_at_start() {
+    let https = free_port();
+    let yaml = format!(
+        "listeners:
+  https: {{ bind: \"127.0.0.1:{https}\", tls: {{ self_signed: [demo.test], default_certificate: 0 }} }}
+gateways:
+  - name: g
+    virtual_hosts: [demo.test]
+    routes: {{ r: {{ respond: {{ status: 200, body: demo }} }} }}
+"
+    );
+    let weir = Weir::start(&yaml, &[https]);
+    let (cn, serial, _) = handshake(https, Some("demo.test"), &[]).expect("handshake");
+    assert!(!cn.is_empty());
+    let out = Command::new("curl")
+        .args(["-s", "-k", "--resolve"])
+        .arg(format!("demo.test:{https}:127.0.0.1"))
+        .arg(format!("https://demo.test:{https}/"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "demo");
+    // A reload keeps the same certificate. (Once ready, SIGHUP is handled.)
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !weir.log().contains("ready:") {
+        assert!(Instant::now() < deadline, "{}", weir.log());
+        thread::sleep(Duration::from_millis(50));
+    }
+    signal(weir.pid(), "HUP");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !weir.log().contains("config reloaded (SIGHUP)") {
+        assert!(Instant::now() < deadline, "{}", weir.log());
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(handshake(https, Some("demo.test"), &[]).unwrap().1, serial);
+}

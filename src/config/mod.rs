@@ -55,6 +55,10 @@ pub struct TlsConfig {
     pub min_version: Option<TlsVersion>,
     #[serde(default)]
     pub alpn: Option<Vec<String>>,
+    /// Names to serve with a self-signed certificate made at start (demos and tests;
+    /// no private key on disk). An extension to SPEC §1.
+    #[serde(default)]
+    pub self_signed: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

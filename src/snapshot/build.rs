@@ -355,8 +355,8 @@ impl Builder<'_> {
 
     /// Loads and checks a TLS listener's certificates.
     fn tls_listener(&mut self, scope: &str, t: &crate::config::TlsConfig) -> Option<TlsListener> {
-        if t.certificates.is_empty() {
-            self.main_error(scope, "tls: no certificates");
+        if t.certificates.is_empty() && t.self_signed.is_empty() {
+            self.main_error(scope, "tls: no certificates (and no self_signed names)");
             return None;
         }
         if t.min_version == Some(crate::config::TlsVersion::V1_3) {
@@ -382,18 +382,23 @@ impl Builder<'_> {
                 Err(e) => self.main_error(scope, e),
             }
         }
+        if !t.self_signed.is_empty() {
+            // After the configured certificates: their indexes stay as written.
+            match crate::tls::self_signed(&t.self_signed) {
+                Ok(l) => certs.push(l),
+                Err(e) => self.main_error(scope, e),
+            }
+        }
+        let total = t.certificates.len() + usize::from(!t.self_signed.is_empty());
         if let Some(i) = t.default_certificate {
-            if i >= t.certificates.len() {
+            if i >= total {
                 self.main_error(
                     scope,
-                    format!(
-                        "tls.default_certificate {i}: there are only {} certificates",
-                        t.certificates.len()
-                    ),
+                    format!("tls.default_certificate {i}: there are only {total} certificates"),
                 );
             }
         }
-        if certs.len() != t.certificates.len() {
+        if certs.len() != total {
             return None;
         }
         Some(TlsListener {
