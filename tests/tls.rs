@@ -429,3 +429,51 @@ gateways:
     }
     assert_eq!(handshake(https, Some("demo.test"), &[]).unwrap().1, serial);
 }
+
+/// An HTTP/2-only upstream (nghttpd, h2c): only reachable when weir speaks HTTP/2 to it.
+#[test]
+fn h2_instances_get_http2_upstream() {
+    let site = tempfile::tempdir().unwrap();
+    std::fs::write(site.path().join("file"), "hello-h2").unwrap();
+    let up = free_port();
+    let mut nghttpd = Command::new("nghttpd")
+        .args(["--no-tls", "-a", "127.0.0.1", "-d"])
+        .arg(site.path())
+        .arg(up.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nghttpd must be installed (apt-get install nghttp2-server)");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect(("127.0.0.1", up)).is_err() {
+        assert!(Instant::now() < deadline, "nghttpd did not start");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let (http, https) = (free_port(), free_port());
+    let yaml = format!(
+        "listeners:
+  http: {{ bind: \"127.0.0.1:{http}\" }}
+  https: {{ bind: \"127.0.0.1:{https}\", tls: {{ self_signed: [h2.test], default_certificate: 0 }} }}
+gateways:
+  - name: g
+    virtual_hosts: [h2.test]
+    routes:
+      h2: {{ weight: 100%, instances: [ {{ host: 127.0.0.1, port: {up}, h2: true }} ] }}
+      h1: {{ weight: 0%, instances: [ \"127.0.0.1:{up}\" ] }}
+"
+    );
+    let _weir = Weir::start(&yaml, &[http, https]);
+    // HTTP/1.1 client, HTTP/2 upstream.
+    let r = get(http, "h2.test", "/file");
+    assert_eq!((r.status, r.body.as_str()), (200, "hello-h2"));
+    // HTTP/2 end to end.
+    let out = Command::new("curl")
+        .args(["-sk", "--http2", "-w", " %{http_version}", "--resolve"])
+        .arg(format!("h2.test:{https}:127.0.0.1"))
+        .arg(format!("https://h2.test:{https}/file"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello-h2 2");
+    let _ = nghttpd.kill();
+    let _ = nghttpd.wait();
+}

@@ -645,9 +645,7 @@ impl Builder<'_> {
                 .name
                 .clone()
                 .unwrap_or_else(|| format!("{}:{}", spec.host, spec.port));
-            if spec.h2 {
-                self.error(gw, scope, not_supported("instance h2"));
-            }
+
             if spec.weight > MAX_INSTANCE_WEIGHT {
                 self.error(
                     gw,
@@ -667,6 +665,10 @@ impl Builder<'_> {
             };
             let mut peer = template.clone();
             peer._address = pingora::protocols::l4::socket::SocketAddr::Inet(addr);
+            if spec.h2 {
+                // HTTP/2 with prior knowledge (h2c): plain TCP has no ALPN to negotiate it.
+                peer.options.alpn = pingora::protocols::ALPN::H2;
+            }
             let name = format!("{}:{}", spec.host, spec.port);
             let route_id = sticky::id(&[&gw.name, key]);
             // Named instances keep their cookie when their address changes.
