@@ -3,21 +3,9 @@
 mod common;
 
 use std::collections::HashMap;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
-
-fn within(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return true;
-        }
-        thread::sleep(Duration::from_millis(25));
-    }
-    false
-}
 
 /// Prometheus text → (series with labels → value). Checks every line parses.
 fn parse_metrics(text: &str) -> HashMap<String, f64> {

@@ -26,18 +26,6 @@ gateways:
     )
 }
 
-/// Polls until `f` holds, up to `limit`; returns how long it took.
-fn within(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return Some(start.elapsed());
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    None
-}
-
 /// Writes a file the way editors do: a temp file renamed over the original.
 fn replace_file(path: &std::path::Path, text: &str) {
     let tmp = path.with_extension("tmp~");
@@ -55,7 +43,7 @@ fn weight_change_applies_live_and_invalid_edit_is_rejected() {
 
     // Rewrite in place (truncate and write), as `echo > file` does.
     std::fs::write(&weir.config, split_config(port, &a, &b, 0, 100)).unwrap();
-    let took = within(Duration::from_secs(2), || {
+    let took = took_within(Duration::from_secs(2), || {
         client.get("g.test", "/", &[]).body == "b"
     });
     assert!(
@@ -68,7 +56,7 @@ fn weight_change_applies_live_and_invalid_edit_is_rejected() {
 
     // A broken edit: the running split stays, the error names file and line.
     std::fs::write(&weir.config, "listeners: {\n  http: [\n").unwrap();
-    let logged = within(Duration::from_secs(3), || {
+    let logged = took_within(Duration::from_secs(3), || {
         weir.log().contains("config reload rejected")
     });
     assert!(logged.is_some(), "{}", weir.log());
@@ -82,7 +70,7 @@ fn weight_change_applies_live_and_invalid_edit_is_rejected() {
 
     // A semantic error (weights over 100%) is rejected the same way.
     std::fs::write(&weir.config, split_config(port, &a, &b, 60, 60)).unwrap();
-    within(Duration::from_secs(3), || weir.log().contains("found 120%")).expect("reported");
+    took_within(Duration::from_secs(3), || weir.log().contains("found 120%")).expect("reported");
     assert_eq!(tally(port, "g.test", 20).get("b"), Some(&20));
 }
 
@@ -92,9 +80,9 @@ fn sighup_forces_a_reload_and_does_not_kill() {
     let (a, b) = (Upstream::start("a"), Upstream::start("b"));
     let mut weir = Weir::start(&split_config(port, &a, &b, 100, 0), &[port]);
     // Let the reload service install its handler.
-    within(Duration::from_secs(5), || weir.log().contains("ready:")).expect("ready");
+    took_within(Duration::from_secs(5), || weir.log().contains("ready:")).expect("ready");
     signal(weir.pid(), "HUP");
-    let reloaded = within(Duration::from_secs(3), || {
+    let reloaded = took_within(Duration::from_secs(3), || {
         weir.log().contains("config reloaded (SIGHUP)")
     });
     assert!(reloaded.is_some(), "{}", weir.log());
@@ -132,14 +120,14 @@ gateways:
             up.addr()
         ),
     );
-    let live = within(Duration::from_secs(2), || {
+    let live = took_within(Duration::from_secs(2), || {
         get(port, "new.test", "/").body == "new"
     });
     assert!(live.is_some(), "{}", weir.log());
     assert_eq!(get(port, "base.test", "/").body, "base");
     // Removing the file removes the vhost.
     std::fs::remove_file(gw_dir.join("new.yaml")).unwrap();
-    let gone = within(Duration::from_secs(2), || {
+    let gone = took_within(Duration::from_secs(2), || {
         get(port, "new.test", "/").status == 404
     });
     assert!(gone.is_some(), "{}", weir.log());
@@ -171,7 +159,7 @@ gateways:
     assert_eq!(get(port, "g.test", "/").body, "v1");
     symlink("..v2", root.join("..data_tmp")).unwrap();
     std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
-    let swapped = within(Duration::from_secs(2), || {
+    let swapped = took_within(Duration::from_secs(2), || {
         get(port, "g.test", "/").body == "v2"
     });
     assert!(swapped.is_some(), "{}", weir.log());
@@ -248,7 +236,7 @@ gateways: [ {{ name: g, virtual_hosts: [g.test], routes: {{ r: {{ respond: {{ st
         &[port, admin],
     );
     assert_eq!(get(admin, "localhost", "/healthz").status, 200);
-    let ready = within(Duration::from_secs(5), || {
+    let ready = took_within(Duration::from_secs(5), || {
         get(admin, "localhost", "/readyz").status == 200
     });
     assert!(ready.is_some(), "{}", weir.log());
@@ -265,7 +253,7 @@ gateways: [ {{ name: g, virtual_hosts: [g.test], routes: {{ r: {{ respond: {{ st
         ),
     )
     .unwrap();
-    let noted = within(Duration::from_secs(3), || {
+    let noted = took_within(Duration::from_secs(3), || {
         get(admin, "localhost", "/readyz")
             .body
             .contains("need a restart")

@@ -321,6 +321,23 @@ pub fn signal(pid: u32, name: &str) {
     assert!(ok, "kill -{name} {pid} failed");
 }
 
+/// Polls `f` until it holds, for up to `limit`; returns how long it took.
+pub fn took_within(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return Some(start.elapsed());
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// Whether `f` comes to hold within `limit`.
+pub fn within(limit: Duration, f: impl FnMut() -> bool) -> bool {
+    took_within(limit, f).is_some()
+}
+
 /// Runs `weir` with `args` to completion.
 pub fn weir_cmd(args: &[&str]) -> Output {
     Command::new(WEIR).args(args).output().expect("run weir")
