@@ -182,6 +182,7 @@ impl Weir {
             .headers
             .get(forward::X_REQUEST_ID)
             .and_then(|v| v.to_str().ok());
+        let tls = session.digest().and_then(|d| d.ssl_digest.as_deref());
         let entry = accesslog::Entry {
             ts: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             client: client_ip(session).map(|ip| ip.to_string()),
@@ -199,11 +200,10 @@ impl Weir {
             instance: ctx.instance.as_deref(),
             upstream_status: ctx.upstream_status,
             request_id: ctx.request_id.as_deref().or(incoming_id),
-            tls_version: session
-                .digest()
-                .and_then(|d| d.ssl_digest.as_ref())
-                .map(|d| &*d.version),
-            sni: None,
+            tls_version: tls.map(|d| &*d.version),
+            sni: tls
+                .and_then(|d| d.extension.get::<crate::tls::Sni>())
+                .map(|s| s.0.as_str()),
         };
         log.log(&entry);
     }

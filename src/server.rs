@@ -187,7 +187,7 @@ pub fn run(config_path: &Path, options: RunOptions) -> Result<(), String> {
                     .find(|l| l.bind == *addr)
                     .and_then(|l| l.tls.as_ref())
                     .is_some_and(|t| t.h2);
-                let mut settings = TlsSettings::intermediate("", "")
+                let mut settings = TlsSettings::with_callbacks(Box::new(crate::tls::RecordSni))
                     .map_err(|e| format!("{what}: TLS settings: {e}"))?;
                 settings.set_cert_resolver(resolver);
                 if h2 {

@@ -187,6 +187,24 @@ impl CertStore {
     }
 }
 
+/// The SNI name a client sent, kept with the connection's TLS digest.
+#[derive(Debug)]
+pub struct Sni(pub String);
+
+/// Records each connection's SNI name after the handshake (for the access log).
+pub struct RecordSni;
+
+#[async_trait::async_trait]
+impl pingora::listeners::TlsAccept for RecordSni {
+    async fn handshake_complete_callback(
+        &self,
+        tls: &pingora::protocols::tls::TlsRef,
+    ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        let name = tls.server_name()?;
+        Some(Arc::new(Sni(name.to_string())))
+    }
+}
+
 /// Pingora's rustls listener asks this for a certificate on each handshake.
 #[derive(Debug, Default)]
 pub struct SniResolver {

@@ -206,8 +206,10 @@ fn edge(default: Option<usize>) -> Edge {
     let default_line = default.map_or(String::new(), |i| {
         format!("      default_certificate: {i}\n")
     });
+    let access_log = dir.path().join("access.log");
     let yaml = format!(
-        "listeners:
+        "access_log: {}
+listeners:
   http: {{ bind: \"127.0.0.1:{http}\", redirect_https: https }}
   https:
     bind: \"127.0.0.1:{https}\"
@@ -227,6 +229,7 @@ fn edge(default: Option<usize>) -> Edge {
     listeners: [http]
     routes: {{ r: {{ respond: {{ status: 200, body: plain }} }} }}
 ",
+        access_log.display(),
         up.addr()
     );
     std::fs::write(dir.path().join("weir.yaml"), yaml).unwrap();
@@ -296,6 +299,15 @@ fn protocol_policy_alpn_and_forwarding() {
     assert_eq!(status, "200 1.1");
     let seen = e.up.last();
     assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
+    // The access log has the SNI and TLS version of each request.
+    let log = e.dir.path().join("access.log");
+    assert!(within(Duration::from_secs(3), || std::fs::read_to_string(
+        &log
+    )
+    .is_ok_and(|t| t.contains("\"sni\":\"a.test\""))));
+    assert!(std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("\"tls_version\":\"TLSv1_3\""));
     assert_eq!(
         seen.header("x-forwarded-port"),
         Some(e.https.to_string().as_str())
