@@ -489,3 +489,60 @@ gateways:
     let _ = nghttpd.kill();
     let _ = nghttpd.wait();
 }
+
+/// The `Server public key is N bit` line of an `openssl s_client` handshake.
+fn server_key_bits(port: u16, sni: &str, extra: &[&str]) -> String {
+    let out = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+            "-servername",
+            sni,
+        ])
+        .args(extra)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run openssl s_client");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix("Server public key is "))
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+fn ecdsa_preferred_when_offered_rsa_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    ca(dir.path());
+    leaf(dir.path(), "rsa", "dual.test", &["dual.test"], false);
+    leaf(dir.path(), "ec", "dual.test", &["dual.test"], true);
+    let https = free_port();
+    let yaml = format!(
+        "listeners:
+  https: {{ bind: \"127.0.0.1:{https}\", tls: {{ certificates: [ {{ cert: rsa.pem, key: rsa.key }}, {{ cert: ec.pem, key: ec.key }} ] }} }}
+gateways:
+  - name: g
+    virtual_hosts: [dual.test]
+    routes: {{ r: {{ respond: {{ status: 200 }} }} }}
+"
+    );
+    std::fs::write(dir.path().join("weir.yaml"), yaml).unwrap();
+    let _weir = Weir::spawn(
+        tempfile::tempdir().unwrap(),
+        dir.path().join("weir.yaml"),
+        &[],
+        &[https],
+    );
+    assert_eq!(
+        server_key_bits(https, "dual.test", &[]),
+        "256 bit",
+        "ECDSA for a client offering it"
+    );
+    let rsa_only = ["-sigalgs", "rsa_pss_rsae_sha256:rsa_pkcs1_sha256"];
+    assert_eq!(
+        server_key_bits(https, "dual.test", &rsa_only),
+        "2048 bit",
+        "RSA otherwise"
+    );
+}
