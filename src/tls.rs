@@ -114,8 +114,15 @@ pub fn self_signed(names: &[String]) -> Result<Arc<Loaded>, String> {
     if let Some((_, l)) = made.iter().find(|(n, _)| n == names) {
         return Ok(l.clone());
     }
-    let generated = rcgen::generate_simple_self_signed(names.to_vec())
-        .map_err(|e| format!("tls.self_signed {names:?}: {e}"))?;
+    let fail = |e: rcgen::Error| format!("tls.self_signed {names:?}: {e}");
+    let mut params = rcgen::CertificateParams::new(names.to_vec()).map_err(fail)?;
+    // Valid for a year from yesterday (rcgen's default runs to the year 4096).
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::days(1);
+    params.not_after = now + time::Duration::days(365);
+    let key_pair = rcgen::KeyPair::generate().map_err(fail)?;
+    let cert = params.self_signed(&key_pair).map_err(fail)?;
+    let generated = rcgen::CertifiedKey { cert, key_pair };
     let key = PrivateKeyDer::Pkcs8(generated.key_pair.serialize_der().into());
     let signing = rustls::crypto::ring::sign::any_supported_type(&key)
         .map_err(|e| format!("tls.self_signed: {e}"))?;
