@@ -66,6 +66,12 @@ fn metrics_count_what_was_served_and_forget_removed_routes() {
         assert_eq!(c.get("g.test", "/v1/x", &[]).status, 200);
     }
     assert_eq!(get(port, "nobody.test", "/").status, 404);
+    // Requests are counted when they finish, just after the response went out.
+    assert!(within(Duration::from_secs(3), || {
+        let m = scrape(admin);
+        m.get(r#"weir_requests_total{code="4xx",gateway="",route=""}"#) == Some(&1.0)
+            && m.get(r#"weir_requests_total{code="2xx",gateway="g",route="a"}"#) == Some(&7.0)
+    }));
     let m = scrape(admin);
     let v = |k: &str| m.get(k).copied().unwrap_or_else(|| panic!("no series {k}"));
     assert_eq!(
