@@ -41,64 +41,72 @@ pub struct Metrics {
     last_reload: Gauge,
 }
 
-fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+/// Registers a collector; every name is registered once, at start, from constants.
+fn register<C: prometheus::core::Collector + Clone + 'static>(
+    r: &Registry,
+    c: prometheus::Result<C>,
+) -> C {
+    let c = c.expect("valid metric");
     r.register(Box::new(c.clone()))
         .expect("metric registered once");
     c
 }
 
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(r, IntCounterVec::new(Opts::new(name, help), labels))
+}
+
 impl Metrics {
     fn new() -> Metrics {
         let r = Registry::new();
-        let duration = HistogramVec::new(
-            HistogramOpts::new(
-                "weir_request_duration_seconds",
-                "Request duration, from the request header to the end of the response.",
-            )
-            .buckets(BUCKETS.to_vec()),
-            &["gateway", "route"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(duration.clone()))
-            .expect("metric registered once");
-        let instance_healthy = IntGaugeVec::new(
-            Opts::new(
-                "weir_instance_healthy",
-                "1 when the instance takes traffic (up or not yet checked), 0 when down.",
+        let duration = register(
+            &r,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "weir_request_duration_seconds",
+                    "Request duration, from the request header to the end of the response.",
+                )
+                .buckets(BUCKETS.to_vec()),
+                &["gateway", "route"],
             ),
-            &["gateway", "route", "instance"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(instance_healthy.clone()))
-            .expect("metric registered once");
-        let route_weight = GaugeVec::new(
+        );
+        let instance_healthy = register(
+            &r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "weir_instance_healthy",
+                    "1 when the instance takes traffic (up or not yet checked), 0 when down.",
+                ),
+                &["gateway", "route", "instance"],
+            ),
+        );
+        let route_weight = register(
+            &r,
+            GaugeVec::new(
             Opts::new(
                 "weir_route_weight_ratio",
                 "The route's effective share of weighted traffic, 0..1, health taken into account.",
             ),
             &["gateway", "route"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(route_weight.clone()))
-            .expect("metric registered once");
-        let connections_active = IntGaugeVec::new(
-            Opts::new(
-                "weir_connections_active",
-                "Open client connections (HTTP/2: requests in flight).",
+        ),
+        );
+        let connections_active = register(
+            &r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "weir_connections_active",
+                    "Open client connections (HTTP/2: requests in flight).",
+                ),
+                &["listener"],
             ),
-            &["listener"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(connections_active.clone()))
-            .expect("metric registered once");
-        let last_reload = Gauge::new(
-            "weir_config_last_reload_timestamp_seconds",
-            "Unix time of the last successful config load.",
-        )
-        .expect("valid metric");
-        r.register(Box::new(last_reload.clone()))
-            .expect("metric registered once");
+        );
+        let last_reload = register(
+            &r,
+            Gauge::new(
+                "weir_config_last_reload_timestamp_seconds",
+                "Unix time of the last successful config load.",
+            ),
+        );
         Metrics {
             requests: counter(
                 &r,

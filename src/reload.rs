@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -34,10 +34,6 @@ const SETTLE: Duration = Duration::from_millis(150);
 pub struct Status {
     /// The first config is loaded and every listener accepts connections.
     pub ready: AtomicBool,
-    pub reloads_ok: AtomicU64,
-    pub reloads_failed: AtomicU64,
-    /// Unix time of the last successful load, in seconds.
-    pub last_ok_unix: AtomicU64,
     /// Listener changes that the running process cannot apply.
     pub restart_needed: Mutex<Option<String>>,
     /// The errors of the last failed reload, for the admin API.
@@ -80,8 +76,6 @@ impl Reloader {
         let loaded = load(path)?;
         let snapshot = build(&loaded, &health)?;
         let status = Status::default();
-        status.reloads_ok.store(0, Ordering::Relaxed);
-        status.last_ok_unix.store(unix_now(), Ordering::Relaxed);
         crate::metrics::loaded(unix_now());
         let tls = snapshot
             .listeners
@@ -162,10 +156,6 @@ impl Reloader {
         match self.reload(force) {
             Ok(Outcome::Applied) => {
                 crate::metrics::reload(true, unix_now());
-                self.status.reloads_ok.fetch_add(1, Ordering::Relaxed);
-                self.status
-                    .last_ok_unix
-                    .store(unix_now(), Ordering::Relaxed);
                 *self
                     .status
                     .last_error
@@ -182,7 +172,6 @@ impl Reloader {
             Ok(Outcome::Unchanged) => log::debug!("config unchanged ({why})"),
             Err(errors) => {
                 crate::metrics::reload(false, unix_now());
-                self.status.reloads_failed.fetch_add(1, Ordering::Relaxed);
                 for e in errors.iter() {
                     log::error!("config reload rejected, running config kept: {e}");
                 }

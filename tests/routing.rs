@@ -5,10 +5,6 @@ mod common;
 
 use common::*;
 
-fn listener(port: u16) -> String {
-    format!("listeners:\n  http: {{ bind: \"127.0.0.1:{port}\" }}\n")
-}
-
 #[test]
 fn vhosts_exact_wildcard_and_404() {
     let port = free_port();
@@ -24,7 +20,7 @@ fn vhosts_exact_wildcard_and_404() {
     virtual_hosts: [api.example.org]
     routes: {{ r: {{ respond: {{ status: 200, body: API }} }} }}
 ",
-        listener(port)
+        http_listener(port)
     );
     let _weir = Weir::start(&yaml, &[port]);
     assert_eq!(get(port, "a.test", "/").body, "A");
@@ -79,7 +75,7 @@ fn dedicated_port_takes_any_host() {
     port: {dedicated}/http
     routes: {{ v1: {{ instances: [\"{}\"] }} }}
 ",
-        listener(shared),
+        http_listener(shared),
         up.addr()
     );
     let _weir = Weir::start(&yaml, &[shared, dedicated]);
@@ -101,7 +97,7 @@ fn weights_90_10_within_one_point() {
       stable: {{ weight: 90%, instances: [\"{}\"] }}
       next: {{ weight: 10%, instances: [\"{}\"] }}
 ",
-        listener(port),
+        http_listener(port),
         a.addr(),
         b.addr()
     );
@@ -129,7 +125,7 @@ fn route_split_ignores_instance_counts() {
       small: {{ weight: 50%, instances: [\"{}\"] }}
       big: {{ weight: 50%, instances: [{}] }}
 ",
-        listener(port),
+        http_listener(port),
         one.addr(),
         four_list.join(", ")
     );
@@ -165,7 +161,7 @@ fn instance_weights_honoured() {
           - {{ name: light, host: 127.0.0.1, port: {}, weight: 1 }}
           - {{ name: heavy, host: 127.0.0.1, port: {}, weight: 3 }}
 ",
-        listener(port),
+        http_listener(port),
         light.port,
         heavy.port
     );
@@ -185,7 +181,7 @@ fn respond_routes_answer_without_upstream() {
       maintenance:
         respond: {{ status: 503, body: \"back soon\", headers: {{ retry-after: \"60\" }} }}
 ",
-        listener(port)
+        http_listener(port)
     );
     let _weir = Weir::start(&yaml, &[port]);
     let mut c = Client::connect(port);
@@ -213,7 +209,7 @@ fn external_targets_by_ip_and_by_name() {
     virtual_hosts: [name.test]
     routes: {{ \"[localhost:{}]\": {{}} }}
 ",
-        listener(port),
+        http_listener(port),
         ip.port,
         named.port
     );
@@ -238,7 +234,7 @@ fn chaining_is_in_process() {
     routes:
       v1: {{ instances: [\"{}\"] }}
 ",
-        listener(port),
+        http_listener(port),
         front_up.addr(),
         back_up.addr()
     );
@@ -261,7 +257,7 @@ fn connect_failure_retries_other_instance() {
     routes:
       r: {{ instances: [\"127.0.0.1:{}\", \"{}\"] }}
 ",
-        listener(port),
+        http_listener(port),
         dead_port(),
         live.addr()
     );
@@ -282,7 +278,7 @@ gateways:
     routes:
       r: {{ instances: [\"127.0.0.1:{}\", \"{}\"] }}
 ",
-        listener(port),
+        http_listener(port),
         dead_port(),
         live.addr()
     );
@@ -304,7 +300,7 @@ fn zero_weights_give_503() {
     routes:
       a: {{ weight: 0%, respond: {{ status: 200 }} }}
 ",
-        listener(port)
+        http_listener(port)
     );
     let _weir = Weir::start(&yaml, &[port]);
     assert_eq!(get(port, "g.test", "/").status, 503);
@@ -319,7 +315,7 @@ fn malformed_requests_get_4xx_and_weir_keeps_serving() {
     virtual_hosts: [g.test]
     routes: {{ r: {{ respond: {{ status: 200, body: ok }} }} }}
 ",
-        listener(port)
+        http_listener(port)
     );
     let mut weir = Weir::start(&yaml, &[port]);
     for garbage in [
@@ -398,7 +394,7 @@ fn websocket_upgrade_passes_through() {
     virtual_hosts: [ws.test]
     routes: {{ r: {{ instances: [\"127.0.0.1:{ws}\"] }} }}
 ",
-        listener(port)
+        http_listener(port)
     );
     let _weir = Weir::start(&yaml, &[port]);
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();

@@ -12,31 +12,8 @@ use common::*;
 fn testssl_finds_nothing_weak() {
     let dir = tempfile::tempdir().unwrap();
     let d = |f: &str| dir.path().join(f).to_string_lossy().into_owned();
-    let out = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            &d("k.pem"),
-            "-out",
-            &d("c.pem"),
-            "-days",
-            "30",
-            "-subj",
-            "/CN=edge.test",
-            "-addext",
-            "subjectAltName=DNS:edge.test",
-        ])
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ca(dir.path());
+    leaf(dir.path(), "edge", "edge.test", &["edge.test"], false);
     let https = free_port();
     let yaml = format!(
         "listeners:
@@ -46,8 +23,8 @@ gateways:
     virtual_hosts: [edge.test]
     routes: {{ r: {{ respond: {{ status: 200, body: ok }} }} }}
 ",
-        d("c.pem"),
-        d("k.pem")
+        d("edge.pem"),
+        d("edge.key")
     );
     let _weir = Weir::start(&yaml, &[https]);
     let json = d("testssl.json");

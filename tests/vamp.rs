@@ -13,10 +13,6 @@ const FIREFOX: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 
 const CHROME: &str =
     "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/120.0 Safari/537.36";
 
-fn head(port: u16) -> String {
-    format!("listeners: {{ http: {{ bind: \"127.0.0.1:{port}\" }} }}\n")
-}
-
 /// Bodies of `n` requests with `headers`, on one connection.
 fn bodies(port: u16, n: usize, headers: &[(&str, &str)]) -> Vec<String> {
     let mut c = Client::connect(port);
@@ -53,7 +49,7 @@ fn firefox_at_full_and_half_strength() {
       a: {{ weight: 100%, {} }}
       ff: {{ weight: 0%, condition: \"user-agent is firefox\", condition_strength: 50%, {} }}
 ",
-        head(port),
+        http_listener(port),
         respond("A"),
         respond("FF"),
         respond("A"),
@@ -87,7 +83,7 @@ fn vamp_example_80_20_with_firefox_at_half_strength() {
       a: {{ weight: 80%, {} }}
       b: {{ weight: 20%, condition: \"user-agent == Firefox\", condition_strength: 50%, {} }}
 ",
-        head(port),
+        http_listener(port),
         respond("A"),
         respond("B")
     );
@@ -113,7 +109,7 @@ fn sticky_config(port: u16, a: &Upstream, b: &Upstream, wa: u32, mode: &str) -> 
       a: {{ weight: {wa}%, instances: [\"{}\"] }}
       b: {{ weight: {}%, instances: [\"{}\"] }}
 ",
-        head(port),
+        http_listener(port),
         a.addr(),
         100 - wa,
         b.addr()
@@ -165,7 +161,7 @@ fn sticky_route_holds_and_is_replaced_when_the_route_goes() {
     routes:
       {keep}: {{ weight: 100%, instances: [\"{}\"] }}
 ",
-            head(port),
+            http_listener(port),
             keep_up.addr()
         ),
     )
@@ -220,7 +216,7 @@ fn sticky_instance_and_dead_instance_rebalanced() {
     routes:
       r: {{ instances: [{}] }}
 ",
-        head(port),
+        http_listener(port),
         list.join(", ")
     );
     let _weir = Weir::start(&yaml, &[port]);
@@ -256,7 +252,7 @@ fn least_conn_avoids_the_slow_instance() {
     routes:
       r: {{ instances: [\"{}\", \"{}\"] }}
 ",
-        head(port),
+        http_listener(port),
         slow.addr(),
         fast.addr()
     );
@@ -289,7 +285,7 @@ fn source_ip_affinity() {
     routes:
       r: {{ balance: source_ip, instances: [{}] }}
 ",
-        head(port),
+        http_listener(port),
         list.join(", ")
     );
     let _weir = Weir::start(&yaml, &[port]);
@@ -318,7 +314,7 @@ fn hash_config(port: u16, ups: &[Upstream]) -> String {
     routes:
       r: {{ instances: [{}] }}
 ",
-        head(port),
+        http_listener(port),
         list.join(", ")
     )
 }
@@ -381,7 +377,7 @@ fn random_balance_honours_weights() {
         balance: random
         instances: [{{ host: 127.0.0.1, port: {}, weight: 1 }}, {{ host: 127.0.0.1, port: {}, weight: 3 }}]
 ",
-        head(port),
+        http_listener(port),
         light.port,
         heavy.port
     );
@@ -407,7 +403,7 @@ fn rewrites_with_and_without_query_strings() {
           - {{ path: \"/fixed?from=%[path] if {{ path_beg /f }}\" }}
           - {{ path: \"/t/%[hdr(X-Tenant)]%[path] if has header X-Tenant and path prefix /x\" }}
 ",
-        head(port),
+        http_listener(port),
         up.addr()
     );
     let _weir = Weir::start(&yaml, &[port]);
