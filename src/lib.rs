@@ -6,6 +6,7 @@
 //! forwarding headers) → assembled into a Pingora server (`server`), driven by the
 //! command line (`cli`).
 
+pub mod accept;
 pub mod accesslog;
 pub mod admin;
 pub mod balance;

@@ -17,7 +17,6 @@ use pingora::protocols::Digest;
 use pingora::proxy::FailToProxy;
 use pingora::upstreams::peer::HttpPeer;
 
-use std::any::Any;
 use std::time::Instant;
 
 use crate::accesslog::{self, AccessLog};
@@ -36,30 +35,9 @@ pub struct Weir {
     pub metrics: bool,
 }
 
-/// Counts an open client connection in `weir_connections_active` while it lives. It is
-/// carried from request to request on a kept-alive connection, and dropped with it.
-struct ConnGuard(prometheus::IntGauge);
-
-impl ConnGuard {
-    fn new(listener: &str) -> ConnGuard {
-        let gauge = metrics::metrics()
-            .connections_active
-            .with_label_values(&[listener]);
-        gauge.inc();
-        ConnGuard(gauge)
-    }
-}
-
-impl Drop for ConnGuard {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
 /// Per-request state.
 pub struct Ctx {
     start: Instant,
-    conn: Option<Arc<ConnGuard>>,
     /// The `X-Request-Id` sent upstream.
     request_id: Option<String>,
     upstream_status: Option<u16>,
@@ -362,7 +340,6 @@ impl ProxyHttp for Weir {
     fn new_ctx(&self) -> Ctx {
         Ctx {
             start: Instant::now(),
-            conn: None,
             request_id: None,
             upstream_status: None,
             snapshot: None,
@@ -380,33 +357,9 @@ impl ProxyHttp for Weir {
         }
     }
 
-    fn persist_connection_context(
-        &self,
-        _session: &Session,
-        ctx: &Ctx,
-    ) -> Option<Box<dyn Any + Send + Sync>> {
-        ctx.conn
-            .clone()
-            .map(|c| Box::new(c) as Box<dyn Any + Send + Sync>)
-    }
-
-    fn on_connection_reuse(
-        &self,
-        _session: &mut Session,
-        ctx: &mut Ctx,
-        prev: Box<dyn Any + Send + Sync>,
-    ) {
-        if let Ok(conn) = prev.downcast::<Arc<ConnGuard>>() {
-            ctx.conn = Some(*conn);
-        }
-    }
-
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let snapshot = self.current.load_full();
         let port = local_port(session);
-        if ctx.conn.is_none() {
-            ctx.conn = Some(Arc::new(ConnGuard::new(&snapshot.port_label(port))));
-        }
         ctx.snapshot = Some(snapshot.clone());
         let defaults = &snapshot.defaults;
         session.set_keepalive(Some(defaults.idle_timeout.as_secs().max(1)));

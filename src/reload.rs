@@ -20,10 +20,10 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use crate::config::load::load;
-use crate::diag::Diagnostics;
+use crate::diag::{Diagnostic, Diagnostics};
 use crate::health::HealthRegistry;
 use crate::snapshot::{build, Snapshot};
-use crate::tls::SniResolver;
+use crate::tls::TlsEndpoint;
 
 /// Quiet time after the last file event before reloading: editors and ConfigMap
 /// updates touch several files in a burst.
@@ -54,9 +54,9 @@ pub struct Reloader {
     pub status: Arc<Status>,
     /// The addresses bound at start: a reload cannot change them.
     bound: Vec<(SocketAddr, String)>,
-    /// The SNI resolver of each TLS listener bound at start, by listener name; a reload
-    /// hands each its new certificates.
-    pub tls: Vec<(Arc<str>, Arc<SniResolver>)>,
+    /// The handshake side of each TLS listener bound at start; a reload hands each its
+    /// new certificates and policy.
+    pub tls: Vec<Arc<TlsEndpoint>>,
     /// Serialises reloads; holds the fingerprint of the files last applied.
     applied: Mutex<u64>,
 }
@@ -77,16 +77,14 @@ impl Reloader {
         let snapshot = build(&loaded, &health)?;
         let status = Status::default();
         crate::metrics::loaded(unix_now());
-        let tls = snapshot
-            .listeners
-            .iter()
-            .filter_map(|l| {
-                let t = l.tls.as_ref()?;
-                let resolver = SniResolver::default();
-                resolver.store.store(t.store.clone());
-                Some((l.name.clone(), Arc::new(resolver)))
-            })
-            .collect();
+        let mut tls = Vec::new();
+        for l in &snapshot.listeners {
+            if let Some(t) = &l.tls {
+                let endpoint = TlsEndpoint::new(l.name.clone(), t.store.clone(), &t.policy)
+                    .map_err(|e| Diagnostic::new(path, e))?;
+                tls.push(Arc::new(endpoint));
+            }
+        }
         Ok(Reloader {
             tls,
             path: path.to_path_buf(),
@@ -121,14 +119,16 @@ impl Reloader {
         drop(old);
         snapshot.refresh_health();
         self.note_listener_changes(&snapshot);
-        for (name, resolver) in &self.tls {
+        for endpoint in &self.tls {
             if let Some(t) = snapshot
                 .listeners
                 .iter()
-                .find(|l| &l.name == name)
+                .find(|l| l.name == endpoint.name)
                 .and_then(|l| l.tls.as_ref())
             {
-                resolver.store.store(t.store.clone());
+                endpoint
+                    .apply(t.store.clone(), &t.policy)
+                    .map_err(|e| Diagnostic::new(&self.path, e))?;
             }
         }
         let carried = Instant::now();

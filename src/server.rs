@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora::listeners::tls::TlsSettings;
 use pingora::prelude::Opt;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 
+use crate::accept::{Accept, Port};
 use crate::accesslog::{self, AccessLog};
 use crate::admin::Admin;
 use crate::config::load::load;
@@ -162,44 +162,32 @@ pub fn run(config_path: &Path, options: RunOptions) -> Result<(), String> {
         ),
         None => None,
     };
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+    let proxy = pingora::proxy::http_proxy(
         &server.configuration,
         Weir {
             current: current.clone(),
             access_log: access_log.clone(),
             metrics: admin_bind.is_some(),
         },
-        "weir proxy",
     );
+    let mut ports = Vec::new();
     for (addr, what) in reloader.bound() {
-        let tls = reloader
-            .tls
-            .iter()
-            .find(|(name, _)| *what == format!("listener {name:?}"))
-            .map(|(_, r)| r.clone());
-        match tls {
-            Some(resolver) => {
-                log::info!("{what} listening on {addr} (TLS)");
-                let h2 = current
-                    .load()
-                    .listeners
-                    .iter()
-                    .find(|l| l.bind == *addr)
-                    .and_then(|l| l.tls.as_ref())
-                    .is_some_and(|t| t.h2);
-                let mut settings = TlsSettings::with_callbacks(Box::new(crate::tls::RecordSni))
-                    .map_err(|e| format!("{what}: TLS settings: {e}"))?;
-                settings.set_cert_resolver(resolver);
-                if h2 {
-                    settings.enable_h2();
-                }
-                proxy.add_tls_with_settings(&addr.to_string(), None, settings);
-            }
-            None => {
-                log::info!("{what} listening on {addr}");
-                proxy.add_tcp(&addr.to_string());
-            }
-        }
+        let snapshot = current.load();
+        let listener = snapshot.listeners.iter().find(|l| l.bind == *addr);
+        let tls = listener
+            .filter(|l| l.tls.is_some())
+            .and_then(|l| reloader.tls.iter().find(|t| t.name == l.name))
+            .cloned();
+        let kind = if tls.is_some() { " (TLS)" } else { "" };
+        log::info!("{what} listening on {addr}{kind}");
+        ports.push(Port { bind: *addr, tls });
+    }
+    let mut proxy = Service::new(
+        "weir proxy".to_string(),
+        Accept::new(proxy, ports, current.clone(), admin_bind.is_some()),
+    );
+    for (addr, _) in reloader.bound() {
+        proxy.add_tcp(&addr.to_string());
     }
     server.add_service(proxy);
     if let Some(addr) = admin_bind {

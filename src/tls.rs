@@ -9,6 +9,11 @@
 //! label, as browsers match them); with no match, the `default_certificate`, or no
 //! certificate at all (the handshake fails with `unrecognized_name`). When a name has
 //! both an ECDSA and an RSA certificate, clients that offer ECDSA get it.
+//!
+//! Each TLS listener bound at start has one [`TlsEndpoint`]: its resolver, its session
+//! ticketer and cache (kept for the life of the process, so reloads do not break
+//! resumption) and the rustls `ServerConfig` built from its [`TlsPolicy`], rebuilt
+//! when a reload changes the policy.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -16,10 +21,14 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
+use pingora::listeners::tls::Acceptor;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::{
+    ClientHello, ProducesTickets, ResolvesServerCert, ServerSessionMemoryCache,
+    StoresServerSessions,
+};
 use rustls::sign::CertifiedKey;
-use rustls::{SignatureAlgorithm, SignatureScheme};
+use rustls::{ServerConfig, SignatureAlgorithm, SignatureScheme};
 
 /// One loaded certificate chain with its key.
 #[derive(Debug, Clone)]
@@ -233,4 +242,131 @@ impl ResolvesServerCert for SniResolver {
             .pick(hello.server_name(), ecdsa_ok)
             .map(|c| c.key.clone())
     }
+}
+
+/// The protocol side of a TLS listener: versions and ALPN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsPolicy {
+    /// `min_version: "1.3"`: TLS 1.2 is refused too.
+    pub tls13_only: bool,
+    /// ALPN protocol ids in the server's order of preference.
+    pub alpn: Vec<Vec<u8>>,
+}
+
+impl Default for TlsPolicy {
+    fn default() -> TlsPolicy {
+        TlsPolicy {
+            tls13_only: false,
+            alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        }
+    }
+}
+
+/// Sessions remembered per listener for clients that resume by session id (TLS 1.2
+/// without tickets); about 1-2 MB when full.
+const SESSION_CACHE_ENTRIES: usize = 8192;
+
+/// The handshake side of one TLS listener, for the life of the process.
+pub struct TlsEndpoint {
+    pub name: Arc<str>,
+    resolver: Arc<SniResolver>,
+    /// Session tickets under keys that rotate every 6 hours (the previous key still
+    /// decrypts), so a stolen key opens a bounded window of sessions.
+    ticketer: Arc<dyn ProducesTickets>,
+    sessions: Arc<dyn StoresServerSessions>,
+    policy: std::sync::Mutex<TlsPolicy>,
+    acceptor: ArcSwap<Acceptor>,
+    errors: prometheus::IntCounter,
+}
+
+impl std::fmt::Debug for TlsEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsEndpoint")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsEndpoint {
+    pub fn new(
+        name: Arc<str>,
+        store: Arc<CertStore>,
+        policy: &TlsPolicy,
+    ) -> Result<TlsEndpoint, String> {
+        let resolver = Arc::new(SniResolver::default());
+        resolver.store.store(store);
+        let ticketer = rustls::crypto::ring::Ticketer::new()
+            .map_err(|e| format!("listener {name:?}: session tickets: {e}"))?;
+        let sessions: Arc<dyn StoresServerSessions> =
+            ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
+        let config = server_config(policy, resolver.clone(), &ticketer, &sessions)
+            .map_err(|e| format!("listener {name:?}: TLS settings: {e}"))?;
+        let errors = crate::metrics::metrics()
+            .tls_handshake_errors
+            .with_label_values(&[&name]);
+        Ok(TlsEndpoint {
+            name,
+            resolver,
+            ticketer,
+            sessions,
+            policy: std::sync::Mutex::new(policy.clone()),
+            acceptor: ArcSwap::from_pointee(Acceptor::from_server_config(config)),
+            errors,
+        })
+    }
+
+    /// Takes a reload's certificates, and its policy when that changed. New
+    /// handshakes see them; open connections keep what they negotiated.
+    pub fn apply(&self, store: Arc<CertStore>, policy: &TlsPolicy) -> Result<(), String> {
+        self.resolver.store.store(store);
+        let mut current = self.policy.lock().unwrap_or_else(|e| e.into_inner());
+        if *current != *policy {
+            let config = server_config(
+                policy,
+                self.resolver.clone(),
+                &self.ticketer,
+                &self.sessions,
+            )
+            .map_err(|e| format!("listener {:?}: TLS settings: {e}", self.name))?;
+            self.acceptor
+                .store(Arc::new(Acceptor::from_server_config(config)));
+            *current = policy.clone();
+        }
+        Ok(())
+    }
+
+    /// The acceptor for a new connection.
+    pub fn acceptor(&self) -> Arc<Acceptor> {
+        self.acceptor.load_full()
+    }
+
+    /// Counts a failed handshake in `weir_tls_handshake_errors_total`.
+    pub fn failed(&self) {
+        self.errors.inc();
+    }
+}
+
+/// A rustls server config: TLS 1.2 and 1.3 (or 1.3 only) with ring's default suites,
+/// which are all forward-secret (ECDHE or TLS 1.3), and session resumption by ticket
+/// or by cached session id.
+fn server_config(
+    policy: &TlsPolicy,
+    resolver: Arc<SniResolver>,
+    ticketer: &Arc<dyn ProducesTickets>,
+    sessions: &Arc<dyn StoresServerSessions>,
+) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let versions: &[&rustls::SupportedProtocolVersion] = if policy.tls13_only {
+        &[&rustls::version::TLS13]
+    } else {
+        &[&rustls::version::TLS13, &rustls::version::TLS12]
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = policy.alpn.clone();
+    config.ticketer = ticketer.clone();
+    config.session_storage = sessions.clone();
+    Ok(Arc::new(config))
 }

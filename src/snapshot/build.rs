@@ -359,10 +359,10 @@ impl Builder<'_> {
             self.main_error(scope, "tls: no certificates (and no self_signed names)");
             return None;
         }
-        if t.min_version == Some(crate::config::TlsVersion::V1_3) {
-            self.main_error(scope, not_supported("tls.min_version \"1.3\""));
-        }
-        let mut h2 = true;
+        let mut policy = crate::tls::TlsPolicy {
+            tls13_only: t.min_version == Some(crate::config::TlsVersion::V1_3),
+            ..Default::default()
+        };
         if let Some(alpn) = &t.alpn {
             for p in alpn {
                 if p != "h2" && p != "http/1.1" {
@@ -372,7 +372,7 @@ impl Builder<'_> {
                     );
                 }
             }
-            h2 = alpn.iter().any(|p| p == "h2");
+            policy.alpn = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
         }
         let base = self.main.parent().unwrap_or(Path::new("."));
         let mut certs = Vec::new();
@@ -404,7 +404,7 @@ impl Builder<'_> {
         Some(TlsListener {
             store: Arc::new(crate::tls::CertStore::new(&certs, t.default_certificate)),
             certs,
-            h2,
+            policy,
         })
     }
 
@@ -975,7 +975,6 @@ mod tests {
             "listeners: { https: { bind: \"127.0.0.1:1\", tls: { certificates: [ { cert: none.pem, key: none.key } ], min_version: \"1.3\", alpn: [spdy] } }, http: { bind: \"127.0.0.1:2\", redirect_https: nope } }\ngateways: []\n",
         );
         for want in [
-            "not supported yet: tls.min_version \"1.3\"",
             "unknown protocol \"spdy\"",
             "certificate none.pem: cannot read",
             "redirect_https: no listener \"nope\"",

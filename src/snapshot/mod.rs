@@ -59,7 +59,7 @@ pub struct Listener {
 pub struct TlsListener {
     pub store: Arc<crate::tls::CertStore>,
     pub certs: Vec<Arc<crate::tls::Loaded>>,
-    pub h2: bool,
+    pub policy: crate::tls::TlsPolicy,
 }
 
 /// Settings from `defaults:`.
