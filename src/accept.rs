@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use pingora::apps::ServerApp;
 use pingora::protocols::l4::stream::Stream as TcpStream;
 use pingora::protocols::tls::server::handshake_with_callback;
-use pingora::protocols::Stream;
+use pingora::protocols::{Peek, Stream};
 use pingora::server::ShutdownWatch;
 use prometheus::IntGauge;
 
@@ -91,12 +91,27 @@ impl<A> Accept<A> {
             log::error!("listener {:?}: not a TCP connection", tls.name);
             return None;
         };
+        let mut tcp = *tcp;
         let acceptor = tls.acceptor();
         let deadline = self.current.load().defaults.request_header_timeout;
-        let handshake = handshake_with_callback(&acceptor, *tcp, &RecordSni);
-        let why = match tokio::time::timeout(deadline, handshake).await {
+        let attempt = async {
+            // A client that closes before sending a byte is a port probe (load
+            // balancers' TCP checks), not a failed handshake.
+            tcp.try_peek(&mut [0u8; 1]).await.map_err(Failure::Left)?;
+            handshake_with_callback(&acceptor, tcp, &RecordSni)
+                .await
+                .map_err(Failure::Tls)
+        };
+        let why = match tokio::time::timeout(deadline, attempt).await {
             Ok(Ok(tls_stream)) => return Some(Box::new(tls_stream)),
-            Ok(Err(e)) => e.to_string(),
+            Ok(Err(Failure::Left(e))) => {
+                log::trace!(
+                    "listener {:?}: client left before a handshake: {e}",
+                    tls.name
+                );
+                return None;
+            }
+            Ok(Err(Failure::Tls(e))) => e.to_string(),
             Err(_) => format!("no handshake within {deadline:?}"),
         };
         tls.failed();
@@ -106,6 +121,13 @@ impl<A> Accept<A> {
         }
         None
     }
+}
+
+/// Why a handshake did not happen.
+enum Failure {
+    /// The client closed or reset the connection before sending anything.
+    Left(std::io::Error),
+    Tls(Box<pingora::Error>),
 }
 
 /// An open client connection, in `weir_connections_active`.

@@ -3,8 +3,9 @@
 //! The pipeline, one module a step: config text (`config`) → validated, compiled,
 //! immutable routing snapshot (`snapshot`, using `vhost` and `schedule`) → held in an
 //! `ArcSwap` and read once per request by the proxy (`proxy`, with `forward` for the
-//! forwarding headers) → assembled into a Pingora server (`server`), driven by the
-//! command line (`cli`).
+//! forwarding headers) → assembled into a Pingora server (`server`), where each
+//! accepted connection passes `accept` (counting, and the TLS handshake with `tls`'s
+//! certificates and policy) on its way to the proxy; driven by the command line (`cli`).
 
 pub mod accept;
 pub mod accesslog;

@@ -93,10 +93,7 @@ impl Metrics {
         let connections_active = register(
             &r,
             IntGaugeVec::new(
-                Opts::new(
-                    "weir_connections_active",
-                    "Open client connections (HTTP/2: requests in flight).",
-                ),
+                Opts::new("weir_connections_active", "Open client connections."),
                 &["listener"],
             ),
         );

@@ -2,34 +2,9 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
-
-/// Prometheus text → (series with labels → value). Checks every line parses.
-fn parse_metrics(text: &str) -> HashMap<String, f64> {
-    let mut out = HashMap::new();
-    for line in text.lines() {
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let (series, value) = line
-            .rsplit_once(' ')
-            .unwrap_or_else(|| panic!("bad line {line:?}"));
-        let value: f64 = value
-            .parse()
-            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
-        out.insert(series.to_string(), value);
-    }
-    out
-}
-
-fn scrape(admin: u16) -> HashMap<String, f64> {
-    let r = get(admin, "localhost", "/metrics");
-    assert_eq!(r.status, 200);
-    parse_metrics(&r.body)
-}
 
 fn config(port: u16, admin: u16, up: &Upstream, extra_route: &str, extra_top: &str) -> String {
     format!(

@@ -272,6 +272,178 @@ fn hot_certificate_reload_and_bad_replacement() {
     assert_eq!(handshake(e.https, Some("a.test"), &[]).unwrap().1, after);
 }
 
+/// A TLS 1.3-only listener serving HTTP/1.1 only, with a 1 s handshake deadline and
+/// metrics: what it refuses is counted per listener; a reload relaxes the policy for
+/// new handshakes.
+#[test]
+fn tls13_only_policy_counts_failed_handshakes_and_reloads_live() {
+    let dir = tempfile::tempdir().unwrap();
+    ca(dir.path());
+    leaf(dir.path(), "a", "a.test", &["a.test"], false);
+    let (https, admin) = (free_port(), free_port());
+    let config = |tls: &str| {
+        format!(
+            "admin: {{ bind: \"127.0.0.1:{admin}\" }}
+defaults: {{ timeouts: {{ request_header: 1s }} }}
+listeners:
+  https: {{ bind: \"127.0.0.1:{https}\", tls: {{ certificates: [ {{ cert: a.pem, key: a.key }} ]{tls} }} }}
+gateways:
+  - name: g
+    virtual_hosts: [a.test]
+    routes: {{ r: {{ respond: {{ status: 200, body: ok }} }} }}
+"
+        )
+    };
+    let path = dir.path().join("weir.yaml");
+    std::fs::write(&path, config(", min_version: \"1.3\", alpn: [http/1.1]")).unwrap();
+    let weir = Weir::spawn(
+        tempfile::tempdir().unwrap(),
+        path.clone(),
+        &[],
+        &[https, admin],
+    );
+    let errors = || scrape(admin)["weir_tls_handshake_errors_total{listener=\"https\"}"];
+    assert_eq!(errors(), 0.0);
+
+    assert!(
+        handshake(https, Some("a.test"), &["-tls1_2"]).is_none(),
+        "TLS 1.2 refused"
+    );
+    let v13 = handshake(https, Some("a.test"), &["-tls1_3"]).expect("TLS 1.3");
+    assert_eq!(v13.2, "TLSv1.3");
+    let ca = dir.path().join("ca.pem");
+    assert_eq!(
+        curl(https, "a.test", "/", &ca, &["--http2"]),
+        ("ok".to_string(), "200 1.1".to_string()),
+        "ALPN offers http/1.1 only"
+    );
+    // Plain HTTP on the TLS port gets an alert, not an answer.
+    let mut plain = std::net::TcpStream::connect(("127.0.0.1", https)).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    use std::io::{Read, Write};
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .unwrap();
+    let mut reply = Vec::new();
+    let _ = plain.read_to_end(&mut reply);
+    assert_eq!(reply.first(), Some(&0x15), "a TLS alert record: {reply:?}");
+    // A client that never starts its handshake is closed after the deadline.
+    let mut silent = std::net::TcpStream::connect(("127.0.0.1", https)).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = Instant::now();
+    assert_eq!(
+        silent.read(&mut [0u8; 16]).ok(),
+        Some(0),
+        "closed, not timed out"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(
+        within(Duration::from_secs(3), || errors() == 3.0),
+        "TLS 1.2, plain HTTP and the silent client counted: {}",
+        errors()
+    );
+    // Still serving.
+    assert_eq!(curl(https, "a.test", "/", &ca, &[]).1, "200 1.1");
+
+    std::fs::write(&path, config("")).unwrap();
+    assert!(
+        within(Duration::from_secs(5), || handshake(
+            https,
+            Some("a.test"),
+            &["-tls1_2"]
+        )
+        .is_some()),
+        "TLS 1.2 accepted after the reload: {}",
+        weir.log()
+    );
+    // Attempts before the reload took effect were counted; good handshakes are not.
+    let counted = errors();
+    assert_eq!(curl(https, "a.test", "/", &ca, &["--http2"]).1, "200 2");
+    assert!(handshake(https, Some("a.test"), &["-tls1_2"]).is_some());
+    assert_eq!(errors(), counted);
+}
+
+/// One `openssl s_client` connection that sends a request and reads the answer (so
+/// TLS 1.3 session tickets, sent after the handshake, arrive), saving or offering a
+/// session; returns its output.
+fn session(port: u16, file: &Path, save: bool, extra: &[&str]) -> String {
+    let mut child = Command::new("timeout")
+        .args(["10", "openssl", "s_client", "-connect"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["-servername", "a.test", "-ign_eof"])
+        .arg(if save { "-sess_out" } else { "-sess_in" })
+        .arg(file)
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run openssl s_client");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The `New, TLSv1.x, ...` or `Reused, TLSv1.x, ...` line.
+fn session_line(text: &str) -> &str {
+    text.lines()
+        .find(|l| l.starts_with("New,") || l.starts_with("Reused,"))
+        .unwrap_or("")
+}
+
+/// Sessions resume by ticket (TLS 1.3 and 1.2) and by session id (TLS 1.2 clients
+/// without ticket support), across a config reload.
+#[test]
+fn sessions_resume_by_ticket_and_session_id_across_reloads() {
+    let e = edge(Some(2));
+    let cases: [(&str, &[&str]); 3] = [
+        ("tls13", &["-tls1_3"]),
+        ("tls12", &["-tls1_2"]),
+        ("tls12-id", &["-tls1_2", "-no_ticket"]),
+    ];
+    for (name, extra) in cases {
+        let first = session(e.https, &e.dir.path().join(name), true, extra);
+        assert!(
+            session_line(&first).starts_with("New, TLSv1."),
+            "{name}: {first}"
+        );
+        assert!(first.contains("HTTP/1.1 200"), "{name}: {first}");
+        let ticket = first.contains("TLS session ticket:");
+        assert_eq!(ticket, name != "tls12-id", "{name}: ticket issued? {first}");
+    }
+    // A reload (here: a comment added) keeps the ticket keys and the session cache.
+    let config = e.dir.path().join("weir.yaml");
+    let mut yaml = std::fs::read_to_string(&config).unwrap();
+    yaml.push_str("# reloaded\n");
+    std::fs::write(&config, yaml).unwrap();
+    assert!(within(Duration::from_secs(5), || e
+        .weir
+        .log()
+        .contains("config reloaded")));
+    for (name, extra) in cases {
+        let again = session(e.https, &e.dir.path().join(name), false, extra);
+        let version = if name == "tls13" {
+            "TLSv1.3"
+        } else {
+            "TLSv1.2"
+        };
+        assert!(
+            session_line(&again).starts_with(&format!("Reused, {version}")),
+            "{name}: {again}"
+        );
+    }
+}
+
 #[test]
 fn redirect_to_https_and_hsts() {
     let e = edge(Some(2));
@@ -365,12 +537,14 @@ gateways:
 }
 
 /// An HTTP/2-only upstream (nghttpd, h2c): only reachable when weir speaks HTTP/2 to it.
+/// Its responses end with gRPC-style trailers, which reach an HTTP/2 client.
 #[test]
-fn h2_instances_get_http2_upstream() {
+fn h2_instances_get_http2_upstream_and_trailers_pass_through() {
     let site = tempfile::tempdir().unwrap();
     std::fs::write(site.path().join("file"), "hello-h2").unwrap();
     let up = free_port();
     let mut nghttpd = Command::new("nghttpd")
+        .args(["--trailer=grpc-status: 0", "--trailer=grpc-message: done"])
         .args(["--no-tls", "-a", "127.0.0.1", "-d"])
         .arg(site.path())
         .arg(up.to_string())
@@ -408,6 +582,17 @@ gateways:
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello-h2 2");
+    // Trailers: a HEADERS frame after the body, as gRPC ends every response.
+    let out = Command::new("timeout")
+        .args(["10", "nghttp", "-v", "-H", ":authority: h2.test"])
+        .arg(format!("https://127.0.0.1:{https}/file"))
+        .output()
+        .expect("nghttp must be installed (apt-get install nghttp2-client)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let body = text.find("hello-h2").expect("body");
+    let status = text.find("grpc-status: 0").expect("grpc-status trailer");
+    assert!(body < status, "trailer after the body: {text}");
+    assert!(text.contains("grpc-message: done"), "{text}");
     let _ = nghttpd.kill();
     let _ = nghttpd.wait();
 }

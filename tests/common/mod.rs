@@ -607,3 +607,27 @@ fn fastrand_serial() -> u64 {
         .as_nanos() as u64;
     (n % 1_000_000_000) + 1000
 }
+
+/// Prometheus text → (series with labels → value). Checks every line parses.
+pub fn parse_metrics(text: &str) -> HashMap<String, f64> {
+    let mut out = HashMap::new();
+    for line in text.lines() {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad line {line:?}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        out.insert(series.to_string(), value);
+    }
+    out
+}
+
+pub fn scrape(admin: u16) -> HashMap<String, f64> {
+    let r = get(admin, "localhost", "/metrics");
+    assert_eq!(r.status, 200);
+    parse_metrics(&r.body)
+}
