@@ -1,6 +1,7 @@
 //! Accepted connections, before HTTP: each is counted in `weir_connections_active`
-//! while it is open and, on a TLS listener, put through weir's TLS handshake; then the
-//! HTTP proxy takes it.
+//! while it is open; on a `proxy_protocol` listener its PROXY header is read and the
+//! client it names becomes the peer; on a TLS listener it is put through weir's TLS
+//! handshake; then the HTTP proxy takes it. A TCP gateway's port goes to `tcp` instead.
 //!
 //! weir terminates TLS here rather than in Pingora's TLS listener so that it owns the
 //! rustls `ServerConfig` (SPEC §4): `min_version`, ALPN, session tickets with rotating
@@ -9,18 +10,21 @@
 //! app sits between it and the proxy, as Pingora's docs for `http_proxy` suggest.
 
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
 use pingora::protocols::l4::stream::Stream as TcpStream;
 use pingora::protocols::tls::server::handshake_with_callback;
-use pingora::protocols::{Peek, Stream};
+use pingora::protocols::{GetSocketDigest, Peek, SocketDigest, Stream};
 use pingora::server::ShutdownWatch;
 use prometheus::IntGauge;
 
-use crate::snapshot::Snapshot;
+use crate::proxy_protocol;
+use crate::snapshot::{Entry, Snapshot};
 use crate::tls::{RecordSni, TlsEndpoint};
 
 /// One address weir listens on.
@@ -69,11 +73,11 @@ impl<A> Accept<A> {
     }
 
     /// Counts the connection open until the guard drops.
-    fn open(&self, port: &Port) -> Option<OpenConnection> {
+    fn open(&self, snapshot: &Snapshot, port: u16) -> Option<OpenConnection> {
         if !self.metrics {
             return None;
         }
-        let label = self.current.load().port_label(port.bind.port());
+        let label = snapshot.port_label(port);
         let gauge = crate::metrics::metrics()
             .connections_active
             .with_label_values(&[&label]);
@@ -81,19 +85,43 @@ impl<A> Accept<A> {
         Some(OpenConnection(gauge))
     }
 
+    /// Reads the PROXY header, within the request-header timeout, and makes the client
+    /// it names the connection's peer. Without a valid header the connection closes.
+    async fn proxy_header(&self, tcp: &mut TcpStream, deadline: Duration) -> Option<()> {
+        let read = tokio::time::timeout(deadline, proxy_protocol::read(tcp)).await;
+        let client = match read {
+            Ok(Ok(client)) => client,
+            Ok(Err(why)) => {
+                log::debug!("{}: {why}", peer_of(tcp));
+                return None;
+            }
+            Err(_) => {
+                log::debug!("{}: no PROXY header within {deadline:?}", peer_of(tcp));
+                return None;
+            }
+        };
+        if let proxy_protocol::Client::Addr(client) = client {
+            let old = tcp.get_socket_digest();
+            let digest = SocketDigest::from_raw_fd(tcp.as_raw_fd());
+            let _ = digest.peer_addr.set(Some(client.into()));
+            if let Some(local) = old.as_ref().and_then(|d| d.local_addr().cloned()) {
+                let _ = digest.local_addr.set(Some(local));
+            }
+            tcp.set_socket_digest(digest);
+        }
+        Some(())
+    }
+
     /// The TLS handshake, within the request-header timeout. A failure is counted and
     /// logged at debug level: scanners and port probes make plenty of them.
-    async fn handshake(&self, tls: &TlsEndpoint, stream: Stream) -> Option<Stream> {
-        let peer = stream
-            .get_socket_digest()
-            .and_then(|d| d.peer_addr().cloned());
-        let Ok(tcp) = stream.into_any().downcast::<TcpStream>() else {
-            log::error!("listener {:?}: not a TCP connection", tls.name);
-            return None;
-        };
-        let mut tcp = *tcp;
+    async fn handshake(
+        &self,
+        tls: &TlsEndpoint,
+        mut tcp: TcpStream,
+        deadline: Duration,
+    ) -> Option<Stream> {
+        let peer = tcp.get_socket_digest().and_then(|d| d.peer_addr().cloned());
         let acceptor = tls.acceptor();
-        let deadline = self.current.load().defaults.request_header_timeout;
         let attempt = async {
             // A client that closes before sending a byte is a port probe (load
             // balancers' TCP checks), not a failed handshake.
@@ -123,6 +151,13 @@ impl<A> Accept<A> {
     }
 }
 
+/// The connection's peer address, for logs.
+fn peer_of(tcp: &TcpStream) -> String {
+    tcp.get_socket_digest()
+        .and_then(|d| d.peer_addr().map(|a| a.to_string()))
+        .unwrap_or_else(|| "client".to_string())
+}
+
 /// Why a handshake did not happen.
 enum Failure {
     /// The client closed or reset the connection before sending anything.
@@ -147,10 +182,37 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Accept<A> {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let port = self.port_of(&stream);
-        let _open = port.and_then(|p| self.open(p));
-        let mut stream = match port.and_then(|p| p.tls.as_deref()) {
-            Some(tls) => self.handshake(tls, stream).await?,
-            None => stream,
+        let snapshot = self.current.load_full();
+        let entry = port.and_then(|p| snapshot.entry(p.bind.port()));
+        let _open = port.and_then(|p| self.open(&snapshot, p.bind.port()));
+        let proxied = match entry {
+            Some(Entry::Dedicated(g)) if snapshot.gateways[g].tcp => {
+                crate::tcp::serve(snapshot, g, stream, self.metrics).await;
+                return None;
+            }
+            Some(Entry::Shared(l)) => snapshot.listeners[l].proxy_protocol,
+            _ => false,
+        };
+        // A client has `request_header` for its PROXY header, and again for its TLS
+        // handshake.
+        let deadline = snapshot.defaults.request_header_timeout;
+        drop(snapshot);
+        let tls = port.and_then(|p| p.tls.as_deref());
+        let mut stream = if tls.is_some() || proxied {
+            let Ok(tcp) = stream.into_any().downcast::<TcpStream>() else {
+                log::error!("not a TCP connection");
+                return None;
+            };
+            let mut tcp = *tcp;
+            if proxied {
+                self.proxy_header(&mut tcp, deadline).await?;
+            }
+            match tls {
+                Some(tls) => self.handshake(tls, tcp, deadline).await?,
+                None => Box::new(tcp),
+            }
+        } else {
+            stream
         };
         // The HTTP app keeps a connection until it closes; should it hand one back
         // for reuse, that is served here, past the handshake, not accepted anew.

@@ -149,19 +149,20 @@ fn every_semantic_error_reported_at_once() {
 }
 
 #[test]
-fn later_features_are_refused_not_ignored() {
-    let err = check_err(&[(
+fn tcp_gateways_and_proxy_protocol_check_ok() {
+    let (code, stdout, stderr) = check(&[(
         "weir.yaml",
-        &format!(
-            "{HEAD}gateways:
+        "listeners: { lb: { bind: \"127.0.0.1:18080\", proxy_protocol: true } }
+gateways:
   - name: b
     port: 9999/tcp
+    balance: source_ip
     routes:
-      r: {{ instances: [\"127.0.0.1:1\"] }}
-"
-        ),
+      r: { instances: [\"127.0.0.1:1\"], health_check: { protocol: tcp } }
+",
     )]);
-    assert!(err.contains("not supported yet: port N/tcp"), "{err}");
+    assert_eq!(code, 0, "{stdout} {stderr}");
+    assert!(stdout.starts_with("ok\n"), "{stdout}");
 }
 
 #[test]

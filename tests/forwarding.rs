@@ -96,3 +96,96 @@ fn request_ids_are_unique_and_hop_by_hop_headers_dropped() {
         assert_eq!(s.header("keep-alive"), None);
     }
 }
+
+/// A PROXY protocol v2 header (`command` 1 = PROXY, 0 = LOCAL) for an IPv4 client.
+fn proxy_v2(command: u8, client: [u8; 4], client_port: u16, port: u16) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.extend([0x20 | command, 0x11, 0, 12]);
+    h.extend(client);
+    h.extend([127, 0, 0, 1]);
+    h.extend(client_port.to_be_bytes());
+    h.extend(port.to_be_bytes());
+    h
+}
+
+/// Listeners with `proxy_protocol: true` take the client from the balancer's PROXY
+/// header (v1 or v2, before TLS too): forwarding headers and `source` conditions see
+/// it. A LOCAL header keeps the real peer; a connection without a header is closed.
+#[test]
+fn proxy_protocol_header_names_the_client() {
+    let dir = tempfile::tempdir().unwrap();
+    ca(dir.path());
+    leaf(dir.path(), "g", "g.test", &["g.test"], false);
+    let (lb, lb_tls, plain) = (free_port(), free_port(), free_port());
+    let up = Upstream::start("up");
+    let yaml = format!(
+        "listeners:
+  lb: {{ bind: \"127.0.0.1:{lb}\", proxy_protocol: true }}
+  lbtls:
+    bind: \"127.0.0.1:{lb_tls}\"
+    proxy_protocol: true
+    tls: {{ certificates: [ {{ cert: g.pem, key: g.key }} ], default_certificate: 0 }}
+  plain: {{ bind: \"127.0.0.1:{plain}\" }}
+gateways:
+  - name: g
+    virtual_hosts: [g.test]
+    routes:
+      vip: {{ weight: 0%, condition: \"source in 127.9.9.0/24\", respond: {{ status: 200, body: vip }} }}
+      r: {{ weight: 100%, instances: [\"{}\"] }}
+",
+        up.addr()
+    );
+    std::fs::write(dir.path().join("weir.yaml"), yaml).unwrap();
+    let _weir = Weir::spawn(
+        tempfile::tempdir().unwrap(),
+        dir.path().join("weir.yaml"),
+        &[],
+        &[lb, lb_tls, plain],
+    );
+
+    // v1; the connection keeps its client for every request on it.
+    let mut c = Client::connect(lb);
+    c.send_raw(format!("PROXY TCP4 127.9.9.9 127.0.0.1 5555 {lb}\r\n").as_bytes());
+    assert_eq!(c.get("g.test", "/", &[]).body, "vip");
+    assert_eq!(c.get("g.test", "/again", &[]).body, "vip");
+    let mut c = Client::connect(lb);
+    c.send_raw(format!("PROXY TCP4 127.9.8.8 127.0.0.1 5555 {lb}\r\n").as_bytes());
+    assert_eq!(c.get("g.test", "/", &[]).body, "up");
+    assert_eq!(up.last().header("x-forwarded-for"), Some("127.9.8.8"));
+
+    // v2, sent with the request in one write.
+    let mut c = Client::connect(lb);
+    let mut bytes = proxy_v2(1, [127, 9, 8, 7], 4444, lb);
+    bytes.extend(b"GET / HTTP/1.1\r\nHost: g.test\r\n\r\n");
+    c.send_raw(&bytes);
+    assert_eq!(c.read_response(false).status, 200);
+    assert_eq!(up.last().header("x-forwarded-for"), Some("127.9.8.7"));
+    // v2 LOCAL: the balancer's own check, from the real peer.
+    let mut c = Client::connect(lb);
+    c.send_raw(&proxy_v2(0, [127, 9, 9, 9], 4444, lb));
+    assert_eq!(c.get("g.test", "/", &[]).body, "up");
+    assert_eq!(up.last().header("x-forwarded-for"), Some("127.0.0.1"));
+
+    // No header: closed without an answer.
+    let mut c = Client::connect(lb);
+    c.send_raw(b"GET / HTTP/1.1\r\nHost: g.test\r\n\r\n");
+    let mut rest = Vec::new();
+    use std::io::Read;
+    let _ = c.into_reader().read_to_end(&mut rest);
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+
+    // Before TLS (curl's v1 header names its own address).
+    let out = std::process::Command::new("curl")
+        .args(["-s", "--max-time", "10", "--haproxy-protocol", "--cacert"])
+        .arg(dir.path().join("ca.pem"))
+        .args(["--resolve", &format!("g.test:{lb_tls}:127.0.0.1")])
+        .arg(format!("https://g.test:{lb_tls}/tls"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "up");
+    assert_eq!(up.last().header("x-forwarded-proto"), Some("https"));
+
+    // Listeners without the option are unaffected.
+    assert_eq!(get(plain, "g.test", "/").body, "up");
+    assert_eq!(up.last().header("x-forwarded-for"), Some("127.0.0.1"));
+}

@@ -21,7 +21,9 @@ use crate::balance::Picker;
 use crate::condition::{self, Expr};
 use crate::config::load::Loaded;
 use crate::config::units::{split_host_port, InstanceSpec, FULL};
-use crate::config::{Balance, Config, GatewayConfig, PortKind, RouteConfig, Sticky};
+use crate::config::{
+    Balance, Config, GatewayConfig, HealthProtocol, PortKind, RouteConfig, Sticky,
+};
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::health::{ActiveCheck, HealthRegistry};
 use crate::metrics::RouteMetrics;
@@ -115,11 +117,13 @@ pub fn build(loaded: &Loaded, health: &HealthRegistry) -> Result<Snapshot, Diagn
                 sticky: gw.sticky,
                 listener_mask,
                 port,
+                tcp: is_tcp(gw),
             },
             routes,
         ));
     }
     b.check_chains(&config.gateways, &gateways);
+    b.check_tcp_chains(&config.gateways, &gateways);
     if listeners.is_empty() && !ports.iter().any(|(_, e)| matches!(e, Entry::Dedicated(_))) {
         b.errors.push(Diagnostic::new(
             b.main,
@@ -209,8 +213,8 @@ fn valid_name(name: &str) -> bool {
         && bytes.all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
 }
 
-fn not_supported(field: &str) -> String {
-    format!("not supported yet: {field}")
+fn is_tcp(gw: &GatewayConfig) -> bool {
+    gw.port.is_some_and(|p| p.kind == PortKind::Tcp)
 }
 
 impl Builder<'_> {
@@ -246,11 +250,86 @@ impl Builder<'_> {
                 "invalid gateway name: must match ^[A-Za-z0-9][A-Za-z0-9._:-]*$",
             );
         }
-        if gw.port.is_some_and(|p| p.kind == PortKind::Tcp) {
-            self.error(gw, scope, not_supported("port N/tcp (TCP gateways)"));
-        }
         if gw.routes.is_empty() {
             self.error(gw, scope, "gateway has no routes");
+        }
+        if is_tcp(gw) {
+            self.check_tcp_gateway(gw, scope);
+        }
+    }
+
+    /// Chains stay within one kind: HTTP gateways chain to HTTP gateways only, and TCP
+    /// gateways do not chain.
+    fn check_tcp_chains(&mut self, configs: &[GatewayConfig], gateways: &[Gateway]) {
+        for (gw, g) in configs.iter().zip(gateways) {
+            for r in &g.routes {
+                if let Target::Chain(next) = r.target {
+                    if g.tcp || gateways[next].tcp {
+                        let scope = format!("gateway {:?}: route {:?}", g.name, r.key);
+                        self.error(gw, &scope, "a chain cannot start or end at a TCP gateway");
+                    }
+                }
+            }
+        }
+    }
+
+    /// What a TCP gateway cannot have: everything that reads HTTP (SPEC §2.9).
+    fn check_tcp_gateway(&mut self, gw: &GatewayConfig, scope: &str) {
+        let refuse = |b: &mut Self, what: &str| {
+            b.error(
+                gw,
+                scope,
+                format!("a TCP gateway (port N/tcp) cannot have {what}"),
+            );
+        };
+        if !gw.virtual_hosts.is_empty() || gw.listeners.is_some() {
+            refuse(self, "virtual_hosts or listeners (it has only its port)");
+        }
+        if gw.sticky != Sticky::None {
+            refuse(self, "sticky (cookies are HTTP)");
+        }
+        if gw.hsts.is_some() {
+            refuse(self, "hsts");
+        }
+        let hashed = |b: &Option<Balance>| {
+            matches!(
+                b,
+                Some(Balance::HashHeader(_) | Balance::HashCookie(_) | Balance::HashPath)
+            )
+        };
+        if hashed(&gw.balance) {
+            refuse(self, "balance hash(...) (use source_ip)");
+        }
+        for (key, r) in &gw.routes {
+            let scope = format!("{scope}: route {key:?}");
+            let mut refuse = |what: &str| {
+                self.error(
+                    gw,
+                    &scope,
+                    format!("a TCP gateway (port N/tcp) cannot have {what}"),
+                );
+            };
+            if r.condition.is_some() || r.condition_strength.is_some() {
+                refuse("conditions");
+            }
+            if !r.rewrites.is_empty() {
+                refuse("rewrites");
+            }
+            if r.respond.is_some() {
+                refuse("respond routes");
+            }
+            if hashed(&r.balance) {
+                refuse("balance hash(...) (use source_ip)");
+            }
+            if r.instances.iter().any(|i| i.0.h2) {
+                refuse("h2 instances");
+            }
+            if r.health_check
+                .as_ref()
+                .is_some_and(|c| c.protocol == HealthProtocol::Http)
+            {
+                refuse("HTTP health checks (use protocol: tcp)");
+            }
         }
     }
 
@@ -292,9 +371,6 @@ impl Builder<'_> {
             if !valid_name(name) {
                 self.main_error(&scope, "invalid listener name");
             }
-            if l.proxy_protocol {
-                self.main_error(&scope, not_supported("proxy_protocol"));
-            }
             let bind = match l.bind.parse::<SocketAddr>() {
                 Ok(addr) => addr,
                 Err(_) => {
@@ -325,6 +401,7 @@ impl Builder<'_> {
                 bind,
                 tls,
                 redirect: None,
+                proxy_protocol: l.proxy_protocol,
             });
         }
         // redirect_https names a TLS listener; resolved once all listeners are known.
@@ -707,7 +784,12 @@ impl Builder<'_> {
             .balance
             .as_ref()
             .or(gw.balance.as_ref())
-            .unwrap_or(&Balance::RoundRobin);
+            .unwrap_or(if is_tcp(gw) {
+                // Long-lived connections: spread by how many each instance holds.
+                &Balance::LeastConn
+            } else {
+                &Balance::RoundRobin
+            });
         Some(Pool {
             schedule: Schedule::new(&weights),
             picker: Picker::new(balance, &instances),
@@ -962,11 +1044,17 @@ mod tests {
     }
 
     #[test]
-    fn unsupported_fields_refused() {
+    fn invalid_fields_refused() {
         let e = errors(&format!(
-            "{LISTENER}gateways:\n- name: g\n  port: 9000/tcp\n  routes: {{ r: {{ respond: {{status: 200}} }} }}\n"
+            "{LISTENER}gateways:\n- name: t\n  port: 9000/tcp\n  balance: hash(path)\n  routes: {{ r: {{ respond: {{status: 200}} }} }}\n- name: h\n  virtual_hosts: [h.test]\n  routes: {{ t: {{}} }}\n"
         ));
-        assert!(e.contains("not supported yet: port N/tcp"), "{e}");
+        for want in [
+            "gateway \"t\": route \"r\": a TCP gateway (port N/tcp) cannot have respond routes",
+            "gateway \"t\": a TCP gateway (port N/tcp) cannot have balance hash(...)",
+            "gateway \"h\": route \"t\": a chain cannot start or end at a TCP gateway",
+        ] {
+            assert!(e.contains(want), "missing {want}: {e}");
+        }
         let e = errors(&format!(
             "{LISTENER}admin: {{ bind: \"nowhere\" }}\ngateways: []\n"
         ));

@@ -52,6 +52,8 @@ pub struct Listener {
     pub tls: Option<TlsListener>,
     /// `redirect_https`: the TLS listener's index and the port to put in the `Location`.
     pub redirect: Option<(usize, u16)>,
+    /// Connections open with a PROXY protocol header naming the client.
+    pub proxy_protocol: bool,
 }
 
 /// A TLS listener's certificates and protocols.
@@ -99,6 +101,8 @@ pub struct Gateway {
     /// Bit i set: shared listener i carries this gateway's vhosts.
     pub listener_mask: u64,
     pub port: Option<u16>,
+    /// A TCP gateway (`port: N/tcp`): proxied at L4 by `tcp`, never seen by `proxy`.
+    pub tcp: bool,
     /// `Strict-Transport-Security` for responses over TLS.
     pub hsts: Option<http::HeaderValue>,
 }
@@ -531,6 +535,7 @@ pub struct GatewayParts {
     pub sticky: Sticky,
     pub listener_mask: u64,
     pub port: Option<u16>,
+    pub tcp: bool,
 }
 
 impl Gateway {
@@ -551,6 +556,7 @@ impl Gateway {
             sticky: parts.sticky,
             listener_mask: parts.listener_mask,
             port: parts.port,
+            tcp: parts.tcp,
             hsts: parts.hsts,
         }
     }

@@ -1,0 +1,217 @@
+//! TCP gateways (`port: N/tcp`, SPEC §2.9): an L4 proxy on the gateway's dedicated port.
+//! Each connection takes a route by weight (routes with no healthy instance left out)
+//! and an instance by the route's balance (`least_conn` by default, `source_ip`,
+//! `round_robin`, `random`); a refused connect marks the instance down and the next one
+//! is tried, up to `defaults.retries` more. Bytes are then copied both ways, half-closes
+//! passed on, until both sides finish or nothing moves for `defaults.timeouts.idle`.
+//!
+//! Per connection: `weir_requests_total` counts it (`2xx` once connected, `5xx` when no
+//! instance could be reached), `weir_request_duration_seconds` its lifetime, and the
+//! byte counters what went each way.
+
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use pingora::http::RequestHeader;
+use pingora::protocols::Stream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::balance::PickInput;
+use crate::snapshot::{Route, Snapshot, Target, Upstream};
+
+/// What the hash-free balance algorithms are given for a request they do not read.
+fn no_request() -> &'static RequestHeader {
+    static EMPTY: OnceLock<RequestHeader> = OnceLock::new();
+    EMPTY.get_or_init(|| {
+        RequestHeader::build("GET", b"/", None).expect("a static request line is valid")
+    })
+}
+
+/// Proxies one client connection through gateway `g` of `snapshot`.
+pub async fn serve(snapshot: Arc<Snapshot>, g: usize, mut client: Stream, metrics: bool) {
+    let started = Instant::now();
+    let peer = client
+        .get_socket_digest()
+        .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
+    let gateway = &snapshot.gateways[g];
+    let Some(r) = gateway.schedule.load().pick() else {
+        log::warn!(
+            "gateway {:?}: no route available for {peer:?}",
+            gateway.name
+        );
+        return;
+    };
+    let route = &gateway.routes[r];
+    let Some((mut upstream, instance)) = connect(&snapshot, g, route, peer.map(|p| p.ip())).await
+    else {
+        if metrics {
+            route.metrics.record(503, started.elapsed(), 0, 0);
+        }
+        return;
+    };
+    let _counted = InFlight::new(&instance);
+    let idle = snapshot.defaults.idle_timeout;
+    let (received, sent) = splice(&mut client, &mut upstream, idle).await;
+    if metrics {
+        route
+            .metrics
+            .record(200, started.elapsed(), sent as usize, received as usize);
+    }
+}
+
+/// Connects to an instance of `route`, trying others on failure.
+async fn connect(
+    snapshot: &Snapshot,
+    g: usize,
+    route: &Route,
+    client: Option<IpAddr>,
+) -> Option<(TcpStream, Upstream)> {
+    let gateway = &snapshot.gateways[g];
+    let defaults = &snapshot.defaults;
+    let input = PickInput {
+        client,
+        req: no_request(),
+    };
+    let mut tried = 0u64;
+    for _ in 0..=defaults.retries {
+        let (upstream, has_check) = match &route.target {
+            Target::Pool(p) => (p.pick(tried, &input)?.clone(), p.check.is_some()),
+            Target::External(e) => (e.pick(tried)?, false),
+            _ => return None,
+        };
+        if upstream.index < 64 {
+            tried |= 1 << upstream.index;
+        }
+        let addr: Option<SocketAddr> = upstream.peer._address.as_inet().copied();
+        let addr = addr?;
+        let kind =
+            match tokio::time::timeout(defaults.connect_timeout, TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => {
+                    upstream.health.mark_ok_passive();
+                    let _ = stream.set_nodelay(true);
+                    return Some((stream, upstream));
+                }
+                Ok(Err(e)) => {
+                    log::debug!("gateway {:?}: connect to {addr}: {e}", gateway.name);
+                    "connect"
+                }
+                Err(_) => "connect_timeout",
+            };
+        crate::metrics::upstream_error(&gateway.name, &route.key, &upstream.name, kind);
+        if upstream.health.mark_down_passive(has_check) {
+            log::warn!(
+                "instance {} is down: connect failed ({kind})",
+                upstream.name
+            );
+            snapshot.refresh_health();
+        }
+    }
+    None
+}
+
+/// Holds an instance's in-flight count up (for `least_conn`) while a connection lives.
+struct InFlight<'a>(&'a Upstream);
+
+impl<'a> InFlight<'a> {
+    fn new(u: &'a Upstream) -> InFlight<'a> {
+        u.health.inflight.fetch_add(1, Ordering::Relaxed);
+        InFlight(u)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.health.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Copies both ways until both directions end, or until no byte moved either way for
+/// `idle`. Returns the bytes (client → upstream, upstream → client).
+async fn splice(client: &mut Stream, upstream: &mut TcpStream, idle: Duration) -> (u64, u64) {
+    let epoch = Instant::now();
+    let last = Arc::new(AtomicU64::new(0));
+    let mut a = Watched {
+        inner: client,
+        epoch,
+        last: last.clone(),
+        bytes: 0,
+    };
+    let mut b = Watched {
+        inner: upstream,
+        epoch,
+        last: last.clone(),
+        bytes: 0,
+    };
+    {
+        let copy = tokio::io::copy_bidirectional(&mut a, &mut b);
+        tokio::pin!(copy);
+        loop {
+            let quiet_since = epoch + Duration::from_millis(last.load(Ordering::Relaxed));
+            tokio::select! {
+                result = &mut copy => {
+                    if let Err(e) = result {
+                        log::debug!("tcp connection ended: {e}");
+                    }
+                    break;
+                }
+                _ = tokio::time::sleep_until((quiet_since + idle).into()) => {
+                    let now = epoch.elapsed().as_millis() as u64;
+                    if now.saturating_sub(last.load(Ordering::Relaxed)) >= idle.as_millis() as u64 {
+                        log::debug!("tcp connection idle for {idle:?}: closed");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    (a.bytes, b.bytes)
+}
+
+/// A stream that notes when it last read anything, and how much it read.
+struct Watched<S> {
+    inner: S,
+    epoch: Instant,
+    last: Arc<AtomicU64>,
+    bytes: u64,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = (buf.filled().len() - before) as u64;
+        if read > 0 {
+            self.bytes += read;
+            let now = self.epoch.elapsed().as_millis() as u64;
+            self.last.store(now, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
