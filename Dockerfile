@@ -18,6 +18,6 @@ COPY certs /etc/weir/certs
 # Config and certificates come from the operator: mount over these.
 VOLUME ["/etc/weir", "/etc/weir/certs"]
 USER weir
-EXPOSE 8080
+EXPOSE 8080 8443
 ENTRYPOINT ["/usr/local/bin/weir"]
 CMD ["run", "-c", "/etc/weir/weir.yaml"]
