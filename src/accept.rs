@@ -23,6 +23,7 @@ use pingora::protocols::{GetSocketDigest, Peek, SocketDigest, Stream};
 use pingora::server::ShutdownWatch;
 use prometheus::IntGauge;
 
+use crate::accesslog::AccessLog;
 use crate::proxy_protocol;
 use crate::snapshot::{Entry, Snapshot};
 use crate::tls::{RecordSni, TlsEndpoint};
@@ -48,6 +49,8 @@ pub struct Accept<A> {
     current: Arc<ArcSwap<Snapshot>>,
     /// Count connections (only when an admin listener can serve the metrics).
     metrics: bool,
+    /// For TCP gateways' lines.
+    access_log: Option<Arc<AccessLog>>,
 }
 
 impl<A> Accept<A> {
@@ -56,12 +59,14 @@ impl<A> Accept<A> {
         ports: Vec<Port>,
         current: Arc<ArcSwap<Snapshot>>,
         metrics: bool,
+        access_log: Option<Arc<AccessLog>>,
     ) -> Accept<A> {
         Accept {
             app: Arc::new(app),
             ports,
             current,
             metrics,
+            access_log,
         }
     }
 
@@ -187,7 +192,11 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Accept<A> {
         let _open = port.and_then(|p| self.open(&snapshot, p.bind.port()));
         let proxied = match entry {
             Some(Entry::Dedicated(g)) if snapshot.gateways[g].tcp => {
-                crate::tcp::serve(snapshot, g, stream, self.metrics).await;
+                let records = crate::tcp::Records {
+                    metrics: self.metrics,
+                    access_log: self.access_log.as_deref(),
+                };
+                crate::tcp::serve(snapshot, g, stream, records).await;
                 return None;
             }
             Some(Entry::Shared(l)) => snapshot.listeners[l].proxy_protocol,

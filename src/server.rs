@@ -184,7 +184,13 @@ pub fn run(config_path: &Path, options: RunOptions) -> Result<(), String> {
     }
     let mut proxy = Service::new(
         "weir proxy".to_string(),
-        Accept::new(proxy, ports, current.clone(), admin_bind.is_some()),
+        Accept::new(
+            proxy,
+            ports,
+            current.clone(),
+            admin_bind.is_some(),
+            access_log.clone(),
+        ),
     );
     for (addr, _) in reloader.bound() {
         proxy.add_tcp(&addr.to_string());

@@ -7,7 +7,7 @@
 //!
 //! Per connection: `weir_requests_total` counts it (`2xx` once connected, `5xx` when no
 //! instance could be reached), `weir_request_duration_seconds` its lifetime, and the
-//! byte counters what went each way.
+//! byte counters what went each way; the access log has a line with method `TCP`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -21,8 +21,9 @@ use pingora::protocols::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::accesslog::{AccessLog, Entry};
 use crate::balance::PickInput;
-use crate::snapshot::{Route, Snapshot, Target, Upstream};
+use crate::snapshot::{Gateway, Route, Snapshot, Target, Upstream};
 
 /// What the hash-free balance algorithms are given for a request they do not read.
 fn no_request() -> &'static RequestHeader {
@@ -32,8 +33,14 @@ fn no_request() -> &'static RequestHeader {
     })
 }
 
+/// Where a connection's outcome is recorded.
+pub struct Records<'a> {
+    pub metrics: bool,
+    pub access_log: Option<&'a AccessLog>,
+}
+
 /// Proxies one client connection through gateway `g` of `snapshot`.
-pub async fn serve(snapshot: Arc<Snapshot>, g: usize, mut client: Stream, metrics: bool) {
+pub async fn serve(snapshot: Arc<Snapshot>, g: usize, mut client: Stream, records: Records<'_>) {
     let started = Instant::now();
     let peer = client
         .get_socket_digest()
@@ -49,18 +56,69 @@ pub async fn serve(snapshot: Arc<Snapshot>, g: usize, mut client: Stream, metric
     let route = &gateway.routes[r];
     let Some((mut upstream, instance)) = connect(&snapshot, g, route, peer.map(|p| p.ip())).await
     else {
-        if metrics {
-            route.metrics.record(503, started.elapsed(), 0, 0);
-        }
-        return;
+        let outcome = Outcome {
+            status: 503,
+            instance: None,
+            sent: 0,
+            received: 0,
+        };
+        return record(&records, gateway, route, peer, started, outcome);
     };
-    let _counted = InFlight::new(&instance);
+    let counted = InFlight::new(&instance);
     let idle = snapshot.defaults.idle_timeout;
     let (received, sent) = splice(&mut client, &mut upstream, idle).await;
-    if metrics {
+    drop(counted);
+    let outcome = Outcome {
+        status: 200,
+        instance: Some(&instance.name),
+        sent,
+        received,
+    };
+    record(&records, gateway, route, peer, started, outcome);
+}
+
+/// How a connection went.
+struct Outcome<'a> {
+    /// 200: an instance was reached; 503: none could be.
+    status: u16,
+    instance: Option<&'a str>,
+    sent: u64,
+    received: u64,
+}
+
+fn record(
+    records: &Records,
+    gateway: &Gateway,
+    route: &Route,
+    peer: Option<SocketAddr>,
+    started: Instant,
+    outcome: Outcome,
+) {
+    let elapsed = started.elapsed();
+    let (sent, received) = (outcome.sent as usize, outcome.received as usize);
+    if records.metrics {
         route
             .metrics
-            .record(200, started.elapsed(), sent as usize, received as usize);
+            .record(outcome.status, elapsed, sent, received);
+    }
+    if let Some(log) = records.access_log {
+        log.log(&Entry {
+            ts: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            client: peer.map(|p| p.ip().to_string()),
+            method: "TCP",
+            host: "",
+            path: "",
+            status: outcome.status,
+            bytes_sent: sent,
+            duration_ms: elapsed.as_secs_f64() * 1000.0,
+            gateway: Some(&gateway.name),
+            route: Some(&route.key),
+            instance: outcome.instance,
+            upstream_status: None,
+            request_id: None,
+            tls_version: None,
+            sni: None,
+        });
     }
 }
 

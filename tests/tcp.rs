@@ -77,6 +77,7 @@ fn weighted_routes_echo_and_half_close() {
     let (a, b) = (echo("a"), echo("b"));
     let yaml = format!(
         "admin: {{ bind: \"127.0.0.1:{admin}\" }}
+access_log: access.log
 gateways:
   - name: t
     port: {port}/tcp
@@ -85,7 +86,7 @@ gateways:
       b: {{ weight: 20%, instances: [\"127.0.0.1:{b}\"] }}
 "
     );
-    let _weir = start(&yaml, &[port, admin]);
+    let weir = start(&yaml, &[port, admin]);
     let mut tally = std::collections::HashMap::new();
     for _ in 0..50 {
         *tally.entry(open(port).instance).or_insert(0) += 1;
@@ -113,6 +114,30 @@ gateways:
     let received = m["weir_bytes_received_total{gateway=\"t\",route=\"a\"}"]
         + m["weir_bytes_received_total{gateway=\"t\",route=\"b\"}"];
     assert_eq!(received, 5.0, "the client's ping");
+    // One access-log line a connection (the 51 here, and the test's readiness probe).
+    let log = weir.dir.path().join("access.log");
+    assert!(within(Duration::from_secs(3), || std::fs::read_to_string(
+        &log
+    )
+    .is_ok_and(|t| t.lines().count() == 52)));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let last = text.lines().last().unwrap();
+    for field in [
+        "\"method\":\"TCP\"",
+        "\"gateway\":\"t\"",
+        "\"status\":200",
+        "\"client\":\"127.0.0.1\"",
+        &format!(
+            "\"instance\":\"127.0.0.1:{}\"",
+            if last.contains("\"route\":\"a\"") {
+                a
+            } else {
+                b
+            }
+        ),
+    ] {
+        assert!(last.contains(field), "{field} in {last}");
+    }
 }
 
 #[test]
