@@ -369,9 +369,11 @@ impl ProxyHttp for Weir {
         let Some(entry) = snapshot.entry(port) else {
             return self.refuse(session, Refusal::UnknownHost).await;
         };
+        // What the connection is, not what the listener is now configured to be (a
+        // reload cannot switch a bound listener between TLS and plain).
+        ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         if let Entry::Shared(l) = entry {
             let listener = &snapshot.listeners[l];
-            ctx.tls = listener.tls.is_some();
             if let Some((to, tls_port)) = listener.redirect {
                 if self.redirect(session, &snapshot, to, tls_port).await? {
                     return Ok(true);

@@ -54,6 +54,8 @@ pub struct Reloader {
     pub status: Arc<Status>,
     /// The addresses bound at start: a reload cannot change them.
     bound: Vec<(SocketAddr, String)>,
+    /// Which of them terminate TLS: a reload cannot change that either.
+    tls_bound: Vec<SocketAddr>,
     /// The handshake side of each TLS listener bound at start; a reload hands each its
     /// new certificates and policy.
     pub tls: Vec<Arc<TlsEndpoint>>,
@@ -85,8 +87,15 @@ impl Reloader {
                 tls.push(Arc::new(endpoint));
             }
         }
+        let tls_bound = snapshot
+            .listeners
+            .iter()
+            .filter(|l| l.tls.is_some())
+            .map(|l| l.bind)
+            .collect();
         Ok(Reloader {
             tls,
+            tls_bound,
             path: path.to_path_buf(),
             bound: snapshot.bind_addresses(),
             current: Arc::new(ArcSwap::from_pointee(snapshot)),
@@ -195,6 +204,14 @@ impl Reloader {
         for (addr, what) in &self.bound {
             if !wanted.iter().any(|(a, _)| a == addr) {
                 changes.push(format!("{what} on {addr} is no longer configured"));
+            }
+        }
+        for l in &next.listeners {
+            let was_tls = self.tls_bound.contains(&l.bind);
+            let bound = self.bound.iter().any(|(a, _)| *a == l.bind);
+            if bound && was_tls != l.tls.is_some() {
+                let now = if was_tls { "plain" } else { "TLS" };
+                changes.push(format!("listener {:?} on {} turns {now}", l.name, l.bind));
             }
         }
         let message = (!changes.is_empty()).then(|| {

@@ -653,3 +653,45 @@ gateways:
         "RSA otherwise"
     );
 }
+
+/// Turning TLS off (or on) for a bound address needs a restart: the reload says so,
+/// and the listener keeps terminating TLS until then, telling upstreams it is https.
+#[test]
+fn switching_a_bound_listener_between_tls_and_plain_needs_a_restart() {
+    let (https, admin) = (free_port(), free_port());
+    let up = Upstream::start("up");
+    let config = |tls: &str| {
+        format!(
+            "admin: {{ bind: \"127.0.0.1:{admin}\" }}
+listeners: {{ https: {{ bind: \"127.0.0.1:{https}\"{tls} }} }}
+gateways: [ {{ name: g, virtual_hosts: [a.test], routes: {{ r: {{ instances: [\"{}\"] }} }} }} ]
+",
+            up.addr()
+        )
+    };
+    let weir = Weir::start(
+        &config(", tls: { self_signed: [a.test], default_certificate: 0 }"),
+        &[https, admin],
+    );
+    std::fs::write(&weir.config, config("")).unwrap();
+    let want = format!("listener \"https\" on 127.0.0.1:{https} turns plain");
+    assert!(
+        within(Duration::from_secs(5), || get(
+            admin,
+            "localhost",
+            "/readyz"
+        )
+        .body
+        .contains(&want)),
+        "{}",
+        weir.log()
+    );
+    let out = Command::new("curl")
+        .args(["-sk", "--resolve"])
+        .arg(format!("a.test:{https}:127.0.0.1"))
+        .arg(format!("https://a.test:{https}/"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "up");
+    assert_eq!(up.last().header("x-forwarded-proto"), Some("https"));
+}
