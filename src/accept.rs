@@ -1,7 +1,8 @@
 //! Accepted connections, before HTTP: each is counted in `weir_connections_active`
 //! while it is open; on a `proxy_protocol` listener its PROXY header is read and the
 //! client it names becomes the peer; on a TLS listener it is put through weir's TLS
-//! handshake; then the HTTP proxy takes it. A TCP gateway's port goes to `tcp` instead.
+//! handshake; then the HTTP proxy takes it, HTTP/1 connections with `request_header`
+//! for their first request. A TCP gateway's port goes to `tcp` instead.
 //!
 //! weir terminates TLS here rather than in Pingora's TLS listener so that it owns the
 //! rustls `ServerConfig` (SPEC §4): `min_version`, ALPN, session tickets with rotating
@@ -16,9 +17,11 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use pingora::apps::ServerApp;
+use pingora::apps::{HttpServerApp, ReusedHttpStream, ServerApp};
+use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::stream::Stream as TcpStream;
 use pingora::protocols::tls::server::handshake_with_callback;
+use pingora::protocols::ALPN;
 use pingora::protocols::{GetSocketDigest, Peek, SocketDigest, Stream};
 use pingora::server::ShutdownWatch;
 use prometheus::IntGauge;
@@ -180,7 +183,7 @@ impl Drop for OpenConnection {
 }
 
 #[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for Accept<A> {
+impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Accept<A> {
     async fn process_new(
         self: &Arc<Self>,
         stream: Stream,
@@ -223,15 +226,48 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Accept<A> {
         } else {
             stream
         };
-        // The HTTP app keeps a connection until it closes; should it hand one back
-        // for reuse, that is served here, past the handshake, not accepted anew.
-        while let Some(reused) = self.app.process_new(stream, shutdown).await {
-            stream = reused;
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            // HTTP/2: Pingora's own connection handling, stream by stream.
+            while let Some(reused) = self.app.process_new(stream, shutdown).await {
+                stream = reused;
+            }
+            return None;
         }
+        self.serve_http1(stream, deadline, shutdown).await;
         None
     }
 
     async fn cleanup(&self) {
         self.app.cleanup().await;
+    }
+}
+
+impl<A: HttpServerApp + Send + Sync + 'static> Accept<A> {
+    /// Serves an HTTP/1 connection request by request, as Pingora's `ServerApp` for
+    /// HTTP apps does, except that the first request's headers must come within
+    /// `request_header` (Pingora waits 60 s); from the second request on, the proxy
+    /// sets the idle and header timeouts itself.
+    async fn serve_http1(
+        self: &Arc<Self>,
+        stream: Stream,
+        first: Duration,
+        shutdown: &ShutdownWatch,
+    ) {
+        let mut session = ServerSession::new_http1(stream);
+        let keepalive = if *shutdown.borrow() {
+            None
+        } else {
+            // Whole seconds: Pingora's unit here.
+            Some(first.as_secs_f64().ceil().max(1.0) as u64)
+        };
+        session.set_keepalive(keepalive);
+        let mut next = self.app.process_new_http(session, shutdown).await;
+        while let Some((stream, settings)) = next.map(ReusedHttpStream::consume) {
+            let mut session = ServerSession::new_http1(stream);
+            if let Some(settings) = settings {
+                settings.apply_to_session(&mut session);
+            }
+            next = self.app.process_new_http(session, shutdown).await;
+        }
     }
 }

@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::{Duration, Instant};
+
 use common::*;
 
 #[test]
@@ -338,6 +340,35 @@ fn malformed_requests_get_4xx_and_weir_keeps_serving() {
         assert!(weir.is_running());
     }
     assert_eq!(get(port, "g.test", "/").body, "ok");
+}
+
+/// A client gets `request_header` to send its first request (Pingora alone would wait
+/// 60 s); later requests on the connection wait for `idle`.
+#[test]
+fn first_request_must_come_within_request_header() {
+    let port = free_port();
+    let yaml = format!(
+        "{}defaults: {{ timeouts: {{ request_header: 1s, idle: 30s }} }}
+gateways:
+  - name: g
+    virtual_hosts: [g.test]
+    routes: {{ r: {{ respond: {{ status: 200, body: ok }} }} }}
+",
+        http_listener(port)
+    );
+    let _weir = Weir::start(&yaml, &[port]);
+    // Silent: closed after about a second, well before the client's 15 s read timeout.
+    let mut reader = Client::connect(port).into_reader();
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut reader, &mut rest).expect("closed, not timed out");
+    assert!(rest.is_empty());
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // A kept-alive connection may be quiet longer than that between requests.
+    let mut c = Client::connect(port);
+    assert_eq!(c.get("g.test", "/", &[]).body, "ok");
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(c.get("g.test", "/", &[]).body, "ok");
 }
 
 /// A WebSocket-like upstream: answers the upgrade with 101, then echoes bytes.
