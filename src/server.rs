@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use pingora::apps::HttpServerOptions;
 use pingora::prelude::Opt;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{Server, ShutdownWatch};
@@ -162,7 +163,7 @@ pub fn run(config_path: &Path, options: RunOptions) -> Result<(), String> {
         ),
         None => None,
     };
-    let proxy = pingora::proxy::http_proxy(
+    let mut proxy = pingora::proxy::http_proxy(
         &server.configuration,
         Weir {
             current: current.clone(),
@@ -170,6 +171,11 @@ pub fn run(config_path: &Path, options: RunOptions) -> Result<(), String> {
             metrics: admin_bind.is_some(),
         },
     );
+    // An HTTP/2 connection with no stream open is closed after `idle` (Pingora's default
+    // keeps it forever). Pingora reads this once: a reload does not change it.
+    let mut options = HttpServerOptions::default();
+    options.h2_idle_timeout = Some(current.load().defaults.idle_timeout);
+    proxy.server_options = Some(options);
     let mut ports = Vec::new();
     for (addr, what) in reloader.bound() {
         let snapshot = current.load();

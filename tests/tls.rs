@@ -695,3 +695,41 @@ gateways: [ {{ name: g, virtual_hosts: [a.test], routes: {{ r: {{ instances: [\"
     assert_eq!(String::from_utf8_lossy(&out.stdout), "up");
     assert_eq!(up.last().header("x-forwarded-proto"), Some("https"));
 }
+
+/// An HTTP/2 connection with nothing in flight is closed after `idle`.
+#[test]
+fn idle_http2_connections_are_closed() {
+    let https = free_port();
+    let yaml = format!(
+        "defaults: {{ timeouts: {{ idle: 1s }} }}
+listeners: {{ https: {{ bind: \"127.0.0.1:{https}\", tls: {{ self_signed: [a.test], default_certificate: 0 }} }} }}
+gateways: [ {{ name: g, virtual_hosts: [a.test], routes: {{ r: {{ respond: {{ status: 200 }} }} }} }} ]
+"
+    );
+    let _weir = Weir::start(&yaml, &[https]);
+    let mut client = Command::new("timeout")
+        .args([
+            "15", "openssl", "s_client", "-quiet", "-alpn", "h2", "-connect",
+        ])
+        .arg(format!("127.0.0.1:{https}"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run openssl s_client");
+    // The HTTP/2 preface and an empty SETTINGS frame; then silence, stdin kept open.
+    let mut stdin = client.stdin.take().unwrap();
+    use std::io::Write;
+    stdin
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .unwrap();
+    stdin.flush().unwrap();
+    let started = Instant::now();
+    let status = client.wait().unwrap();
+    drop(stdin);
+    assert!(
+        started.elapsed() < Duration::from_secs(12),
+        "still open after {:?} ({status})",
+        started.elapsed()
+    );
+}
