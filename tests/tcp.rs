@@ -275,3 +275,39 @@ fn http_features_on_tcp_gateways_are_refused() {
         assert!(text.contains(want), "missing {want:?} in {text}");
     }
 }
+
+#[test]
+fn weights_reload_live() {
+    let port = free_port();
+    let (a, b) = (echo("a"), echo("b"));
+    let config = |wa: u32| {
+        format!(
+            "gateways:
+  - name: t
+    port: {port}/tcp
+    routes:
+      a: {{ weight: {wa}%, instances: [\"127.0.0.1:{a}\"] }}
+      b: {{ weight: {}%, instances: [\"127.0.0.1:{b}\"] }}
+",
+            100 - wa
+        )
+    };
+    let weir = start(&config(100), &[port]);
+    assert_eq!(open(port).instance, "a");
+    // An open connection stays where it is; new ones follow the new weights.
+    let held = open(port);
+    std::fs::write(&weir.config, config(0)).unwrap();
+    assert!(
+        within(Duration::from_secs(5), || open(port).instance == "b"),
+        "{}",
+        weir.log()
+    );
+    for _ in 0..5 {
+        assert_eq!(open(port).instance, "b");
+    }
+    let mut held = held;
+    held.writer.write_all(b"still\n").unwrap();
+    let mut line = String::new();
+    held.reader.read_line(&mut line).unwrap();
+    assert_eq!((held.instance.as_str(), line.as_str()), ("a", "still\n"));
+}
