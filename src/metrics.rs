@@ -4,7 +4,7 @@
 //! a request is a few atomic adds: no label lookup, no allocation, no lock. Series of
 //! routes and instances that a reload removed are deleted after the swap. Gauges that
 //! describe the current state (instance health, effective weights) are set from the
-//! snapshot when `/metrics` is scraped.
+//! snapshot when `/metrics` is scraped, as are certificate expiry times.
 
 use std::collections::HashSet;
 use std::sync::OnceLock;
@@ -37,6 +37,7 @@ pub struct Metrics {
     route_weight: GaugeVec,
     pub connections_active: IntGaugeVec,
     pub tls_handshake_errors: IntCounterVec,
+    cert_expiry: GaugeVec,
     reloads: IntCounterVec,
     last_reload: Gauge,
 }
@@ -97,6 +98,16 @@ impl Metrics {
                 &["listener"],
             ),
         );
+        let cert_expiry = register(
+            &r,
+            GaugeVec::new(
+                Opts::new(
+                    "weir_tls_certificate_expiry_timestamp_seconds",
+                    "Unix time at which each served certificate expires (an extension to SPEC).",
+                ),
+                &["listener", "name", "key"],
+            ),
+        );
         let last_reload = register(
             &r,
             Gauge::new(
@@ -139,6 +150,7 @@ impl Metrics {
                 "Failed TLS handshakes.",
                 &["listener"],
             ),
+            cert_expiry,
             reloads: counter(
                 &r,
                 "weir_config_reloads_total",
@@ -297,6 +309,15 @@ pub fn render(snapshot: &Snapshot) -> Vec<u8> {
                         .set(u.health.available() as i64);
                 }
             }
+        }
+    }
+    m.cert_expiry.reset();
+    for l in &snapshot.listeners {
+        for c in l.tls.iter().flat_map(|t| &t.certs) {
+            let name = c.names.first().map_or("", String::as_str);
+            m.cert_expiry
+                .with_label_values(&[&l.name, name, c.key_type])
+                .set(c.not_after as f64);
         }
     }
     let mut out = Vec::new();

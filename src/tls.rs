@@ -39,6 +39,17 @@ pub struct Loaded {
     /// Unix time after which it is expired.
     pub not_after: i64,
     pub ecdsa: bool,
+    /// `rsa`, `ecdsa` or `ed25519` (for metrics).
+    pub key_type: &'static str,
+}
+
+fn key_type(a: SignatureAlgorithm) -> &'static str {
+    match a {
+        SignatureAlgorithm::ECDSA => "ecdsa",
+        SignatureAlgorithm::ED25519 => "ed25519",
+        SignatureAlgorithm::ED448 => "ed448",
+        _ => "rsa",
+    }
 }
 
 fn now_unix() -> i64 {
@@ -69,6 +80,7 @@ pub fn load_pair(cert_path: &Path, key_path: &Path) -> Result<Loaded, String> {
     let signing = rustls::crypto::ring::sign::any_supported_type(&key)
         .map_err(|e| format!("key {}: unsupported key: {e}", key_path.display()))?;
     let ecdsa = matches!(signing.algorithm(), SignatureAlgorithm::ECDSA);
+    let key_type = key_type(signing.algorithm());
     let certified = CertifiedKey::new(chain.clone(), signing);
     certified.keys_match().map_err(|e| {
         format!(
@@ -87,6 +99,7 @@ pub fn load_pair(cert_path: &Path, key_path: &Path) -> Result<Loaded, String> {
         names,
         not_after,
         ecdsa,
+        key_type,
     })
 }
 
@@ -139,6 +152,7 @@ pub fn self_signed(names: &[String]) -> Result<Arc<Loaded>, String> {
     let (cert_names, not_after) = names_and_expiry(&der)?;
     let loaded = Arc::new(Loaded {
         ecdsa: matches!(signing.algorithm(), SignatureAlgorithm::ECDSA),
+        key_type: key_type(signing.algorithm()),
         key: Arc::new(CertifiedKey::new(vec![der], signing)),
         names: cert_names,
         not_after,

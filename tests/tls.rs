@@ -304,6 +304,17 @@ gateways:
     );
     let errors = || scrape(admin)["weir_tls_handshake_errors_total{listener=\"https\"}"];
     assert_eq!(errors(), 0.0);
+    // When the certificate expires (the test leaves are valid for 30 days).
+    let expiry = scrape(admin)
+        ["weir_tls_certificate_expiry_timestamp_seconds{key=\"rsa\",listener=\"https\",name=\"a.test\"}"];
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        expiry > now + 86_400.0 && expiry < now + 5.0 * 365.0 * 86_400.0,
+        "{expiry}"
+    );
 
     assert!(
         handshake(https, Some("a.test"), &["-tls1_2"]).is_none(),
