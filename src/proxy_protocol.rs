@@ -158,4 +158,39 @@ mod tests {
         }
         assert!(parse(&[b'P'; MAX_HEADER]).is_err());
     }
+
+    /// Mutated valid headers and random bytes: an answer every time, never a panic,
+    /// and a header length within the input.
+    #[test]
+    fn arbitrary_input_never_panics() {
+        fastrand::seed(11);
+        let seeds: [Vec<u8>; 3] = [
+            b"PROXY TCP4 192.0.2.7 10.0.0.1 5555 443\r\n".to_vec(),
+            b"PROXY TCP6 2001:db8::1 ::1 4000 80\r\n".to_vec(),
+            v2(1, 0x21, &[0; 36], b""),
+        ];
+        for i in 0..20_000 {
+            let mut input = if i % 4 == 0 {
+                (0..fastrand::usize(0..200))
+                    .map(|_| fastrand::u8(..))
+                    .collect()
+            } else {
+                seeds[i % 3].clone()
+            };
+            for _ in 0..fastrand::usize(0..4) {
+                if input.is_empty() {
+                    break;
+                }
+                let at = fastrand::usize(..input.len());
+                match fastrand::u8(0..3) {
+                    0 => input[at] = fastrand::u8(..),
+                    1 => input.truncate(at),
+                    _ => input.insert(at, fastrand::u8(..)),
+                }
+            }
+            if let Ok(Some((_, len))) = parse(&input) {
+                assert!(len <= input.len(), "{input:?}");
+            }
+        }
+    }
 }
