@@ -358,43 +358,46 @@ impl ProxyHttp for Weir {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        // One reference count taken per request; it moves into `ctx` on every way out.
         let snapshot = self.current.load_full();
         let port = local_port(session);
-        ctx.snapshot = Some(snapshot.clone());
         let defaults = &snapshot.defaults;
         session.set_keepalive(Some(defaults.idle_timeout.as_secs().max(1)));
         session.set_read_timeout(Some(defaults.request_header_timeout));
         ctx.retries_left = defaults.retries;
         ctx.local_port = port;
         let Some(entry) = snapshot.entry(port) else {
+            ctx.snapshot = Some(snapshot);
             return self.refuse(session, Refusal::UnknownHost).await;
         };
         // What the connection is, not what the listener is now configured to be (a
         // reload cannot switch a bound listener between TLS and plain).
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         if let Entry::Shared(l) = entry {
-            let listener = &snapshot.listeners[l];
-            if let Some((to, tls_port)) = listener.redirect {
-                if self.redirect(session, &snapshot, to, tls_port).await? {
-                    return Ok(true);
+            if let Some((to, tls_port)) = snapshot.listeners[l].redirect {
+                let redirected = self.redirect(session, &snapshot, to, tls_port).await;
+                if !matches!(redirected, Ok(false)) {
+                    ctx.snapshot = Some(snapshot);
+                    return redirected;
                 }
             }
         }
         let req = session.req_header();
         if req.version == http::Version::HTTP_11 && request_host(req).is_empty() {
+            ctx.snapshot = Some(snapshot);
             // RFC 9112 §3.2: an HTTP/1.1 request without Host is a client error.
             session
                 .respond_error_with_body(400, Bytes::from_static(b"missing Host header\n"))
                 .await?;
             return Ok(true);
         }
-        let req = session.req_header();
         let view = request_view(req, client_ip(session));
-        let selected = match snapshot.select(entry, request_host(req), &view, &mut ctx.writes) {
+        let selected = snapshot.select(entry, request_host(req), &view, &mut ctx.writes);
+        ctx.snapshot = Some(snapshot);
+        let selected = match selected {
             Ok(s) => s,
             Err(r) => return self.refuse(session, r).await,
         };
-        ctx.snapshot = Some(snapshot);
         ctx.entry = Some(entry);
         ctx.selected = Some(selected);
         if matches!(ctx.target(), Some(Target::Respond(_))) {
