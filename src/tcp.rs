@@ -145,8 +145,7 @@ async fn connect(
         if upstream.index < 64 {
             tried |= 1 << upstream.index;
         }
-        let addr: Option<SocketAddr> = upstream.peer._address.as_inet().copied();
-        let addr = addr?;
+        let addr: SocketAddr = *upstream.peer._address.as_inet()?;
         let kind =
             match tokio::time::timeout(defaults.connect_timeout, TcpStream::connect(addr)).await {
                 Ok(Ok(stream)) => {
@@ -192,17 +191,18 @@ impl Drop for InFlight<'_> {
 /// `idle`. Returns the bytes (client → upstream, upstream → client).
 async fn splice(client: &mut Stream, upstream: &mut TcpStream, idle: Duration) -> (u64, u64) {
     let epoch = Instant::now();
-    let last = Arc::new(AtomicU64::new(0));
+    // Shared by both directions and the watch below, all in this one task.
+    let last = AtomicU64::new(0);
     let mut a = Watched {
         inner: client,
         epoch,
-        last: last.clone(),
+        last: &last,
         bytes: 0,
     };
     let mut b = Watched {
         inner: upstream,
         epoch,
-        last: last.clone(),
+        last: &last,
         bytes: 0,
     };
     {
@@ -231,14 +231,14 @@ async fn splice(client: &mut Stream, upstream: &mut TcpStream, idle: Duration) -
 }
 
 /// A stream that notes when it last read anything, and how much it read.
-struct Watched<S> {
+struct Watched<'a, S> {
     inner: S,
     epoch: Instant,
-    last: Arc<AtomicU64>,
+    last: &'a AtomicU64,
     bytes: u64,
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<'_, S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -256,7 +256,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<'_, S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -48,12 +48,7 @@ fn open(port: u16) -> Conn {
 }
 
 fn open_from(source: &str, port: u16) -> Conn {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    let src: std::net::SocketAddr = format!("{source}:0").parse().unwrap();
-    socket.bind(&src.into()).unwrap();
-    let dst: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    socket.connect(&dst.into()).expect("connect to weir");
-    let stream: TcpStream = socket.into();
+    let stream = tcp_from(source, port);
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
@@ -65,10 +60,6 @@ fn open_from(source: &str, port: u16) -> Conn {
         writer: stream,
         instance: instance.trim().to_string(),
     }
-}
-
-fn start(yaml: &str, ports: &[u16]) -> Weir {
-    Weir::start(yaml, ports)
 }
 
 #[test]
@@ -86,7 +77,7 @@ gateways:
       b: {{ weight: 20%, instances: [\"127.0.0.1:{b}\"] }}
 "
     );
-    let weir = start(&yaml, &[port, admin]);
+    let weir = Weir::start(&yaml, &[port, admin]);
     let mut tally = std::collections::HashMap::new();
     for _ in 0..50 {
         *tally.entry(open(port).instance).or_insert(0) += 1;
@@ -152,7 +143,7 @@ fn least_conn_by_default_and_failover_past_dead_instances() {
       r: {{ instances: [\"127.0.0.1:{a}\", \"127.0.0.1:{b}\", \"127.0.0.1:{dead}\"] }}
 "
     );
-    let weir = start(&yaml, &[port]);
+    let weir = Weir::start(&yaml, &[port]);
     // Every connection reaches a live instance, whichever the dead one is tried.
     for _ in 0..6 {
         assert!(["a", "b"].contains(&open(port).instance.as_str()));
@@ -195,7 +186,7 @@ fn source_ip_affinity() {
 ",
         instances.join(", ")
     );
-    let _weir = start(&yaml, &[port]);
+    let _weir = Weir::start(&yaml, &[port]);
     let mut reached = std::collections::HashSet::new();
     for source in 1..=8 {
         let source = format!("127.0.0.{}", 10 + source);
@@ -223,7 +214,7 @@ gateways:
     routes: {{ r: {{ instances: [\"127.0.0.1:{a}\"] }} }}
 "
     );
-    let _weir = start(&yaml, &[port]);
+    let _weir = Weir::start(&yaml, &[port]);
     let mut c = open(port);
     // Traffic keeps it open past the timeout...
     for _ in 0..3 {
@@ -292,7 +283,7 @@ fn weights_reload_live() {
             100 - wa
         )
     };
-    let weir = start(&config(100), &[port]);
+    let weir = Weir::start(&config(100), &[port]);
     assert_eq!(open(port).instance, "a");
     // An open connection stays where it is; new ones follow the new weights.
     let held = open(port);

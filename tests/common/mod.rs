@@ -386,6 +386,16 @@ impl Response {
     }
 }
 
+/// A TCP connection to 127.0.0.1:port from a given loopback source address.
+pub fn tcp_from(source: &str, port: u16) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let src: std::net::SocketAddr = format!("{source}:0").parse().unwrap();
+    socket.bind(&src.into()).expect("bind source address");
+    let dst: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    socket.connect(&dst.into()).expect("connect to weir");
+    socket.into()
+}
+
 /// A keep-alive HTTP/1.1 client connection to 127.0.0.1:port.
 pub struct Client {
     reader: BufReader<TcpStream>,
@@ -400,13 +410,7 @@ impl Client {
 
     /// Connects from a given loopback source address (e.g. 127.0.0.7).
     pub fn connect_from(source: &str, port: u16) -> Client {
-        let socket =
-            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        let src: std::net::SocketAddr = format!("{source}:0").parse().unwrap();
-        socket.bind(&src.into()).expect("bind source address");
-        let dst: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        socket.connect(&dst.into()).expect("connect to weir");
-        Client::from_stream(socket.into())
+        Client::from_stream(tcp_from(source, port))
     }
 
     fn from_stream(stream: TcpStream) -> Client {
