@@ -13,7 +13,7 @@ use pingora::http::RequestHeader;
 use weir::balance::PickInput;
 use weir::condition::Request;
 use weir::config::load::load_from_str;
-use weir::health::HealthRegistry;
+use weir::prepare::Inputs;
 use weir::snapshot::{build, Snapshot, StickyWrites, Target};
 
 const GATEWAYS: usize = 1000;
@@ -96,7 +96,7 @@ fn conditional_config(conditional: impl Fn(usize) -> bool) -> String {
 
 fn snapshot(yaml: &str) -> Snapshot {
     let loaded = load_from_str(Path::new("bench.yaml"), yaml).expect("bench config loads");
-    build(&loaded, &HealthRegistry::default()).expect("bench config builds")
+    build(&loaded, &Inputs::default()).expect("bench config builds")
 }
 
 fn decide(s: &Snapshot, host: &[u8], headers: &HeaderMap, req: &RequestHeader) -> Option<u16> {
@@ -175,14 +175,7 @@ fn bench(c: &mut Criterion) {
 
     let loaded = load_from_str(Path::new("bench.yaml"), &weighted_config()).unwrap();
     c.bench_function("snapshot_build_1000_gateways_10000_routes", |b| {
-        b.iter(|| {
-            black_box(
-                build(&loaded, &HealthRegistry::default())
-                    .unwrap()
-                    .gateways
-                    .len(),
-            )
-        })
+        b.iter(|| black_box(build(&loaded, &Inputs::default()).unwrap().gateways.len()))
     });
 }
 

@@ -13,7 +13,7 @@ use pingora_ketama::{Bucket, Continuum};
 
 use crate::config::Balance;
 use crate::schedule::Schedule;
-use crate::snapshot::Upstream;
+use crate::upstream::Upstream;
 
 /// How far a hash lookup walks the ring looking for a usable instance.
 const RING_WALK: usize = 4096;

@@ -6,8 +6,11 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use crate::config::load::{load, Loaded};
+use crate::diag::Diagnostics;
+use crate::prepare::Caches;
 use crate::server::{self, RunOptions};
-use crate::snapshot::check_summary;
+use crate::snapshot::{build, Snapshot, Target};
 
 const DEFAULT_CONFIG: &str = "conf/weir.yaml";
 
@@ -29,8 +32,18 @@ struct Cli {
 enum Command {
     /// Run in the foreground (the default).
     Run(RunArgs),
-    /// Validate the config and every file it names; print `ok` or every error.
-    Check(ConfigArg),
+    /// Validate the config and every file it names, as `run` would; print `ok` (and any
+    /// warnings) or every error.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct CheckArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Fail on warnings too (an unresolvable host, a condition that looks misspelt).
+    #[arg(long)]
+    strict: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -82,11 +95,26 @@ pub fn main() -> i32 {
     }
 }
 
-fn check(arg: &ConfigArg) -> i32 {
-    match server::load_snapshot(&arg.path()) {
-        Ok(snapshot) => {
+/// What `run` does before it binds: load, prepare, build.
+fn load_and_build(path: &std::path::Path) -> Result<(Loaded, Snapshot), Diagnostics> {
+    let loaded = load(path)?;
+    let inputs = Caches::default().prepare(&loaded.config);
+    let snapshot = build(&loaded, &inputs)?;
+    Ok((loaded, snapshot))
+}
+
+fn check(args: &CheckArgs) -> i32 {
+    match load_and_build(&args.config.path()) {
+        Ok((loaded, snapshot)) => {
+            for w in snapshot.warnings.iter() {
+                eprintln!("warning: {w}");
+            }
+            if args.strict && !snapshot.warnings.is_empty() {
+                eprintln!("refused: --strict fails on warnings");
+                return 1;
+            }
             println!("ok");
-            println!("{}", check_summary(&snapshot));
+            println!("{}", summary(&loaded, &snapshot));
             0
         }
         Err(errors) => {
@@ -94,6 +122,42 @@ fn check(arg: &ConfigArg) -> i32 {
             1
         }
     }
+}
+
+/// The one-line summary `weir check` prints after `ok`.
+fn summary(loaded: &Loaded, s: &Snapshot) -> String {
+    let routes: usize = s.gateways.iter().map(|g| g.routes.len()).sum();
+    let instances: usize = s
+        .gateways
+        .iter()
+        .flat_map(|g| &g.routes)
+        .map(|r| match &r.target {
+            Target::Pool(p) => p.instances.len(),
+            _ => 0,
+        })
+        .sum();
+    let certs: Vec<_> = s
+        .listeners
+        .iter()
+        .filter_map(|l| l.tls.as_ref())
+        .flat_map(|t| t.certs.iter())
+        .collect();
+    let tls = match certs.iter().map(|c| crate::tls::days_left(c)).min() {
+        Some(days) => format!(
+            ", {} certificate(s), the first to expire in {days} day(s)",
+            certs.len()
+        ),
+        None => String::new(),
+    };
+    format!(
+        "{} file(s), {} listener(s), {} gateway(s), {} virtual host(s), {} route(s), {} instance(s){tls}",
+        loaded.files.len(),
+        s.listeners.len(),
+        s.gateways.len(),
+        s.vhosts.len(),
+        routes,
+        instances
+    )
 }
 
 fn run(args: &RunArgs) -> i32 {
@@ -108,5 +172,24 @@ fn run(args: &RunArgs) -> i32 {
             eprintln!("{e}");
             1
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_counts() {
+        let loaded = crate::config::load::load_from_str(
+            std::path::Path::new("t.yaml"),
+            "listeners: { http: { bind: \"127.0.0.1:8080\" } }\ngateways:\n- name: g\n  virtual_hosts: [g.test]\n  routes:\n    a: { respond: {status: 200} }\n    c: { instances: [\"127.0.0.1:9\", {host: 127.0.0.1, port: 10, weight: 3}] }\n",
+        )
+        .unwrap();
+        let s = build(&loaded, &Default::default()).unwrap();
+        assert_eq!(
+            summary(&loaded, &s),
+            "1 file(s), 1 listener(s), 1 gateway(s), 1 virtual host(s), 2 route(s), 2 instance(s)"
+        );
     }
 }

@@ -1,7 +1,7 @@
-//! Instance health (SPEC §2.4, §4): the state every instance carries, kept across
-//! reloads by a registry; passive marking on failed connects; and the active checker,
-//! a background service that probes instances over TCP or HTTP with Pingora's own
-//! health checks.
+//! Instance health: the state every instance carries, kept across reloads by a
+//! registry; passive marking on failed connects; and the compiled active check of a
+//! route (Pingora's own TCP and HTTP health checks). The service that runs the checks
+//! over a snapshot is `probe`'s.
 //!
 //! States: a new instance is *unknown* and takes traffic (as HAProxy's servers start up)
 //! while its first probe runs at once: a reload must never black-hole a route whose
@@ -14,16 +14,11 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize,
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
-use async_trait::async_trait;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::Backend;
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
 
 use crate::config::{HealthCheckConfig, HealthProtocol};
-use crate::snapshot::{Snapshot, Target};
 
 const UNKNOWN: u8 = 0;
 const UP: u8 = 1;
@@ -31,8 +26,6 @@ const DOWN: u8 = 2;
 
 const PASSIVE_BACKOFF_MIN_MS: u64 = 1_000;
 const PASSIVE_BACKOFF_MAX_MS: u64 = 60_000;
-/// How often the checker looks for due probes and expired back-offs.
-const TICK: Duration = Duration::from_millis(100);
 
 /// Milliseconds since the process started (monotonic).
 pub fn now_ms() -> u64 {
@@ -49,8 +42,8 @@ pub struct InstanceHealth {
     /// Passive down without an active check: when the instance may be tried again.
     retry_at_ms: AtomicU64,
     backoff_ms: AtomicU64,
-    next_probe_ms: AtomicU64,
-    probing: AtomicBool,
+    pub(crate) next_probe_ms: AtomicU64,
+    pub(crate) probing: AtomicBool,
     /// Requests in flight to this instance.
     pub inflight: AtomicUsize,
 }
@@ -86,6 +79,13 @@ impl InstanceHealth {
             DOWN => HealthState::Down,
             _ => HealthState::Unknown,
         }
+    }
+
+    /// The state of an instance whose host does not resolve: down, and never probed.
+    pub fn unresolved() -> InstanceHealth {
+        let h = InstanceHealth::default();
+        h.state.store(DOWN, Ordering::Relaxed);
+        h
     }
 
     fn set(&self, state: u8) -> bool {
@@ -135,7 +135,7 @@ impl InstanceHealth {
     }
 
     /// A passive back-off ran out: the instance gets traffic again (half-open).
-    fn expire_backoff(&self, now: u64) -> bool {
+    pub(crate) fn expire_backoff(&self, now: u64) -> bool {
         let at = self.retry_at_ms.load(Ordering::Relaxed);
         if at != 0 && now >= at && self.state.load(Ordering::Relaxed) == DOWN {
             self.retry_at_ms.store(0, Ordering::Relaxed);
@@ -296,102 +296,11 @@ impl ActiveCheck {
         })
     }
 
-    async fn run(&self, backend: &Backend, timeout_guard: Duration) -> bool {
+    pub(crate) async fn run(&self, backend: &Backend, timeout_guard: Duration) -> bool {
         matches!(
             tokio::time::timeout(timeout_guard, self.probe.check(backend)).await,
             Ok(Ok(()))
         )
-    }
-}
-
-/// The background service that runs active checks and ends passive back-offs.
-pub struct Checker {
-    pub current: Arc<ArcSwap<Snapshot>>,
-}
-
-impl Checker {
-    fn tick(&self) {
-        let snapshot = self.current.load_full();
-        let now = now_ms();
-        let mut changed = false;
-        for g in &snapshot.gateways {
-            for r in &g.routes {
-                let Target::Pool(pool) = &r.target else {
-                    continue;
-                };
-                for u in &pool.instances {
-                    match &pool.check {
-                        Some(check) => self.maybe_probe(g, r, u, check, now),
-                        None => changed |= u.health.expire_backoff(now),
-                    }
-                }
-            }
-        }
-        if changed {
-            snapshot.refresh_health();
-        }
-    }
-
-    fn maybe_probe(
-        &self,
-        g: &crate::snapshot::Gateway,
-        r: &crate::snapshot::Route,
-        u: &crate::snapshot::Upstream,
-        check: &Arc<ActiveCheck>,
-        now: u64,
-    ) {
-        let health = &u.health;
-        let next = health.next_probe_ms.load(Ordering::Relaxed);
-        if next == 0 {
-            // First sight: probe after initial_delay, spread a little so that many new
-            // instances do not all probe in the same tick.
-            let spread = fastrand::u64(0..(check.interval.as_millis() as u64 / 4).max(1));
-            let first = now + check.initial_delay.as_millis() as u64 + spread.min(250);
-            health.next_probe_ms.store(first.max(1), Ordering::Relaxed);
-            return;
-        }
-        if now < next || health.probing.swap(true, Ordering::Relaxed) {
-            return;
-        }
-        health
-            .next_probe_ms
-            .store(now + check.interval.as_millis() as u64, Ordering::Relaxed);
-        let Some(addr) = u.peer._address.as_inet().copied() else {
-            health.probing.store(false, Ordering::Relaxed);
-            return;
-        };
-        let (health, check, current) = (health.clone(), check.clone(), self.current.clone());
-        let label = format!(
-            "gateway {:?}, route {:?}, instance {}",
-            g.name, r.key, u.name
-        );
-        tokio::spawn(async move {
-            let backend = Backend {
-                addr: pingora::protocols::l4::socket::SocketAddr::Inet(addr),
-                weight: 1,
-                ext: Default::default(),
-            };
-            let ok = check.run(&backend, check.interval).await;
-            health.probing.store(false, Ordering::Relaxed);
-            if health.record_probe(ok, check.successes, check.failures) {
-                log::warn!("{label} is {}", health.state().as_str());
-                current.load().refresh_health();
-            }
-        });
-    }
-}
-
-#[async_trait]
-impl BackgroundService for Checker {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut interval = tokio::time::interval(TICK);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        loop {
-            tokio::select! {
-                _ = interval.tick() => self.tick(),
-                _ = shutdown.changed() => return,
-            }
-        }
     }
 }
 

@@ -1,21 +1,18 @@
 //! Prometheus metrics (SPEC §7), in one registry for the process.
 //!
-//! Per-route handles are resolved when a snapshot is built and kept in it, so recording
-//! a request is a few atomic adds: no label lookup, no allocation, no lock. Series of
-//! routes and instances that a reload removed are deleted after the swap. Gauges that
-//! describe the current state (instance health, effective weights) are set from the
-//! snapshot when `/metrics` is scraped, as are certificate expiry times.
+//! This module owns the metric definitions and the handles the data path records
+//! through; it knows nothing of snapshots. Per-route handles are bound when a snapshot
+//! is applied and kept in it, so recording a request is a few atomic adds: no label
+//! lookup, no allocation, no lock. Exposition (state gauges set from a snapshot at
+//! scrape time, series of removed routes deleted) is `exposition`'s.
 
-use std::collections::HashSet;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
-
-use crate::snapshot::{Snapshot, Target};
 
 /// Kinds of upstream error counted in `weir_upstream_errors_total`.
 pub const ERROR_KINDS: [&str; 5] = ["connect", "connect_timeout", "timeout", "closed", "other"];
@@ -28,18 +25,19 @@ const BUCKETS: [f64; 16] = [
 
 pub struct Metrics {
     pub registry: Registry,
-    requests: IntCounterVec,
-    duration: HistogramVec,
-    upstream_errors: IntCounterVec,
-    bytes_sent: IntCounterVec,
-    bytes_received: IntCounterVec,
-    instance_healthy: IntGaugeVec,
-    route_weight: GaugeVec,
+    pub(crate) requests: IntCounterVec,
+    pub(crate) duration: HistogramVec,
+    pub(crate) upstream_errors: IntCounterVec,
+    pub(crate) bytes_sent: IntCounterVec,
+    pub(crate) bytes_received: IntCounterVec,
+    pub(crate) instance_healthy: IntGaugeVec,
+    pub(crate) route_weight: GaugeVec,
     pub connections_active: IntGaugeVec,
     pub tls_handshake_errors: IntCounterVec,
-    cert_expiry: GaugeVec,
-    reloads: IntCounterVec,
-    last_reload: Gauge,
+    pub(crate) cert_expiry: GaugeVec,
+    pub(crate) reloads: IntCounterVec,
+    pub(crate) last_reload: Gauge,
+    pub(crate) unresolved: IntGauge,
 }
 
 /// Registers a collector; every name is registered once, at start, from constants.
@@ -115,7 +113,15 @@ impl Metrics {
                 "Unix time of the last successful config load.",
             ),
         );
+        let unresolved = register(
+            &r,
+            IntGauge::new(
+                "weir_instances_unresolved",
+                "Instances whose host name does not resolve (down until it does; an extension to SPEC).",
+            ),
+        );
         Metrics {
+            unresolved,
             requests: counter(
                 &r,
                 "weir_requests_total",
@@ -169,9 +175,15 @@ pub fn metrics() -> &'static Metrics {
     METRICS.get_or_init(Metrics::new)
 }
 
-/// One route's pre-resolved handles.
-#[derive(Debug, Clone)]
+/// One route's pre-resolved handles. A snapshot is built with them unbound (building
+/// creates no series); the apply step binds them just before the snapshot goes live.
+#[derive(Debug, Clone, Default)]
 pub struct RouteMetrics {
+    handles: Option<Box<Handles>>,
+}
+
+#[derive(Debug, Clone)]
+struct Handles {
     /// By status class: 1xx .. 5xx.
     requests: [IntCounter; 5],
     duration: Histogram,
@@ -180,31 +192,42 @@ pub struct RouteMetrics {
 }
 
 impl RouteMetrics {
-    pub fn new(gateway: &str, route: &str) -> RouteMetrics {
+    /// Handles bound to no series: recording through them does nothing.
+    pub fn unbound() -> RouteMetrics {
+        RouteMetrics { handles: None }
+    }
+
+    /// Handles for the series of one route (created at 0 if new).
+    pub fn bind(gateway: &str, route: &str) -> RouteMetrics {
         let m = metrics();
         let class = |c: &str| m.requests.with_label_values(&[gateway, route, c]);
         RouteMetrics {
-            requests: [
-                class("1xx"),
-                class("2xx"),
-                class("3xx"),
-                class("4xx"),
-                class("5xx"),
-            ],
-            duration: m.duration.with_label_values(&[gateway, route]),
-            bytes_sent: m.bytes_sent.with_label_values(&[gateway, route]),
-            bytes_received: m.bytes_received.with_label_values(&[gateway, route]),
+            handles: Some(Box::new(Handles {
+                requests: [
+                    class("1xx"),
+                    class("2xx"),
+                    class("3xx"),
+                    class("4xx"),
+                    class("5xx"),
+                ],
+                duration: m.duration.with_label_values(&[gateway, route]),
+                bytes_sent: m.bytes_sent.with_label_values(&[gateway, route]),
+                bytes_received: m.bytes_received.with_label_values(&[gateway, route]),
+            })),
         }
     }
 
     /// Records one answered request.
     #[inline]
     pub fn record(&self, status: u16, elapsed: Duration, sent: usize, received: usize) {
+        let Some(h) = &self.handles else {
+            return;
+        };
         let class = (status / 100).clamp(1, 5) as usize - 1;
-        self.requests[class].inc();
-        self.duration.observe(elapsed.as_secs_f64());
-        self.bytes_sent.inc_by(sent as u64);
-        self.bytes_received.inc_by(received as u64);
+        h.requests[class].inc();
+        h.duration.observe(elapsed.as_secs_f64());
+        h.bytes_sent.inc_by(sent as u64);
+        h.bytes_received.inc_by(received as u64);
     }
 }
 
@@ -242,87 +265,4 @@ pub fn reload(ok: bool, unix_time: u64) {
     if ok {
         m.last_reload.set(unix_time as f64);
     }
-}
-
-fn route_labels(s: &Snapshot) -> Vec<(String, String)> {
-    s.gateways
-        .iter()
-        .flat_map(|g| {
-            g.routes
-                .iter()
-                .map(|r| (g.name.to_string(), r.key.to_string()))
-        })
-        .collect()
-}
-
-fn instance_labels(s: &Snapshot) -> Vec<(String, String, String)> {
-    let mut out = Vec::new();
-    for g in &s.gateways {
-        for r in &g.routes {
-            if let Target::Pool(p) = &r.target {
-                for u in &p.instances {
-                    out.push((g.name.to_string(), r.key.to_string(), u.name.to_string()));
-                }
-            }
-        }
-    }
-    out
-}
-
-/// Deletes the series of routes and instances that `old` had and `new` does not.
-pub fn forget_removed(old: &Snapshot, new: &Snapshot) {
-    let m = metrics();
-    let keep: HashSet<_> = route_labels(new).into_iter().collect();
-    for (g, r) in route_labels(old).into_iter().filter(|x| !keep.contains(x)) {
-        for c in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
-            let _ = m.requests.remove_label_values(&[&g, &r, c]);
-        }
-        let _ = m.duration.remove_label_values(&[&g, &r]);
-        let _ = m.bytes_sent.remove_label_values(&[&g, &r]);
-        let _ = m.bytes_received.remove_label_values(&[&g, &r]);
-    }
-    let keep: HashSet<_> = instance_labels(new).into_iter().collect();
-    for (g, r, i) in instance_labels(old)
-        .into_iter()
-        .filter(|x| !keep.contains(x))
-    {
-        for kind in ERROR_KINDS {
-            let _ = m.upstream_errors.remove_label_values(&[&g, &r, &i, kind]);
-        }
-    }
-}
-
-/// The Prometheus text exposition, with state gauges set from `snapshot`.
-pub fn render(snapshot: &Snapshot) -> Vec<u8> {
-    let m = metrics();
-    m.instance_healthy.reset();
-    m.route_weight.reset();
-    for g in &snapshot.gateways {
-        for (r, ratio) in g.routes.iter().zip(g.weight_ratios()) {
-            m.route_weight
-                .with_label_values(&[&g.name, &r.key])
-                .set(ratio);
-            if let Target::Pool(p) = &r.target {
-                for u in &p.instances {
-                    m.instance_healthy
-                        .with_label_values(&[&g.name, &r.key, &u.name])
-                        .set(u.health.available() as i64);
-                }
-            }
-        }
-    }
-    m.cert_expiry.reset();
-    for l in &snapshot.listeners {
-        for c in l.tls.iter().flat_map(|t| &t.certs) {
-            let name = c.names.first().map_or("", String::as_str);
-            m.cert_expiry
-                .with_label_values(&[&l.name, name, c.key_type])
-                .set(c.not_after as f64);
-        }
-    }
-    let mut out = Vec::new();
-    if let Err(e) = TextEncoder::new().encode(&m.registry.gather(), &mut out) {
-        log::error!("encoding metrics: {e}");
-    }
-    out
 }

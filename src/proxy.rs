@@ -25,7 +25,8 @@ use crate::condition::Request;
 use crate::forward::{self, Forwarding};
 use crate::health::InstanceHealth;
 use crate::metrics;
-use crate::snapshot::{Entry, Refusal, Selected, Snapshot, StickyWrites, Target, Upstream};
+use crate::snapshot::{Entry, Refusal, Selected, Snapshot, StickyWrites, Target};
+use crate::upstream::Upstream;
 
 /// The proxy service; one per process, shared by every listener.
 pub struct Weir {

@@ -1,12 +1,17 @@
-//! Live reconfiguration (SPEC §4): read the config whole, validate it, build a new
-//! snapshot and swap it in atomically; requests in flight finish on the snapshot they
-//! loaded. An invalid change is logged with file and line, counted, and the running
-//! snapshot stays. Triggers: a file watcher on every directory the config comes from
-//! (robust to write-and-rename editors and to symlink swaps of a ConfigMap directory),
-//! and `SIGHUP`.
+//! Live reconfiguration: the one way a config reaches service. Every change (a file
+//! edit seen by the watcher, `SIGHUP`, an admin API write, a DNS answer that changed)
+//! takes the same path: load (bounded, `config::load`) → prepare the build's outside
+//! inputs (`prepare`) → build a snapshot (pure, `snapshot::build`) → [`Reloader::apply`],
+//! which joins live state to it and swaps it in. Requests in flight finish on the
+//! snapshot they loaded. An invalid change is logged with file and line, counted, and the
+//! running snapshot stays.
+//!
+//! The watcher reacts only to the files that make up the config (the main file, files
+//! the include globs match, certificates, keys, token files) and to a swapped symlinked
+//! directory (a Kubernetes ConfigMap's `..data`); anything else written in the same
+//! directories is ignored.
 
-use std::collections::BTreeSet;
-use std::net::SocketAddr;
+use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc;
@@ -19,25 +24,30 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use crate::config::load::load;
+use crate::config::load::{load, Loaded};
 use crate::diag::{Diagnostic, Diagnostics};
-use crate::health::HealthRegistry;
-use crate::snapshot::{build, Snapshot};
+use crate::health::{HealthRegistry, InstanceHealth};
+use crate::metrics::RouteMetrics;
+use crate::prepare::Caches;
+use crate::snapshot::{build, Snapshot, Target};
+use crate::startup::Startup;
 use crate::tls::TlsEndpoint;
 
-/// Quiet time after the last file event before reloading: editors and ConfigMap
-/// updates touch several files in a burst.
+/// Quiet time after the last relevant file event before reloading: editors and
+/// ConfigMap updates touch several files in a burst.
 const SETTLE: Duration = Duration::from_millis(150);
+/// A burst of relevant events delays a reload at most this long.
+const MAX_SETTLE: Duration = Duration::from_millis(800);
+/// How often DNS names are looked up again.
+const DNS_REFRESH: Duration = Duration::from_secs(30);
 
-/// What the admin API and metrics read about reloads.
+/// What the admin API and metrics read about the process.
 #[derive(Debug, Default)]
 pub struct Status {
     /// The first config is loaded and every listener accepts connections.
     pub ready: AtomicBool,
-    /// Listener changes that the running process cannot apply.
+    /// Start-time settings the running config changed: they need a restart.
     pub restart_needed: Mutex<Option<String>>,
-    /// The errors of the last failed reload, for the admin API.
-    pub last_error: Mutex<Option<String>>,
 }
 
 fn unix_now() -> u64 {
@@ -46,177 +56,180 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Owns the path to the config and the swap of snapshots.
-pub struct Reloader {
-    pub path: PathBuf,
-    pub current: Arc<ArcSwap<Snapshot>>,
-    pub health: Arc<HealthRegistry>,
-    pub status: Arc<Status>,
-    /// The addresses bound at start: a reload cannot change them.
-    bound: Vec<(SocketAddr, String)>,
-    /// Which of them terminate TLS: a reload cannot change that either.
-    tls_bound: Vec<SocketAddr>,
-    /// The handshake side of each TLS listener bound at start; a reload hands each its
-    /// new certificates and policy.
-    pub tls: Vec<Arc<TlsEndpoint>>,
-    /// Serialises reloads; holds the fingerprint of the files last applied.
-    applied: Mutex<u64>,
-}
-
-/// Outcome of one reload attempt.
-#[derive(Debug, PartialEq, Eq)]
+/// The outcome of one reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Applied,
+    Applied {
+        gateways: usize,
+        routes: usize,
+    },
     /// The files are as last applied; nothing to do.
     Unchanged,
 }
 
+/// Owns the path to the config, the live state a snapshot joins, and the swap.
+pub struct Reloader {
+    /// The main config file, absolute (so that a later chdir changes nothing).
+    pub path: PathBuf,
+    pub current: Arc<ArcSwap<Snapshot>>,
+    pub health: Arc<HealthRegistry>,
+    pub caches: Caches,
+    pub status: Arc<Status>,
+    /// The start-time settings in force (bound at start).
+    pub startup: Startup,
+    /// The handshake side of each TLS listener bound at start; a reload hands each its
+    /// new certificates and policy.
+    pub tls: Vec<Arc<TlsEndpoint>>,
+    /// Serialises reloads; holds what was last applied.
+    applied: Mutex<Arc<Loaded>>,
+}
+
+/// The absolute form of a path, without resolving symlinks (a ConfigMap's main file is
+/// a symlink whose target changes).
+pub fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
 impl Reloader {
-    /// Loads the first config; errors are the caller's to print.
+    /// Loads and builds the first config; errors are the caller's to print.
     pub fn start(path: &Path) -> Result<Reloader, Diagnostics> {
-        let health = Arc::new(HealthRegistry::default());
-        let loaded = load(path)?;
-        let snapshot = build(&loaded, &health)?;
-        let status = Status::default();
-        crate::metrics::loaded(unix_now());
+        let path = absolute(path);
+        let caches = Caches::default();
+        let loaded = load(&path)?;
+        let inputs = caches.prepare(&loaded.config);
+        let snapshot = build(&loaded, &inputs)?;
+        log_warnings(&snapshot.warnings);
         let mut tls = Vec::new();
         for l in &snapshot.listeners {
             if let Some(t) = &l.tls {
                 let endpoint = TlsEndpoint::new(l.name.clone(), t.store.clone(), &t.policy)
-                    .map_err(|e| Diagnostic::new(path, e))?;
+                    .map_err(|e| Diagnostic::new(&path, e))?;
                 tls.push(Arc::new(endpoint));
             }
         }
-        let tls_bound = snapshot
-            .listeners
-            .iter()
-            .filter(|l| l.tls.is_some())
-            .map(|l| l.bind)
-            .collect();
+        crate::metrics::loaded(unix_now());
+        let startup = snapshot.startup.clone();
+        let health = Arc::new(HealthRegistry::default());
+        let snapshot = join_live_state(snapshot, &health);
+        snapshot.refresh_health();
+        health.prune();
         Ok(Reloader {
             tls,
-            tls_bound,
-            path: path.to_path_buf(),
-            bound: snapshot.bind_addresses(),
+            startup,
+            path,
             current: Arc::new(ArcSwap::from_pointee(snapshot)),
             health,
-            status: Arc::new(status),
-            applied: Mutex::new(loaded.fingerprint),
+            caches,
+            status: Arc::new(Status::default()),
+            applied: Mutex::new(Arc::new(loaded)),
         })
     }
 
-    pub fn bound(&self) -> &[(SocketAddr, String)] {
-        &self.bound
+    /// What was last applied.
+    pub fn applied(&self) -> Arc<Loaded> {
+        self.applied
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
-    /// Reads, validates and swaps in the config. Unless `force`, files whose content
-    /// did not change since the last applied load are not rebuilt.
+    /// Reads the files and applies them. Unless `force`, files whose content did not
+    /// change since the last apply are not rebuilt.
     pub fn reload(&self, force: bool) -> Result<Outcome, Diagnostics> {
         let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
-        let started = Instant::now();
         let loaded = load(&self.path)?;
-        if !force && loaded.fingerprint == *applied {
+        if !force && loaded.fingerprint == applied.fingerprint {
             return Ok(Outcome::Unchanged);
         }
-        let parsed = Instant::now();
-        let mut snapshot = build(&loaded, &self.health)?;
-        let built = Instant::now();
-        let old = self.current.load();
-        let bound: Vec<u16> = self.bound.iter().map(|(a, _)| a.port()).collect();
-        snapshot.keep_bound_ports(&old, &bound);
-        snapshot.carry_over(&old);
-        drop(old);
-        snapshot.refresh_health();
-        self.note_listener_changes(&snapshot);
+        self.build_and_apply(loaded, &mut applied)
+    }
+
+    /// Applies a config already loaded (and changed in memory) by the caller, e.g. the
+    /// admin API; `check` runs after the build and before the swap, and may refuse.
+    pub fn apply_loaded(
+        &self,
+        loaded: Loaded,
+        check: impl FnOnce(&Snapshot) -> Result<(), Diagnostics>,
+    ) -> Result<Outcome, Diagnostics> {
+        let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
+        let inputs = self.caches.prepare(&loaded.config);
+        let snapshot = build(&loaded, &inputs)?;
+        check(&snapshot)?;
+        Ok(self.swap_in(snapshot, loaded, &mut applied))
+    }
+
+    /// Rebuilds what was last applied with fresh inputs (a DNS answer changed).
+    pub fn rebuild(&self) -> Result<Outcome, Diagnostics> {
+        let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
+        let loaded = (**applied).clone();
+        self.build_and_apply(loaded, &mut applied)
+    }
+
+    fn build_and_apply(
+        &self,
+        loaded: Loaded,
+        applied: &mut Arc<Loaded>,
+    ) -> Result<Outcome, Diagnostics> {
+        let inputs = self.caches.prepare(&loaded.config);
+        let snapshot = build(&loaded, &inputs)?;
+        Ok(self.swap_in(snapshot, loaded, applied))
+    }
+
+    fn swap_in(&self, snapshot: Snapshot, loaded: Loaded, applied: &mut Arc<Loaded>) -> Outcome {
+        log_warnings(&snapshot.warnings);
+        let outcome = Outcome::Applied {
+            gateways: snapshot.gateways.len(),
+            routes: snapshot.gateways.iter().map(|g| g.routes.len()).sum(),
+        };
+        self.apply(snapshot);
+        *applied = Arc::new(loaded);
+        outcome
+    }
+
+    /// The one apply step: joins live state (instance health, metric series) to a new
+    /// snapshot, carries over what must survive (bound ports, rotation positions),
+    /// hands the TLS endpoints their certificates and policy, reports start-time
+    /// changes, swaps, and then forgets what the old snapshot alone had.
+    pub fn apply(&self, next: Snapshot) {
+        let mut next = join_live_state(next, &self.health);
+        let old = self.current.load_full();
+        let bound: Vec<u16> = self.startup.binds.iter().map(|b| b.addr.port()).collect();
+        next.keep_bound_ports(&old, &bound);
+        next.carry_over(&old);
+        next.refresh_health();
+        self.note_restart_changes(&next.startup);
         for endpoint in &self.tls {
-            if let Some(t) = snapshot
+            let Some(t) = next
                 .listeners
                 .iter()
                 .find(|l| l.name == endpoint.name)
                 .and_then(|l| l.tls.as_ref())
-            {
-                endpoint
-                    .apply(t.store.clone(), &t.policy)
-                    .map_err(|e| Diagnostic::new(&self.path, e))?;
+            else {
+                continue;
+            };
+            if let Err(e) = endpoint.apply(t.store.clone(), &t.policy) {
+                log::error!("{e}; the listener keeps its previous TLS settings");
             }
         }
-        let carried = Instant::now();
-        // The old snapshot is freed here unless requests in flight still hold it.
-        let old = self.current.swap(Arc::new(snapshot));
-        crate::metrics::forget_removed(&old, &self.current.load());
-        drop(old);
-        let swapped = Instant::now();
+        // The old snapshot is freed when the last request holding it finishes.
+        let old = self.current.swap(Arc::new(next));
+        crate::exposition::forget_removed(&old, &self.current.load());
         self.health.prune();
-        log::debug!(
-            "reload phases: read+parse {:?}, validate+build {:?}, carry over {:?}, swap {:?}, prune {:?}",
-            parsed - started,
-            built - parsed,
-            carried - built,
-            swapped - carried,
-            swapped.elapsed()
-        );
-        *applied = loaded.fingerprint;
-        Ok(Outcome::Applied)
     }
 
     /// `reload`, with the outcome logged and counted.
-    pub fn reload_logged(&self, force: bool, why: &str) {
+    pub fn reload_logged(&self, force: bool, why: &str) -> Result<Outcome, Diagnostics> {
         let started = Instant::now();
-        match self.reload(force) {
-            Ok(Outcome::Applied) => {
-                crate::metrics::reload(true, unix_now());
-                *self
-                    .status
-                    .last_error
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = None;
-                let s = self.current.load();
-                let routes: usize = s.gateways.iter().map(|g| g.routes.len()).sum();
-                log::info!(
-                    "config reloaded ({why}) in {:.1} ms: {} gateway(s), {routes} route(s)",
-                    started.elapsed().as_secs_f64() * 1000.0,
-                    s.gateways.len()
-                );
-            }
-            Ok(Outcome::Unchanged) => log::debug!("config unchanged ({why})"),
-            Err(errors) => {
-                crate::metrics::reload(false, unix_now());
-                for e in errors.iter() {
-                    log::error!("config reload rejected, running config kept: {e}");
-                }
-                *self
-                    .status
-                    .last_error
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = Some(errors.to_string());
-            }
-        }
+        let result = self.reload(force);
+        record(&result, why, started);
+        result
     }
 
-    fn note_listener_changes(&self, next: &Snapshot) {
-        let wanted = next.bind_addresses();
-        let mut changes = Vec::new();
-        for (addr, what) in &wanted {
-            if !self.bound.iter().any(|(a, _)| a == addr) {
-                changes.push(format!("{what} wants {addr}, which is not bound"));
-            }
-        }
-        for (addr, what) in &self.bound {
-            if !wanted.iter().any(|(a, _)| a == addr) {
-                changes.push(format!("{what} on {addr} is no longer configured"));
-            }
-        }
-        for l in &next.listeners {
-            let was_tls = self.tls_bound.contains(&l.bind);
-            let bound = self.bound.iter().any(|(a, _)| *a == l.bind);
-            if bound && was_tls != l.tls.is_some() {
-                let now = if was_tls { "plain" } else { "TLS" };
-                changes.push(format!("listener {:?} on {} turns {now}", l.name, l.bind));
-            }
-        }
+    fn note_restart_changes(&self, next: &Startup) {
+        let changes = self.startup.changes(next);
         let message = (!changes.is_empty()).then(|| {
             format!(
-                "listener changes need a restart or upgrade (weir -u): {}",
+                "changes that need a restart or upgrade (weir -u): {}",
                 changes.join("; ")
             )
         });
@@ -231,31 +244,74 @@ impl Reloader {
     }
 }
 
-/// The directories to watch: where each config file is, and each include glob's base.
-fn watch_dirs(reloader: &Reloader) -> BTreeSet<PathBuf> {
-    let snapshot = reloader.current.load();
-    let mut dirs: BTreeSet<PathBuf> = snapshot.watch_dirs.iter().cloned().collect();
-    if let Some(parent) = reloader.path.parent() {
-        let parent = if parent.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            parent
-        };
-        dirs.insert(parent.to_path_buf());
+/// Logs and counts the outcome of a reload.
+pub fn record(result: &Result<Outcome, Diagnostics>, why: &str, started: Instant) {
+    match result {
+        Ok(Outcome::Applied { gateways, routes }) => {
+            crate::metrics::reload(true, unix_now());
+            log::info!(
+                "config reloaded ({why}) in {:.1} ms: {gateways} gateway(s), {routes} route(s)",
+                started.elapsed().as_secs_f64() * 1000.0,
+            );
+        }
+        Ok(Outcome::Unchanged) => log::debug!("config unchanged ({why})"),
+        Err(errors) => {
+            crate::metrics::reload(false, unix_now());
+            for e in errors.iter() {
+                log::error!("config reload rejected ({why}), running config kept: {e}");
+            }
+        }
     }
-    dirs.retain(|d| d.is_dir());
-    dirs
 }
 
-/// Watches the config's directories and reloads after each burst of changes. Runs on
-/// its own thread: parsing and building are CPU work that must not hold up the proxy.
+fn log_warnings(warnings: &Diagnostics) {
+    for w in warnings.iter() {
+        log::warn!("{w}");
+    }
+}
+
+/// Puts the live state into a freshly built snapshot: each resolved instance's health
+/// from the registry (kept from earlier snapshots), and bound metric handles.
+fn join_live_state(mut next: Snapshot, health: &HealthRegistry) -> Snapshot {
+    health.begin_build();
+    for g in &mut next.gateways {
+        for r in &mut g.routes {
+            r.metrics = RouteMetrics::bind(&g.name, &r.key);
+            if let Target::Pool(pool) = &mut r.target {
+                for u in &mut pool.instances {
+                    u.health = if u.resolved {
+                        health.get(&g.name, &r.key, &u.name)
+                    } else {
+                        Arc::new(InstanceHealth::unresolved())
+                    };
+                }
+            }
+        }
+    }
+    next.unrouted = RouteMetrics::bind("", "");
+    next
+}
+
+/// Whether a file event concerns the config.
+fn relevant(path: &Path, files: &HashSet<PathBuf>, loaded: &Loaded) -> bool {
+    if files.contains(path) || loaded.is_included(path) {
+        return true;
+    }
+    // A symlinked directory swapped in place (Kubernetes' `..data`): the files behind
+    // the config's own symlinks changed.
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) && path.is_dir()
+}
+
+/// Watches the config's directories and reloads after each burst of relevant changes.
+/// Runs on its own thread: loading and building are CPU work that must not hold up the
+/// proxy.
 fn watch_loop(reloader: Arc<Reloader>) {
-    let (tx, rx) = mpsc::channel::<()>();
+    let (tx, rx) = mpsc::channel::<Vec<PathBuf>>();
     let mut watcher =
         match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             if let Ok(event) = res {
                 if !matches!(event.kind, EventKind::Access(_)) {
-                    let _ = tx.send(());
+                    let _ = tx.send(event.paths);
                 }
             }
         }) {
@@ -266,11 +322,57 @@ fn watch_loop(reloader: Arc<Reloader>) {
             }
         };
     let mut watched = BTreeSet::new();
-    sync_watches(&mut watcher, &mut watched, watch_dirs(&reloader));
-    while rx.recv().is_ok() {
-        while rx.recv_timeout(SETTLE).is_ok() {}
-        reloader.reload_logged(false, "files changed");
-        sync_watches(&mut watcher, &mut watched, watch_dirs(&reloader));
+    let mut view = WatchView::of(&reloader.applied());
+    sync_watches(&mut watcher, &mut watched, view.dirs());
+    while let Ok(paths) = rx.recv() {
+        if !view.any_relevant(&paths) {
+            continue;
+        }
+        // Settle: wait for a quiet moment after the last relevant event, but never more
+        // than MAX_SETTLE after the first (a busy writer must not starve the reload).
+        let first = Instant::now();
+        let mut last = first;
+        loop {
+            let deadline = (last + SETTLE).min(first + MAX_SETTLE);
+            let wait = deadline.saturating_duration_since(Instant::now());
+            if wait.is_zero() {
+                break;
+            }
+            match rx.recv_timeout(wait) {
+                Ok(paths) if view.any_relevant(&paths) => last = Instant::now(),
+                Ok(_) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) => break,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+        }
+        let _ = reloader.reload_logged(false, "files changed");
+        view = WatchView::of(&reloader.applied());
+        sync_watches(&mut watcher, &mut watched, view.dirs());
+    }
+}
+
+/// What the watcher compares events with: the last applied config's files.
+struct WatchView {
+    loaded: Arc<Loaded>,
+    files: HashSet<PathBuf>,
+}
+
+impl WatchView {
+    fn of(loaded: &Arc<Loaded>) -> WatchView {
+        WatchView {
+            files: loaded.watched_files().into_iter().collect(),
+            loaded: loaded.clone(),
+        }
+    }
+
+    fn any_relevant(&self, paths: &[PathBuf]) -> bool {
+        paths.iter().any(|p| relevant(p, &self.files, &self.loaded))
+    }
+
+    fn dirs(&self) -> BTreeSet<PathBuf> {
+        let mut dirs: BTreeSet<PathBuf> = self.loaded.watch_dirs.iter().cloned().collect();
+        dirs.retain(|d| d.is_dir());
+        dirs
     }
 }
 
@@ -290,10 +392,18 @@ fn sync_watches(
     *watched = wanted;
 }
 
-/// The background service that drives reloads: the watcher thread, and `SIGHUP`.
-/// Started inside Pingora's runtime, so after `-d` has daemonized the process.
+/// The background service that drives reloads: the watcher thread, `SIGHUP`, and the
+/// periodic DNS refresh. Started inside Pingora's runtime, so after `-d` has
+/// daemonized the process.
 pub struct ReloadService {
     pub reloader: Arc<Reloader>,
+}
+
+impl ReloadService {
+    async fn in_background(&self, work: impl FnOnce(&Reloader) + Send + 'static) {
+        let r = self.reloader.clone();
+        let _ = tokio::task::spawn_blocking(move || work(&r)).await;
+    }
 }
 
 #[async_trait]
@@ -313,11 +423,21 @@ impl BackgroundService for ReloadService {
                 return;
             }
         };
+        let mut dns = tokio::time::interval(DNS_REFRESH);
+        dns.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        dns.tick().await;
         loop {
             tokio::select! {
                 _ = hup.recv() => {
-                    let r = self.reloader.clone();
-                    let _ = tokio::task::spawn_blocking(move || r.reload_logged(true, "SIGHUP")).await;
+                    self.in_background(|r| { let _ = r.reload_logged(true, "SIGHUP"); }).await;
+                }
+                _ = dns.tick() => {
+                    self.in_background(|r| {
+                        if r.caches.refresh_dns() {
+                            let started = Instant::now();
+                            record(&r.rebuild(), "DNS answers changed", started);
+                        }
+                    }).await;
                 }
                 _ = shutdown.changed() => return,
             }

@@ -19,13 +19,9 @@ use pingora::services::listening::Service;
 use crate::accept::{Accept, Port};
 use crate::accesslog::{self, AccessLog};
 use crate::admin::Admin;
-use crate::config::load::load;
-use crate::diag::Diagnostics;
-use crate::health::{Checker, HealthRegistry};
+use crate::probe::Checker;
 use crate::proxy::Weir;
 use crate::reload::{ReloadService, Reloader};
-use crate::resolve::Resolver;
-use crate::snapshot::{build, Snapshot};
 
 /// Seconds between SIGTERM and shutting the runtimes down (Pingora's default is 300).
 const GRACE_PERIOD_SECONDS: u64 = 3;
@@ -37,12 +33,6 @@ const SHUTDOWN_TIMEOUT_SECONDS: u64 = 10;
 pub struct RunOptions {
     pub daemon: bool,
     pub upgrade: bool,
-}
-
-/// Reads and compiles the config at `path` (for `weir check`).
-pub fn load_snapshot(path: &Path) -> Result<Snapshot, Diagnostics> {
-    let loaded = load(path)?;
-    build(&loaded, &HealthRegistry::default())
 }
 
 /// Fails early, with a clear message, when an address is taken: Pingora would only
@@ -80,7 +70,7 @@ struct Readiness {
 #[async_trait]
 impl BackgroundService for Readiness {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let addrs: Vec<SocketAddr> = self.reloader.bound().iter().map(|(a, _)| *a).collect();
+        let addrs: Vec<SocketAddr> = self.reloader.startup.binds.iter().map(|b| b.addr).collect();
         loop {
             let all = addrs.iter().all(|a| is_listening(*a));
             if all {
@@ -123,8 +113,13 @@ fn notify_systemd_ready() {
 /// Runs weir in the foreground (or as a daemon) until it is told to stop.
 pub fn run(config_path: &Path, options: RunOptions) -> Result<(), String> {
     let reloader = Arc::new(Reloader::start(config_path).map_err(|d| d.to_string())?);
-    let mut addrs = reloader.bound().to_vec();
-    let admin_bind = reloader.current.load().admin;
+    let startup = reloader.startup.clone();
+    let mut addrs: Vec<(SocketAddr, String)> = startup
+        .binds
+        .iter()
+        .map(|b| (b.addr, b.what.clone()))
+        .collect();
+    let admin_bind = startup.admin;
     if let Some(a) = admin_bind {
         addrs.push((a, "admin listener".to_string()));
     }
@@ -151,13 +146,13 @@ pub fn run(config_path: &Path, options: RunOptions) -> Result<(), String> {
 
     let current = reloader.current.clone();
     crate::metrics::start(
-        &reloader
-            .bound()
+        &startup
+            .binds
             .iter()
-            .map(|(a, _)| current.load().port_label(a.port()))
+            .map(|b| current.load().port_label(b.addr.port()))
             .collect::<Vec<_>>(),
     );
-    let access_log = match &current.load().access_log {
+    let access_log = match &startup.access_log {
         Some(target) => Some(
             AccessLog::new(target).map_err(|e| format!("access_log {target}: cannot open: {e}"))?,
         ),
@@ -174,19 +169,19 @@ pub fn run(config_path: &Path, options: RunOptions) -> Result<(), String> {
     // An HTTP/2 connection with no stream open is closed after `idle` (Pingora's default
     // keeps it forever). Pingora reads this once: a reload does not change it.
     let mut options = HttpServerOptions::default();
-    options.h2_idle_timeout = Some(current.load().defaults.idle_timeout);
+    options.h2_idle_timeout = Some(startup.h2_idle_timeout);
     proxy.server_options = Some(options);
     let mut ports = Vec::new();
-    for (addr, what) in reloader.bound() {
+    for b in &startup.binds {
         let snapshot = current.load();
-        let listener = snapshot.listeners.iter().find(|l| l.bind == *addr);
+        let listener = snapshot.listeners.iter().find(|l| l.bind == b.addr);
         let tls = listener
             .filter(|l| l.tls.is_some())
             .and_then(|l| reloader.tls.iter().find(|t| t.name == l.name))
             .cloned();
         let kind = if tls.is_some() { " (TLS)" } else { "" };
-        log::info!("{what} listening on {addr}{kind}");
-        ports.push(Port { bind: *addr, tls });
+        log::info!("{} listening on {}{kind}", b.what, b.addr);
+        ports.push(Port { bind: b.addr, tls });
     }
     let mut proxy = Service::new(
         "weir proxy".to_string(),
@@ -198,30 +193,20 @@ pub fn run(config_path: &Path, options: RunOptions) -> Result<(), String> {
             access_log.clone(),
         ),
     );
-    for (addr, _) in reloader.bound() {
-        proxy.add_tcp(&addr.to_string());
+    for b in &startup.binds {
+        proxy.add_tcp(&b.addr.to_string());
     }
     server.add_service(proxy);
     if let Some(addr) = admin_bind {
         let mut admin = Service::new("weir admin".to_string(), Admin::new(reloader.clone()));
         admin.threads = Some(1);
         log::info!("admin listener listening on {addr}");
-        let snapshot = current.load();
-        if !addr.ip().is_loopback() && snapshot.admin_token_file.is_none() {
-            log::warn!("admin listener on {addr} is not loopback-only; set admin.token_file");
-        }
         admin.add_tcp(&addr.to_string());
         server.add_service(admin);
     }
     if let Some(log) = access_log {
         server.add_service(background_service("access log", accesslog::Writer { log }));
     }
-    server.add_service(background_service(
-        "resolver",
-        Resolver {
-            current: current.clone(),
-        },
-    ));
     server.add_service(background_service("health", Checker { current }));
     server.add_service(background_service(
         "reload",

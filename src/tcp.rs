@@ -23,7 +23,8 @@ use tokio::net::TcpStream;
 
 use crate::accesslog::{AccessLog, Entry};
 use crate::balance::PickInput;
-use crate::snapshot::{Gateway, Route, Snapshot, Target, Upstream};
+use crate::snapshot::{Gateway, Route, Snapshot, Target};
+use crate::upstream::Upstream;
 
 /// What the hash-free balance algorithms are given for a request they do not read.
 fn no_request() -> &'static RequestHeader {

@@ -58,14 +58,15 @@ fn now_unix() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// Loads a PEM certificate chain and its key; checks that the key matches and that
-/// the certificate is not expired. Errors say which file and why.
-pub fn load_pair(cert_path: &Path, key_path: &Path) -> Result<Loaded, String> {
-    let cert_pem = std::fs::read(cert_path)
-        .map_err(|e| format!("certificate {}: cannot read: {e}", cert_path.display()))?;
-    let key_pem = std::fs::read(key_path)
-        .map_err(|e| format!("key {}: cannot read: {e}", key_path.display()))?;
-    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_slice())
+/// Parses a PEM certificate chain and its key (the paths name them in errors); checks
+/// that the key matches and that the certificate is not expired.
+pub fn parse_pair(
+    cert_path: &Path,
+    cert_pem: &[u8],
+    key_path: &Path,
+    key_pem: &[u8],
+) -> Result<Loaded, String> {
+    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &cert_pem[..])
         .collect::<Result<_, _>>()
         .map_err(|e| format!("certificate {}: not PEM: {e}", cert_path.display()))?;
     if chain.is_empty() {
@@ -74,7 +75,7 @@ pub fn load_pair(cert_path: &Path, key_path: &Path) -> Result<Loaded, String> {
             cert_path.display()
         ));
     }
-    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key_pem.as_slice())
+    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut &key_pem[..])
         .map_err(|e| format!("key {}: not PEM: {e}", key_path.display()))?
         .ok_or_else(|| format!("key {}: no PEM private key in it", key_path.display()))?;
     let signing = rustls::crypto::ring::sign::any_supported_type(&key)
@@ -127,15 +128,9 @@ fn names_and_expiry(der: &CertificateDer) -> Result<(Vec<String>, i64), String> 
     Ok((names, cert.validity().not_after.timestamp()))
 }
 
-/// A self-signed certificate for `names`, made once per process and reused by every
-/// later snapshot, so that reloads do not change it.
+/// Makes a self-signed certificate for `names` (a fresh key each call: callers keep it
+/// so that reloads do not change it).
 pub fn self_signed(names: &[String]) -> Result<Arc<Loaded>, String> {
-    static MADE: std::sync::Mutex<Vec<(Vec<String>, Arc<Loaded>)>> =
-        std::sync::Mutex::new(Vec::new());
-    let mut made = MADE.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, l)) = made.iter().find(|(n, _)| n == names) {
-        return Ok(l.clone());
-    }
     let fail = |e: rcgen::Error| format!("tls.self_signed {names:?}: {e}");
     let mut params = rcgen::CertificateParams::new(names.to_vec()).map_err(fail)?;
     // Valid for a year from yesterday (rcgen's default runs to the year 4096).
@@ -157,7 +152,6 @@ pub fn self_signed(names: &[String]) -> Result<Arc<Loaded>, String> {
         names: cert_names,
         not_after,
     });
-    made.push((names.to_vec(), loaded.clone()));
     Ok(loaded)
 }
 

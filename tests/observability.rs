@@ -205,21 +205,6 @@ fn access_log_lines_are_json_with_every_field() {
     assert_eq!(second["gateway"], serde_json::Value::Null);
 }
 
-fn api(port: u16, method: &str, path: &str, token: Option<&str>, body: &str) -> Response {
-    let mut c = Client::connect(port);
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if let Some(t) = token {
-        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    c.send_raw(req.as_bytes());
-    c.read_response(method == "HEAD")
-}
-
 #[test]
 fn admin_api_reads_gateways() {
     let (port, admin) = (free_port(), free_port());
@@ -321,7 +306,7 @@ fn admin_api_writes() {
     );
     assert_eq!(bad.status, 400);
     assert!(bad.body.contains("no instances"), "{}", bad.body);
-    // Name in the path must match the body.
+    // PUT does not create: a name that is not a gateway is 404.
     assert_eq!(
         api(
             admin,
@@ -331,7 +316,7 @@ fn admin_api_writes() {
             &body
         )
         .status,
-        400
+        404
     );
     // A good body: 202, live, persisted.
     let ok = api(admin, "POST", "/api/v1/gateways", Some("s3cret"), &body);
@@ -347,6 +332,18 @@ fn admin_api_writes() {
         api(admin, "POST", "/api/v1/gateways", Some("s3cret"), &body).status,
         409,
         "exists"
+    );
+    // The name in the path must match the body's.
+    assert_eq!(
+        api(
+            admin,
+            "PUT",
+            "/api/v1/gateways/api",
+            Some("s3cret"),
+            &body.replace("\"api\"", "\"other\"")
+        )
+        .status,
+        400
     );
     // PUT changes it.
     let moved = body.replace("api.test", "api2.test");

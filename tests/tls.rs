@@ -687,7 +687,7 @@ gateways: [ {{ name: g, virtual_hosts: [a.test], routes: {{ r: {{ instances: [\"
     std::fs::write(&weir.config, config("")).unwrap();
     let want = format!("listener \"https\" on 127.0.0.1:{https} turns plain");
     assert!(
-        within(Duration::from_secs(5), || get(
+        within(Duration::from_secs(15), || get(
             admin,
             "localhost",
             "/readyz"

@@ -3,6 +3,7 @@
 //! This module owns the schema and the reading of files (`load`). Nothing here judges
 //! whether the values make sense together; that is `snapshot::build`'s job.
 
+pub mod expand;
 pub mod load;
 pub mod units;
 
@@ -12,7 +13,9 @@ use indexmap::IndexMap;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
-pub use units::{Balance, ConfigDuration, Instance, InstanceSpec, Percent, PortKind, PortSpec};
+pub use units::{
+    Balance, ByteSize, ConfigDuration, Instance, InstanceSpec, Percent, PortKind, PortSpec,
+};
 
 /// The main config file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -30,6 +33,33 @@ pub struct Config {
     pub gateways: Vec<GatewayConfig>,
     #[serde(default)]
     pub access_log: Option<String>,
+    /// Bounds on the config itself (read before the rest is trusted).
+    #[serde(default)]
+    pub limits: ConfigLimits,
+}
+
+/// Top-level `limits:`: how much config weir reads.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigLimits {
+    /// All config files together (the main file and every include).
+    #[serde(default = "default_config_bytes")]
+    pub config_bytes: ByteSize,
+}
+
+/// The default bound on all config files together, and the most the main file may hold.
+pub const DEFAULT_CONFIG_BYTES: u64 = 64 << 20;
+
+fn default_config_bytes() -> ByteSize {
+    ByteSize(DEFAULT_CONFIG_BYTES)
+}
+
+impl Default for ConfigLimits {
+    fn default() -> Self {
+        ConfigLimits {
+            config_bytes: default_config_bytes(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -83,6 +113,9 @@ pub struct AdminConfig {
     pub bind: String,
     #[serde(default)]
     pub token_file: Option<String>,
+    /// When set, reads under `/api/` need this token (or the write token).
+    #[serde(default)]
+    pub read_token_file: Option<String>,
 }
 
 fn default_admin_bind() -> String {

@@ -1,7 +1,7 @@
 //! Validation and compilation: a loaded config becomes a [`Snapshot`] or the full list of
 //! what is wrong with it. Semantic errors name the file, gateway and route.
 
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
@@ -15,7 +15,7 @@ use rustc_hash::FxHashMap;
 
 use super::{
     Defaults, Entry, External, Gateway, GatewayParts, Listener, Pool, Respond, Route, Snapshot,
-    Target, TlsListener, Upstream, MAX_CHAIN_DEPTH,
+    Target, TlsListener, MAX_CHAIN_DEPTH,
 };
 use crate::balance::Picker;
 use crate::condition::{self, Expr};
@@ -25,11 +25,14 @@ use crate::config::{
     Balance, Config, GatewayConfig, HealthProtocol, PortKind, RouteConfig, Sticky,
 };
 use crate::diag::{Diagnostic, Diagnostics};
-use crate::health::{ActiveCheck, HealthRegistry};
+use crate::health::ActiveCheck;
 use crate::metrics::RouteMetrics;
+use crate::prepare::Inputs;
 use crate::rewrite::{self, Rewrite};
 use crate::schedule::{effective_weights, Schedule};
+use crate::startup::{Bind, Startup};
 use crate::sticky::{self, SetCookie};
+use crate::upstream::Upstream;
 use crate::vhost::{normalize_pattern, VhostTable};
 
 /// Shared listeners a gateway can name (bits of `Gateway::listener_mask`).
@@ -37,14 +40,17 @@ const MAX_LISTENERS: usize = 64;
 /// Instance weights above this are refused (they would only make schedules long).
 const MAX_INSTANCE_WEIGHT: u32 = 1000;
 
-/// Validates `loaded` whole and compiles it into a snapshot. Instance health comes
-/// from `health`, so that instances that were there before keep what is known of them.
-pub fn build(loaded: &Loaded, health: &HealthRegistry) -> Result<Snapshot, Diagnostics> {
-    health.begin_build();
+/// Validates `loaded` whole and compiles it into a snapshot, or says everything that is
+/// wrong. A pure function of its inputs: it reads no file, looks up no name, touches no
+/// registry. Live state (health, metric series, TLS endpoints) is joined to the result
+/// by the apply step (`reload`).
+pub fn build(loaded: &Loaded, inputs: &Inputs) -> Result<Snapshot, Diagnostics> {
     let mut b = Builder {
         main: &loaded.main,
         errors: Diagnostics::default(),
-        health,
+        warnings: loaded.warnings.clone(),
+        loaded,
+        inputs,
     };
     let config = &loaded.config;
     b.refuse_unsupported_globals(config);
@@ -130,81 +136,63 @@ pub fn build(loaded: &Loaded, health: &HealthRegistry) -> Result<Snapshot, Diagn
             "nothing to serve: no listeners and no gateway with a port",
         ));
     }
+    b.check_admin(config);
     if !b.errors.is_empty() {
         return Err(b.errors);
     }
-    Ok(Snapshot {
+    let admin = config.admin.as_ref();
+    let token = |f: Option<&String>| f.map(|f| loaded.resolve(f));
+    let mut snapshot = Snapshot {
         vhosts,
         listeners,
         ports,
-        defaults,
         externals,
-        files: loaded.files.clone(),
-        watch_dirs: loaded.watch_dirs.clone(),
         refresh: std::sync::Mutex::new(()),
-        unrouted: RouteMetrics::new("", ""),
-        admin: config.admin.as_ref().and_then(|a| a.bind.parse().ok()),
-        admin_token_file: config
-            .admin
-            .as_ref()
-            .and_then(|a| a.token_file.as_ref())
-            .map(|f| loaded.resolve(f)),
-        access_log: config.access_log.as_ref().map(|p| {
-            if p == "stdout" {
-                p.clone()
-            } else {
-                loaded.resolve(p).to_string_lossy().into_owned()
-            }
-        }),
+        unrouted: RouteMetrics::unbound(),
+        startup: Startup {
+            binds: Vec::new(),
+            admin: admin.and_then(|a| a.bind.parse().ok()),
+            access_log: config.access_log.as_ref().map(|p| {
+                if p == "stdout" {
+                    p.clone()
+                } else {
+                    loaded.resolve(p).to_string_lossy().into_owned()
+                }
+            }),
+            h2_idle_timeout: defaults.idle_timeout,
+        },
+        defaults,
+        admin_token_file: token(admin.and_then(|a| a.token_file.as_ref())),
+        admin_read_token_file: token(admin.and_then(|a| a.read_token_file.as_ref())),
+        warnings: b.warnings,
         by_name: gateways
             .iter()
             .enumerate()
             .map(|(i, g)| (g.name.clone(), i))
             .collect(),
         gateways,
-    })
-}
-
-/// The one-line summary `weir check` prints after `ok`.
-pub fn check_summary(s: &Snapshot) -> String {
-    let routes: usize = s.gateways.iter().map(|g| g.routes.len()).sum();
-    let instances: usize = s
-        .gateways
-        .iter()
-        .flat_map(|g| &g.routes)
-        .map(|r| match &r.target {
-            Target::Pool(p) => p.instances.len(),
-            _ => 0,
-        })
-        .sum();
-    let certs: Vec<_> = s
-        .listeners
-        .iter()
-        .filter_map(|l| l.tls.as_ref())
-        .flat_map(|t| t.certs.iter())
-        .collect();
-    let tls = match certs.iter().map(|c| crate::tls::days_left(c)).min() {
-        Some(days) => format!(
-            ", {} certificate(s), the first to expire in {days} day(s)",
-            certs.len()
-        ),
-        None => String::new(),
     };
-    format!(
-        "{} file(s), {} listener(s), {} gateway(s), {} virtual host(s), {} route(s), {} instance(s){tls}",
-        s.files.len(),
-        s.listeners.len(),
-        s.gateways.len(),
-        s.vhosts.len(),
-        routes,
-        instances
-    )
+    snapshot.startup.binds = snapshot
+        .bind_addresses()
+        .into_iter()
+        .map(|(addr, what)| Bind {
+            tls: snapshot
+                .listeners
+                .iter()
+                .any(|l| l.bind == addr && l.tls.is_some()),
+            addr,
+            what,
+        })
+        .collect();
+    Ok(snapshot)
 }
 
 struct Builder<'a> {
     main: &'a Path,
     errors: Diagnostics,
-    health: &'a HealthRegistry,
+    warnings: Diagnostics,
+    loaded: &'a Loaded,
+    inputs: &'a Inputs,
 }
 
 fn valid_name(name: &str) -> bool {
@@ -220,6 +208,11 @@ fn is_tcp(gw: &GatewayConfig) -> bool {
 impl Builder<'_> {
     fn error(&mut self, gw: &GatewayConfig, scope: &str, message: impl Into<String>) {
         self.errors
+            .push(Diagnostic::new(&gw.source, message).scoped(scope));
+    }
+
+    fn warn(&mut self, gw: &GatewayConfig, scope: &str, message: impl Into<String>) {
+        self.warnings
             .push(Diagnostic::new(&gw.source, message).scoped(scope));
     }
 
@@ -451,19 +444,19 @@ impl Builder<'_> {
             }
             policy.alpn = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
         }
-        let base = self.main.parent().unwrap_or(Path::new("."));
         let mut certs = Vec::new();
         for c in &t.certificates {
-            match crate::tls::load_pair(&base.join(&c.cert), &base.join(&c.key)) {
+            match self.certificate(&c.cert, &c.key) {
                 Ok(loaded) => certs.push(Arc::new(loaded)),
                 Err(e) => self.main_error(scope, e),
             }
         }
         if !t.self_signed.is_empty() {
             // After the configured certificates: their indexes stay as written.
-            match crate::tls::self_signed(&t.self_signed) {
-                Ok(l) => certs.push(l),
-                Err(e) => self.main_error(scope, e),
+            match self.inputs.self_signed.get(&t.self_signed) {
+                Some(Ok(l)) => certs.push(l.clone()),
+                Some(Err(e)) => self.main_error(scope, e.clone()),
+                None => self.main_error(scope, "tls.self_signed: no certificate was made"),
             }
         }
         let total = t.certificates.len() + usize::from(!t.self_signed.is_empty());
@@ -483,6 +476,51 @@ impl Builder<'_> {
             certs,
             policy,
         })
+    }
+
+    /// A certificate and key from the files the loader read.
+    fn certificate(&self, cert: &str, key: &str) -> Result<crate::tls::Loaded, String> {
+        let (cert_path, key_path) = (self.loaded.resolve(cert), self.loaded.resolve(key));
+        let blob = |path: &Path, what: &str| match self.loaded.blobs.get(path) {
+            Some(Ok(bytes)) => Ok(bytes.clone()),
+            Some(Err(e)) => Err(format!("{what} {}: {e}", path.display())),
+            None => Err(format!("{what} {}: not read", path.display())),
+        };
+        let cert_pem = blob(&cert_path, "certificate")?;
+        let key_pem = blob(&key_path, "key")?;
+        crate::tls::parse_pair(&cert_path, &cert_pem, &key_path, &key_pem)
+    }
+
+    /// What `run` would refuse or warn about in `admin:` and `access_log:`, checked for
+    /// `weir check` too.
+    fn check_admin(&mut self, config: &Config) {
+        if let Some(e) = &self.loaded.access_log_error {
+            self.main_error("access_log", e.clone());
+        }
+        let Some(admin) = &config.admin else {
+            return;
+        };
+        for (field, file) in [
+            ("admin.token_file", &admin.token_file),
+            ("admin.read_token_file", &admin.read_token_file),
+        ] {
+            if let Some(f) = file {
+                let path = self.loaded.resolve(f);
+                if !self.loaded.tokens_readable.contains(&path) {
+                    self.main_error("admin", format!("{field} {}: cannot read", path.display()));
+                }
+            }
+        }
+        let open = admin
+            .bind
+            .parse::<SocketAddr>()
+            .is_ok_and(|a| !a.ip().is_loopback());
+        if open && admin.token_file.is_none() {
+            self.warnings.push(
+                Diagnostic::new(self.main, format!("admin listener on {} is not loopback-only and has no token_file: anyone who reaches it can read the API", admin.bind))
+                    .scoped("admin"),
+            );
+        }
     }
 
     /// Gateway name → index; reports invalid and duplicate names.
@@ -573,7 +611,7 @@ impl Builder<'_> {
                     rewrites,
                     sticky_id,
                     set_cookie,
-                    metrics: RouteMetrics::new(&gw.name, key),
+                    metrics: RouteMetrics::unbound(),
                 });
             }
         }
@@ -687,11 +725,18 @@ impl Builder<'_> {
                 return None;
             }
         };
-        let addrs = match resolve(&host, port) {
-            Ok(a) => a,
-            Err(e) => {
-                self.error(gw, scope, e);
-                return None;
+        let addrs: Vec<SocketAddr> = match self.inputs.addresses(&host) {
+            Some(ips) => ips
+                .into_iter()
+                .map(|ip| SocketAddr::new(ip, port))
+                .collect(),
+            None => {
+                self.warn(
+                    gw,
+                    scope,
+                    format!("{host:?} does not resolve; the route takes no traffic until it does"),
+                );
+                Vec::new()
             }
         };
         let external = External {
@@ -733,15 +778,24 @@ impl Builder<'_> {
                     ),
                 );
             }
-            let addr = match resolve(&spec.host, spec.port) {
-                Ok(addrs) => addrs[0],
-                Err(e) => {
-                    self.error(gw, scope, format!("instance {label:?}: {e}"));
-                    continue;
-                }
-            };
+            let resolved = self.inputs.addresses(&spec.host);
+            if resolved.is_none() {
+                self.warn(
+                    gw,
+                    scope,
+                    format!(
+                        "instance {label:?}: {:?} does not resolve; it stays down until it does",
+                        spec.host
+                    ),
+                );
+            }
+            // An unresolved instance keeps a placeholder address it is never sent to.
+            let ip = resolved
+                .as_ref()
+                .map_or(IpAddr::from([0, 0, 0, 0]), |a| a[0]);
             let mut peer = template.clone();
-            peer._address = pingora::protocols::l4::socket::SocketAddr::Inet(addr);
+            peer._address =
+                pingora::protocols::l4::socket::SocketAddr::Inet(SocketAddr::new(ip, spec.port));
             if spec.h2 {
                 // HTTP/2 with prior knowledge (h2c): plain TCP has no ALPN to negotiate it.
                 peer.options.alpn = pingora::protocols::ALPN::H2;
@@ -756,7 +810,8 @@ impl Builder<'_> {
                 .then(|| SetCookie::new(&cookie, &sticky::value(route_id, Some(sticky_id))))
                 .flatten();
             instances.push(Upstream {
-                health: self.health.get(&gw.name, key, &name),
+                health: Arc::default(),
+                resolved: resolved.is_some(),
                 name: name.into(),
                 index,
                 weight: spec.weight,
@@ -937,21 +992,6 @@ fn chain_depth(node: usize, edges: &[Vec<usize>]) -> usize {
         .unwrap_or(0)
 }
 
-/// Resolves a host (IP literal or DNS name) to its addresses.
-pub(crate) fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        return Ok(vec![SocketAddr::new(ip, port)]);
-    }
-    let addrs: Vec<SocketAddr> = (host, port)
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {host:?}: {e}"))?
-        .collect();
-    if addrs.is_empty() {
-        return Err(format!("{host:?} resolves to no address"));
-    }
-    Ok(addrs)
-}
-
 /// The peer every upstream starts from: timeouts from `defaults`.
 fn peer_template(d: &Defaults) -> HttpPeer {
     let mut peer = HttpPeer::new("127.0.0.1:1", false, String::new());
@@ -969,7 +1009,7 @@ mod tests {
 
     fn try_build(yaml: &str) -> Result<Snapshot, Diagnostics> {
         let loaded = load_from_str(Path::new("t.yaml"), yaml)?;
-        build(&loaded, &HealthRegistry::default())
+        build(&loaded, &Inputs::default())
     }
 
     fn errors(yaml: &str) -> String {
@@ -1064,7 +1104,7 @@ mod tests {
         );
         for want in [
             "unknown protocol \"spdy\"",
-            "certificate none.pem: cannot read",
+            "none.pem: cannot read",
             "redirect_https: no listener \"nope\"",
         ] {
             assert!(e.contains(want), "missing {want}: {e}");
@@ -1113,9 +1153,5 @@ mod tests {
         .unwrap();
         let w: Vec<u32> = s.gateways[0].routes.iter().map(|r| r.weight).collect();
         assert_eq!(w, vec![3300, 3300, 3400]);
-        assert_eq!(
-            check_summary(&s),
-            "1 file(s), 1 listener(s), 1 gateway(s), 1 virtual host(s), 3 route(s), 2 instance(s)"
-        );
     }
 }

@@ -22,14 +22,18 @@ use pingora::upstreams::peer::HttpPeer;
 use crate::balance::{PickInput, Picker};
 use crate::condition::{Expr, Request};
 use crate::config::Sticky;
-use crate::health::{ActiveCheck, InstanceHealth};
+use crate::diag::Diagnostics;
+use crate::health::ActiveCheck;
 use crate::metrics::RouteMetrics;
 use crate::rewrite::Rewrite;
 use crate::schedule::Schedule;
 use crate::sticky::{self, SetCookie};
+use crate::upstream::Upstream;
 use crate::vhost::VhostTable;
 
-pub use build::{build, check_summary};
+pub use crate::startup::Startup;
+
+pub use build::build;
 
 /// Chains deeper than this are refused at load (loops are refused outright).
 pub const MAX_CHAIN_DEPTH: usize = 16;
@@ -164,21 +168,6 @@ impl Pool {
     }
 }
 
-/// One upstream address with its pre-built peer.
-#[derive(Debug, Clone)]
-pub struct Upstream {
-    /// `host:port` as configured, for logs and metrics.
-    pub name: Arc<str>,
-    pub index: usize,
-    pub weight: u32,
-    pub peer: HttpPeer,
-    pub health: Arc<InstanceHealth>,
-    /// Identity in sticky cookies.
-    pub sticky_id: u64,
-    /// `Set-Cookie` for instance stickiness.
-    pub set_cookie: Option<SetCookie>,
-}
-
 /// An external `[host:port]` target; host names are re-resolved in the background.
 #[derive(Debug)]
 pub struct External {
@@ -238,6 +227,7 @@ impl External {
                     peer,
                     // External targets have no health checks: always available.
                     health: Arc::default(),
+                    resolved: true,
                     sticky_id: 0,
                     set_cookie: None,
                 }
@@ -309,16 +299,14 @@ pub struct Snapshot {
     pub ports: Vec<(u16, Entry)>,
     pub defaults: Defaults,
     pub externals: Vec<Arc<External>>,
-    /// Every file the config was read from.
-    pub files: Vec<PathBuf>,
-    /// Directories whose changes may change the config.
-    pub watch_dirs: Vec<PathBuf>,
-    /// The admin listener's address (bound at start only).
-    pub admin: Option<SocketAddr>,
-    /// The file holding the admin API's bearer token (read on each write).
+    /// Settings that take effect only when the process starts.
+    pub startup: Startup,
+    /// The file holding the admin API's bearer token for writes (read on each use).
     pub admin_token_file: Option<PathBuf>,
-    /// Where the access log goes (read at start only): `stdout` or a path.
-    pub access_log: Option<String>,
+    /// The file holding the token for reads under `/api/`, when reads need one.
+    pub admin_read_token_file: Option<PathBuf>,
+    /// Problems that do not stop the config (e.g. a host name that does not resolve).
+    pub warnings: Diagnostics,
     /// Gateway name → index.
     pub by_name: rustc_hash::FxHashMap<Arc<str>, usize>,
     /// Serialises `refresh_health` (writers only; requests never take it).
@@ -488,7 +476,8 @@ impl Snapshot {
         match &route.target {
             Target::Pool(p) => p.any_available(),
             Target::Chain(g) => !self.gateways[*g].schedule.load().is_empty(),
-            Target::External(_) | Target::Respond(_) => true,
+            Target::External(e) => !e.peers.load().is_empty(),
+            Target::Respond(_) => true,
         }
     }
 

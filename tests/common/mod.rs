@@ -635,3 +635,19 @@ pub fn scrape(admin: u16) -> HashMap<String, f64> {
     assert_eq!(r.status, 200);
     parse_metrics(&r.body)
 }
+
+/// One admin API request, with an optional bearer token.
+pub fn api(port: u16, method: &str, path: &str, token: Option<&str>, body: &str) -> Response {
+    let mut c = Client::connect(port);
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    c.send_raw(req.as_bytes());
+    c.read_response(method == "HEAD")
+}
