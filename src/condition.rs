@@ -475,6 +475,32 @@ pub fn parse(text: &str) -> Result<Expr, ParseError> {
     Ok(e)
 }
 
+/// A condition that parses but reads as something its author likely did not mean:
+/// `path prefx /api` is the raw ACL "path is `prefx` or `/api`", where `path prefix
+/// /api` was surely meant. Returns the explanation, with the suggestion.
+pub fn lint(text: &str) -> Option<String> {
+    if !looks_like_bare_acl(text) {
+        return None;
+    }
+    let mut words = text.split_whitespace();
+    let (fetch, second) = (words.next()?, words.next()?);
+    let rest: Vec<&str> = words.collect();
+    if rest.is_empty() {
+        return None;
+    }
+    let operators = ["prefix", "contains", "misses", "has", "is", "not"];
+    let op = crate::diag::closest(&second.to_ascii_lowercase(), &operators)?;
+    Some(format!(
+        "`{second}` looks like a misspelt `{op}`: as written this is a raw ACL matching the {fetch}s {}; did you mean `{fetch} {op} {}`?",
+        std::iter::once(second)
+            .chain(rest.iter().copied())
+            .map(|w| format!("`{w}`"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        rest.join(" ")
+    ))
+}
+
 /// A whole condition written as one HAProxy ACL without brackets (`path_beg /v1`).
 fn looks_like_bare_acl(text: &str) -> bool {
     let mut words = text.split_whitespace();
@@ -992,6 +1018,18 @@ mod tests {
         assert!(!r.eval("not true or false"));
         assert!(r.eval("! false && ! false"));
         assert!(r.eval("true || false && false"));
+    }
+
+    #[test]
+    fn misspelt_operators_are_linted() {
+        let hint = lint("path prefx /api").unwrap();
+        assert!(hint.contains("did you mean `path prefix /api`"), "{hint}");
+        assert!(hint.contains("`prefx`, `/api`"), "{hint}");
+        assert!(lint("method contans GET").is_some());
+        assert_eq!(lint("path prefix /api"), None);
+        assert_eq!(lint("path /a /b"), None);
+        assert_eq!(lint("path_beg /v1"), None);
+        assert_eq!(lint("user-agent == Firefox"), None);
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! Config diagnostics: one error with where it is (file, line and column when known,
-//! otherwise the gateway and route it concerns), and the list of all errors found.
+//! Config diagnostics: one error with where it is (file, line and column, and the
+//! gateway and route it concerns), the list of all errors found, and the helpers that
+//! make them useful: "did you mean" suggestions, and positions for semantic errors
+//! found by looking the gateway and route up in the file's text.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -12,6 +14,8 @@ pub struct Diagnostic {
     pub position: Option<(usize, usize)>,
     /// What the error concerns, e.g. `gateway "sava", route "sava:1.0"`.
     pub scope: Option<String>,
+    /// The gateway (and route) it concerns, to find its position in the file.
+    pub subject: Option<(String, Option<String>)>,
     pub message: String,
 }
 
@@ -21,6 +25,7 @@ impl Diagnostic {
             file: file.to_path_buf(),
             position: None,
             scope: None,
+            subject: None,
             message: message.into(),
         }
     }
@@ -35,19 +40,117 @@ impl Diagnostic {
         self
     }
 
-    /// A serde_yaml error, with its position moved out of the message into ours.
+    /// Names the gateway (and route) the error concerns.
+    pub fn about(mut self, gateway: &str, route: Option<&str>) -> Self {
+        self.subject = Some((gateway.to_string(), route.map(str::to_string)));
+        self
+    }
+
+    /// A serde_yaml error, with its position moved out of the message into ours, and a
+    /// suggestion for an unknown key that is close to a known one.
     pub fn from_yaml(file: &Path, err: &serde_yaml::Error) -> Self {
         let text = err.to_string();
-        let message = match text.rfind(" at line ") {
+        let mut message = match text.rfind(" at line ") {
             Some(i) if err.location().is_some() => text[..i].to_string(),
             _ => text,
         };
+        if let Some(hint) = unknown_field_hint(&message) {
+            message.push_str(&hint);
+        }
         let diag = Diagnostic::new(file, message);
         match err.location() {
             Some(loc) => diag.at(loc.line(), loc.column()),
             None => diag,
         }
     }
+}
+
+/// `; did you mean `x`?` for serde's "unknown field `y`, expected one of `x`, ...".
+fn unknown_field_hint(message: &str) -> Option<String> {
+    let rest = message.split("unknown field `").nth(1)?;
+    let (unknown, expected) = rest.split_once('`')?;
+    let candidates: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    closest(unknown, &candidates).map(|c| format!("; did you mean `{c}`?"))
+}
+
+/// The candidate nearest to `word` by edit distance, when near enough to be a typo
+/// (at most 2 edits, and fewer than half the word), and not `word` itself.
+pub fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    let limit = 2.min(word.chars().count().saturating_sub(1) / 2 + 1);
+    candidates
+        .iter()
+        .map(|c| (edit_distance(word, c), *c))
+        .filter(|(d, _)| *d > 0 && *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// Levenshtein distance over chars.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let here = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb))
+                .min(row[j] + 1)
+                .min(here + 1);
+            prev = here;
+        }
+    }
+    row[b.len()]
+}
+
+/// Gives a position to each diagnostic that names a gateway (and route) but has none:
+/// where the gateway's `name:` (and the route's key after it) stands in its file.
+/// Texts are the loaded files, by path.
+pub fn locate<'t>(diags: &mut Diagnostics, texts: impl Fn(&Path) -> Option<&'t str>) {
+    for d in diags.0.iter_mut().filter(|d| d.position.is_none()) {
+        let Some((gateway, route)) = &d.subject else {
+            continue;
+        };
+        let Some(text) = texts(&d.file) else {
+            continue;
+        };
+        d.position = find_subject(text, gateway, route.as_deref());
+    }
+}
+
+/// 1-based line and column of a gateway's `name:` key, or of a route key after it.
+fn find_subject(text: &str, gateway: &str, route: Option<&str>) -> Option<(usize, usize)> {
+    let quoted = |s: &str| [s.to_string(), format!("\"{s}\""), format!("'{s}'")];
+    let name_at = quoted(gateway).iter().find_map(|v| {
+        text.match_indices("name:").find_map(|(i, _)| {
+            let after = text[i + 5..].trim_start_matches([' ', '\t']);
+            let ends = after.strip_prefix(v.as_str()).is_some_and(|rest| {
+                rest.is_empty() || rest.starts_with([',', '}', '\n', '\r', ' ', '#'])
+            });
+            ends.then_some(i)
+        })
+    })?;
+    let at = match route {
+        None => name_at,
+        Some(key) => quoted(key)
+            .iter()
+            .filter_map(|k| {
+                text[name_at..]
+                    .match_indices(k.as_str())
+                    .find_map(|(j, _)| {
+                        let i = name_at + j;
+                        let before = text[..i].chars().next_back();
+                        let after = text[i + k.len()..].trim_start_matches([' ', '\t']);
+                        let starts = matches!(before, Some(' ' | '\t' | '\n' | '{' | ','));
+                        (starts && after.starts_with(':')).then_some(i)
+                    })
+            })
+            .min()
+            .unwrap_or(name_at),
+    };
+    let line = text[..at].matches('\n').count() + 1;
+    let column = at - text[..at].rfind('\n').map_or(0, |n| n + 1) + 1;
+    Some((line, column))
 }
 
 impl fmt::Display for Diagnostic {
@@ -95,6 +198,39 @@ impl fmt::Display for Diagnostics {
 }
 
 impl std::error::Error for Diagnostics {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggestions() {
+        assert_eq!(closest("prefx", &["prefix", "contains"]), Some("prefix"));
+        assert_eq!(
+            closest("virtual_host", &["virtual_hosts", "routes"]),
+            Some("virtual_hosts")
+        );
+        assert_eq!(closest("bogus", &["name", "port"]), None);
+        assert_eq!(closest("has", &["has"]), None);
+        assert_eq!(
+            unknown_field_hint(
+                "routes: unknown field `wieght`, expected one of `weight`, `condition`"
+            ),
+            Some("; did you mean `weight`?".into())
+        );
+    }
+
+    #[test]
+    fn subjects_are_found_in_the_text() {
+        let text = "gateways:\n  - name: other\n    routes: { a: {} }\n  - name: shop\n    routes:\n      \"a\": { weight: 50% }\n      b: {}\n";
+        assert_eq!(find_subject(text, "shop", None), Some((4, 5)));
+        assert_eq!(find_subject(text, "shop", Some("a")), Some((6, 7)));
+        assert_eq!(find_subject(text, "shop", Some("b")), Some((7, 7)));
+        assert_eq!(find_subject(text, "other", Some("a")), Some((3, 15)));
+        assert_eq!(find_subject(text, "shop", Some("gone")), Some((4, 5)));
+        assert_eq!(find_subject(text, "nope", None), None);
+    }
+}
 
 impl From<Diagnostic> for Diagnostics {
     fn from(d: Diagnostic) -> Self {

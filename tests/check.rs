@@ -108,7 +108,7 @@ fn errors_in_included_files_name_them() {
     ]);
     assert!(
         err2.contains(
-            "gw/worse.yaml: gateway \"b\": route weights must sum to 100% (or 0%), found 120%"
+            "gw/worse.yaml:1:1: gateway \"b\": route weights must sum to 100% (or 0%), found 120%"
         ),
         "{err2}"
     );
@@ -249,4 +249,86 @@ fn version() {
         String::from_utf8_lossy(&out.stdout).trim(),
         format!("weir {}", env!("CARGO_PKG_VERSION"))
     );
+}
+
+#[test]
+fn semantic_errors_point_at_the_gateway_or_route_and_keys_get_suggestions() {
+    let port = free_port();
+    let err = check_err(&[
+        (
+            "weir.yaml",
+            &format!(
+                "listeners: {{ http: {{ bind: \"127.0.0.1:{port}\" }} }}
+include: [gw/*.yaml]
+"
+            ),
+        ),
+        (
+            "gw/shop.yaml",
+            "name: shop
+virtual_hosts: [shop.test]
+routes:
+  stable: { weight: 90%, respond: { status: 200 } }
+  canary: { weight: 20%, respond: { status: 200 } }
+  broken: { weight: 0%, condition: \"user-agent ==\", respond: { status: 200 } }
+",
+        ),
+    ]);
+    assert!(
+        err.contains("gw/shop.yaml:1:1: gateway \"shop\": route weights must sum to 100% (or 0%), found 110%"),
+        "{err}"
+    );
+    assert!(
+        err.contains("gw/shop.yaml:6:3: gateway \"shop\", route \"broken\": invalid condition"),
+        "{err}"
+    );
+    let err = check_err(&[(
+        "weir.yaml",
+        &format!(
+            "listeners: {{ http: {{ bind: \"127.0.0.1:{port}\" }} }}
+gateways:
+  - name: g
+    virtual_host: [g.test]
+    routes: {{ r: {{ respond: {{ status: 200 }} }} }}
+"
+        ),
+    )]);
+    assert!(err.contains("weir.yaml:4:5:"), "{err}");
+    assert!(err.contains("did you mean `virtual_hosts`?"), "{err}");
+}
+
+#[test]
+fn a_condition_that_looks_misspelt_warns_and_fails_strict() {
+    let port = free_port();
+    let files = [(
+        "weir.yaml",
+        format!(
+            "listeners: {{ http: {{ bind: \"127.0.0.1:{port}\" }} }}
+gateways:
+  - name: g
+    virtual_hosts: [g.test]
+    routes:
+      api: {{ weight: 0%, condition: \"path prefx /api\", respond: {{ status: 200 }} }}
+      web: {{ weight: 100%, respond: {{ status: 200 }} }}
+"
+        ),
+    )];
+    let dir = config_dir(
+        &files
+            .iter()
+            .map(|(p, t)| (*p, t.as_str()))
+            .collect::<Vec<_>>(),
+    );
+    let cfg = dir.path().join("weir.yaml");
+    let out = weir_cmd(&["check", "-c", path_str(&cfg)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("warning: ")
+            && stderr.contains("weir.yaml:6:7: gateway \"g\", route \"api\"")
+            && stderr.contains("did you mean `path prefix /api`?"),
+        "{stderr}"
+    );
+    let out = weir_cmd(&["check", "--strict", "-c", path_str(&cfg)]);
+    assert_eq!(out.status.code(), Some(1));
 }

@@ -137,7 +137,9 @@ pub fn build(loaded: &Loaded, inputs: &Inputs) -> Result<Snapshot, Diagnostics> 
         ));
     }
     b.check_admin(config);
+    locate(&mut b.warnings, loaded);
     if !b.errors.is_empty() {
+        locate(&mut b.errors, loaded);
         return Err(b.errors);
     }
     let admin = config.admin.as_ref();
@@ -195,6 +197,26 @@ struct Builder<'a> {
     inputs: &'a Inputs,
 }
 
+/// Names the gateway and, when the scope names one, the route a diagnostic concerns.
+fn about(d: Diagnostic, gw: &GatewayConfig, scope: &str) -> Diagnostic {
+    let route = scope
+        .split_once("route \"")
+        .and_then(|(_, rest)| rest.rsplit_once('"'))
+        .map(|(key, _)| key);
+    d.about(&gw.name, route)
+}
+
+/// Gives semantic diagnostics the position of the gateway or route they name.
+fn locate(diags: &mut Diagnostics, loaded: &Loaded) {
+    crate::diag::locate(diags, |path| {
+        loaded
+            .files
+            .iter()
+            .find(|f| f.path == path)
+            .map(|f| &*f.text)
+    });
+}
+
 fn valid_name(name: &str) -> bool {
     let mut bytes = name.bytes();
     matches!(bytes.next(), Some(b) if b.is_ascii_alphanumeric())
@@ -207,13 +229,21 @@ fn is_tcp(gw: &GatewayConfig) -> bool {
 
 impl Builder<'_> {
     fn error(&mut self, gw: &GatewayConfig, scope: &str, message: impl Into<String>) {
-        self.errors
-            .push(Diagnostic::new(&gw.source, message).scoped(scope));
+        let d = about(
+            Diagnostic::new(&gw.source, message).scoped(scope),
+            gw,
+            scope,
+        );
+        self.errors.push(d);
     }
 
     fn warn(&mut self, gw: &GatewayConfig, scope: &str, message: impl Into<String>) {
-        self.warnings
-            .push(Diagnostic::new(&gw.source, message).scoped(scope));
+        let d = about(
+            Diagnostic::new(&gw.source, message).scoped(scope),
+            gw,
+            scope,
+        );
+        self.warnings.push(d);
     }
 
     fn main_error(&mut self, scope: &str, message: impl Into<String>) {
@@ -638,7 +668,12 @@ impl Builder<'_> {
             .condition
             .as_ref()
             .and_then(|text| match condition::parse(text) {
-                Ok(e) => Some(e),
+                Ok(e) => {
+                    if let Some(hint) = condition::lint(text) {
+                        self.warn(gw, scope, format!("condition {text:?}: {hint}"));
+                    }
+                    Some(e)
+                }
                 Err(e) => {
                     self.error(gw, scope, format!("invalid condition {text:?} at {e}"));
                     None
@@ -1026,7 +1061,9 @@ mod tests {
             "{LISTENER}gateways:\n- name: g\n  routes:\n    a: {{ weight: 90%, respond: {{status: 200}} }}\n    b: {{ weight: 20%, respond: {{status: 200}} }}\n"
         ));
         assert!(
-            e.contains("t.yaml: gateway \"g\": route weights must sum to 100% (or 0%), found 110%"),
+            e.contains(
+                "t.yaml:3:3: gateway \"g\": route weights must sum to 100% (or 0%), found 110%"
+            ),
             "{e}"
         );
     }
