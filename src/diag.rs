@@ -15,7 +15,7 @@ pub struct Diagnostic {
     /// What the error concerns, e.g. `gateway "sava", route "sava:1.0"`.
     pub scope: Option<String>,
     /// The gateway (and route) it concerns, to find its position in the file.
-    pub subject: Option<(String, Option<String>)>,
+    pub subject: Option<Box<(String, Option<String>)>>,
     pub message: String,
 }
 
@@ -42,7 +42,7 @@ impl Diagnostic {
 
     /// Names the gateway (and route) the error concerns.
     pub fn about(mut self, gateway: &str, route: Option<&str>) -> Self {
-        self.subject = Some((gateway.to_string(), route.map(str::to_string)));
+        self.subject = Some(Box::new((gateway.to_string(), route.map(str::to_string))));
         self
     }
 
@@ -108,7 +108,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 /// Texts are the loaded files, by path.
 pub fn locate<'t>(diags: &mut Diagnostics, texts: impl Fn(&Path) -> Option<&'t str>) {
     for d in diags.0.iter_mut().filter(|d| d.position.is_none()) {
-        let Some((gateway, route)) = &d.subject else {
+        let Some((gateway, route)) = d.subject.as_deref() else {
             continue;
         };
         let Some(text) = texts(&d.file) else {
@@ -199,6 +199,12 @@ impl fmt::Display for Diagnostics {
 
 impl std::error::Error for Diagnostics {}
 
+impl From<Diagnostic> for Diagnostics {
+    fn from(d: Diagnostic) -> Self {
+        Diagnostics(vec![d])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,11 +235,5 @@ mod tests {
         assert_eq!(find_subject(text, "other", Some("a")), Some((3, 15)));
         assert_eq!(find_subject(text, "shop", Some("gone")), Some((4, 5)));
         assert_eq!(find_subject(text, "nope", None), None);
-    }
-}
-
-impl From<Diagnostic> for Diagnostics {
-    fn from(d: Diagnostic) -> Self {
-        Diagnostics(vec![d])
     }
 }
