@@ -489,7 +489,7 @@ pub fn lint(text: &str) -> Option<String> {
         return None;
     }
     let operators = ["prefix", "contains", "misses", "has", "is", "not"];
-    let op = crate::diag::closest(&second.to_ascii_lowercase(), &operators)?;
+    let op = crate::suggest::closest(&second.to_ascii_lowercase(), &operators)?;
     Some(format!(
         "`{second}` looks like a misspelt `{op}`: as written this is a raw ACL matching the {fetch}s {}; did you mean `{fetch} {op} {}`?",
         std::iter::once(second)

@@ -70,37 +70,7 @@ fn unknown_field_hint(message: &str) -> Option<String> {
     let rest = message.split("unknown field `").nth(1)?;
     let (unknown, expected) = rest.split_once('`')?;
     let candidates: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
-    closest(unknown, &candidates).map(|c| format!("; did you mean `{c}`?"))
-}
-
-/// The candidate nearest to `word` by edit distance, when near enough to be a typo
-/// (at most 2 edits, and fewer than half the word), and not `word` itself.
-pub fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
-    let limit = 2.min(word.chars().count().saturating_sub(1) / 2 + 1);
-    candidates
-        .iter()
-        .map(|c| (edit_distance(word, c), *c))
-        .filter(|(d, _)| *d > 0 && *d <= limit)
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c)
-}
-
-/// Levenshtein distance over chars.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let here = row[j + 1];
-            row[j + 1] = (prev + usize::from(ca != *cb))
-                .min(row[j] + 1)
-                .min(here + 1);
-            prev = here;
-        }
-    }
-    row[b.len()]
+    crate::suggest::closest(unknown, &candidates).map(|c| format!("; did you mean `{c}`?"))
 }
 
 /// Gives a position to each diagnostic that names a gateway (and route) but has none:
@@ -211,13 +181,6 @@ mod tests {
 
     #[test]
     fn suggestions() {
-        assert_eq!(closest("prefx", &["prefix", "contains"]), Some("prefix"));
-        assert_eq!(
-            closest("virtual_host", &["virtual_hosts", "routes"]),
-            Some("virtual_hosts")
-        );
-        assert_eq!(closest("bogus", &["name", "port"]), None);
-        assert_eq!(closest("has", &["has"]), None);
         assert_eq!(
             unknown_field_hint(
                 "routes: unknown field `wieght`, expected one of `weight`, `condition`"

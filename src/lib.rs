@@ -30,6 +30,7 @@ pub mod server;
 pub mod snapshot;
 pub mod startup;
 pub mod sticky;
+pub mod suggest;
 pub mod tcp;
 pub mod tls;
 pub mod upstream;

@@ -13,6 +13,8 @@ mod rewrite;
 #[allow(dead_code)]
 #[path = "../../../src/vhost.rs"]
 mod vhost;
+#[path = "../../../src/suggest.rs"]
+mod suggest;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -25,6 +27,7 @@ fuzz_target!(|data: &[u8]| {
     let req = condition::Request::new(b"a.test:80", "/v1/x", "GET", &headers, "10.0.0.1".parse().ok());
     if let Ok(expr) = condition::parse(text) {
         let _ = expr.eval(&req);
+        let _ = condition::lint(text);
     }
     if let Ok(rw) = rewrite::compile(text) {
         let _ = rw.apply(&req, "/v1/x", Some("q=1"));
