@@ -510,3 +510,32 @@ fn a_changed_admin_bind_is_reported_as_needing_a_restart() {
         weir.log()
     );
 }
+
+#[test]
+fn a_config_over_the_count_limits_is_refused_before_it_is_built() {
+    let (port, admin) = (free_port(), free_port());
+    let dir = config_dir(&[("gateways.d/.keep", "")]);
+    let root = dir.path().to_path_buf();
+    std::fs::write(root.join("weir.yaml"), main_config(port, admin, "", "")).unwrap();
+    let weir = Weir::start_in(dir, root.join("weir.yaml"), &[port, admin]);
+    // 200,000 small gateways (about 15 MB): far over the 10,000-gateway bound.
+    let mut big = String::with_capacity(16 << 20);
+    for i in 0..200_000 {
+        big.push_str(&format!(
+            "- {{ name: g{i}, virtual_hosts: [g{i}.test], routes: {{ r: {{ instances: [\"127.0.0.1:9\"] }} }} }}\n"
+        ));
+    }
+    std::fs::write(root.join("gateways.d/big.yaml"), &big).unwrap();
+    assert!(
+        within(Duration::from_secs(10), || reloads(admin).1 >= 1.0),
+        "{}",
+        weir.log()
+    );
+    assert!(weir.log().contains("too many gateways"), "{}", weir.log());
+    assert_eq!(get(port, "main.test", "/").body, "main");
+    let peak = peak_rss_bytes(weir.pid());
+    assert!(peak < 256 << 20, "peak RSS {peak} bytes");
+    let out = weir_cmd(&["check", "-c", path_str(&root.join("weir.yaml"))]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("big.yaml: too many gateways"));
+}

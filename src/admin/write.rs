@@ -19,8 +19,8 @@ use pingora::protocols::http::ServerSession;
 use serde_json::Value;
 
 use super::{document, message, read_body, view, Admin};
-use crate::config::expand::check_expansion;
 use crate::config::load::{load, parse_gateway_file, Loaded};
+use crate::config::shape::{self, Kind, Totals};
 use crate::config::GatewayConfig;
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::reload::{record, Reloader};
@@ -268,14 +268,11 @@ fn own_file<'a>(loaded: &'a Loaded, name: &str) -> Result<(&'a GatewayConfig, Pa
 fn parse_body(body: &[u8]) -> Result<GatewayConfig, Reply> {
     let text = std::str::from_utf8(body)
         .map_err(|_| message(StatusCode::BAD_REQUEST, "the body is not UTF-8"))?;
-    let mut errors = Diagnostics::default();
     let source = Path::new("request body");
-    check_expansion(source, text, &mut errors);
-    let mut parsed = if errors.is_empty() {
-        parse_gateway_file(source, text, &mut errors)
-    } else {
-        Vec::new()
-    };
+    shape::scan(source, text, Kind::Gateways, &mut Totals::default())
+        .map_err(|d| message(StatusCode::BAD_REQUEST, d.to_string()))?;
+    let mut errors = Diagnostics::default();
+    let mut parsed = parse_gateway_file(source, text, &mut errors);
     if !errors.is_empty() {
         return Err(message(StatusCode::BAD_REQUEST, errors.to_string()));
     }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use super::expand::check_expansion;
+use super::shape::{self, Kind, Totals};
 use super::{Config, GatewayConfig, GatewayDocument, DEFAULT_CONFIG_BYTES};
 use crate::diag::{Diagnostic, Diagnostics};
 
@@ -108,13 +108,11 @@ impl Loaded {
         next.config.gateways.retain(|g| !same(&g.source));
         next.files.retain(|f| !same(&f.path));
         if let Some(text) = text {
+            shape::scan(file, text, Kind::Gateways, &mut Totals::default())?;
             let mut errors = Diagnostics::default();
-            check_expansion(file, text, &mut errors);
-            if errors.is_empty() {
-                next.config
-                    .gateways
-                    .extend(parse_gateway_file(file, text, &mut errors));
-            }
+            next.config
+                .gateways
+                .extend(parse_gateway_file(file, text, &mut errors));
             if !errors.is_empty() {
                 return Err(errors);
             }
@@ -254,10 +252,8 @@ pub fn load(main: &Path) -> Result<Loaded, Diagnostics> {
 /// Parses the main config from `text` (as if read from `main`) and reads its includes.
 pub fn load_from_str(main: &Path, text: &str) -> Result<Loaded, Diagnostics> {
     let mut errors = Diagnostics::default();
-    check_expansion(main, text, &mut errors);
-    if !errors.is_empty() {
-        return Err(errors);
-    }
+    let mut totals = Totals::default();
+    shape::scan(main, text, Kind::Main, &mut totals)?;
     let mut config: Config = match serde_yaml::from_str(text) {
         Ok(c) => c,
         Err(e) => return Err(Diagnostic::from_yaml(main, &e).into()),
@@ -298,7 +294,7 @@ pub fn load_from_str(main: &Path, text: &str) -> Result<Loaded, Diagnostics> {
         base_dir,
         config,
     };
-    read_includes(&mut loaded, &mut counts, &mut errors);
+    read_includes(&mut loaded, &mut counts, &mut totals, &mut errors);
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -321,7 +317,12 @@ pub fn load_from_str(main: &Path, text: &str) -> Result<Loaded, Diagnostics> {
 }
 
 /// Reads every file the include globs match, each once, in glob order then name order.
-fn read_includes(loaded: &mut Loaded, counts: &mut Counts, errors: &mut Diagnostics) {
+fn read_includes(
+    loaded: &mut Loaded,
+    counts: &mut Counts,
+    totals: &mut Totals,
+    errors: &mut Diagnostics,
+) {
     let main = loaded.main.clone();
     let mut seen: HashSet<PathBuf> = HashSet::new();
     if let Ok(c) = std::fs::canonicalize(&main) {
@@ -380,9 +381,8 @@ fn read_includes(loaded: &mut Loaded, counts: &mut Counts, errors: &mut Diagnost
                 }
             };
             used += text.len() as u64;
-            let before = errors.len();
-            check_expansion(&file, &text, errors);
-            if errors.len() > before {
+            if let Err(d) = shape::scan(&file, &text, Kind::Gateways, totals) {
+                errors.push(d);
                 return;
             }
             let gateways = parse_gateway_file(&file, &text, errors);

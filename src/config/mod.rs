@@ -3,8 +3,8 @@
 //! This module owns the schema and the reading of files (`load`). Nothing here judges
 //! whether the values make sense together; that is `snapshot::build`'s job.
 
-pub mod expand;
 pub mod load;
+pub mod shape;
 pub mod units;
 
 use std::path::PathBuf;
