@@ -10,24 +10,22 @@ use prometheus::{Encoder, TextEncoder};
 use crate::metrics::{metrics, ERROR_KINDS};
 use crate::snapshot::{Snapshot, Target};
 
-fn route_labels(s: &Snapshot) -> Vec<(String, String)> {
+/// Every (gateway, route) of a snapshot, borrowed.
+fn route_labels(s: &Snapshot) -> HashSet<(&str, &str)> {
     s.gateways
         .iter()
-        .flat_map(|g| {
-            g.routes
-                .iter()
-                .map(|r| (g.name.to_string(), r.key.to_string()))
-        })
+        .flat_map(|g| g.routes.iter().map(move |r| (&*g.name, &*r.key)))
         .collect()
 }
 
-fn instance_labels(s: &Snapshot) -> Vec<(String, String, String)> {
-    let mut out = Vec::new();
+/// Every (gateway, route, instance) of a snapshot, borrowed.
+fn instance_labels(s: &Snapshot) -> HashSet<(&str, &str, &str)> {
+    let mut out = HashSet::new();
     for g in &s.gateways {
         for r in &g.routes {
             if let Target::Pool(p) = &r.target {
                 for u in &p.instances {
-                    out.push((g.name.to_string(), r.key.to_string(), u.name.to_string()));
+                    out.insert((&*g.name, &*r.key, &*u.name));
                 }
             }
         }
@@ -38,22 +36,19 @@ fn instance_labels(s: &Snapshot) -> Vec<(String, String, String)> {
 /// Deletes the series of routes and instances that `old` had and `new` does not.
 pub fn forget_removed(old: &Snapshot, new: &Snapshot) {
     let m = metrics();
-    let keep: HashSet<_> = route_labels(new).into_iter().collect();
-    for (g, r) in route_labels(old).into_iter().filter(|x| !keep.contains(x)) {
+    let keep = route_labels(new);
+    for (g, r) in route_labels(old).difference(&keep) {
         for c in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
-            let _ = m.requests.remove_label_values(&[&g, &r, c]);
+            let _ = m.requests.remove_label_values(&[g, r, c]);
         }
-        let _ = m.duration.remove_label_values(&[&g, &r]);
-        let _ = m.bytes_sent.remove_label_values(&[&g, &r]);
-        let _ = m.bytes_received.remove_label_values(&[&g, &r]);
+        let _ = m.duration.remove_label_values(&[g, r]);
+        let _ = m.bytes_sent.remove_label_values(&[g, r]);
+        let _ = m.bytes_received.remove_label_values(&[g, r]);
     }
-    let keep: HashSet<_> = instance_labels(new).into_iter().collect();
-    for (g, r, i) in instance_labels(old)
-        .into_iter()
-        .filter(|x| !keep.contains(x))
-    {
+    let keep = instance_labels(new);
+    for (g, r, i) in instance_labels(old).difference(&keep) {
         for kind in ERROR_KINDS {
-            let _ = m.upstream_errors.remove_label_values(&[&g, &r, &i, kind]);
+            let _ = m.upstream_errors.remove_label_values(&[g, r, i, kind]);
         }
     }
 }

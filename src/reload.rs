@@ -37,7 +37,7 @@ use crate::tls::TlsEndpoint;
 /// ConfigMap updates touch several files in a burst.
 const SETTLE: Duration = Duration::from_millis(150);
 /// A burst of relevant events delays a reload at most this long.
-const MAX_SETTLE: Duration = Duration::from_millis(800);
+const MAX_SETTLE: Duration = Duration::from_secs(5);
 /// How often DNS names are looked up again.
 const DNS_REFRESH: Duration = Duration::from_secs(30);
 
@@ -110,7 +110,7 @@ impl Reloader {
         crate::metrics::loaded(unix_now());
         let startup = snapshot.startup.clone();
         let health = Arc::new(HealthRegistry::default());
-        let snapshot = join_live_state(snapshot, &health);
+        let snapshot = join_live_state(snapshot, None, &health);
         snapshot.refresh_health();
         health.prune();
         Ok(Reloader {
@@ -137,7 +137,9 @@ impl Reloader {
     /// change since the last apply are not rebuilt.
     pub fn reload(&self, force: bool) -> Result<Outcome, Diagnostics> {
         let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
+        let started = Instant::now();
         let loaded = load(&self.path)?;
+        log::debug!("reload: read and parsed in {:?}", started.elapsed());
         if !force && loaded.fingerprint == applied.fingerprint {
             return Ok(Outcome::Unchanged);
         }
@@ -170,9 +172,19 @@ impl Reloader {
         loaded: Loaded,
         applied: &mut Arc<Loaded>,
     ) -> Result<Outcome, Diagnostics> {
+        let started = Instant::now();
         let inputs = self.caches.prepare(&loaded.config);
+        let prepared = Instant::now();
         let snapshot = build(&loaded, &inputs)?;
-        Ok(self.swap_in(snapshot, loaded, applied))
+        let built = Instant::now();
+        let outcome = self.swap_in(snapshot, loaded, applied);
+        log::debug!(
+            "reload: prepared in {:?}, built in {:?}, applied in {:?}",
+            prepared - started,
+            built - prepared,
+            built.elapsed()
+        );
+        Ok(outcome)
     }
 
     fn swap_in(&self, snapshot: Snapshot, loaded: Loaded, applied: &mut Arc<Loaded>) -> Outcome {
@@ -191,8 +203,8 @@ impl Reloader {
     /// hands the TLS endpoints their certificates and policy, reports start-time
     /// changes, swaps, and then forgets what the old snapshot alone had.
     pub fn apply(&self, next: Snapshot) {
-        let mut next = join_live_state(next, &self.health);
         let old = self.current.load_full();
+        let mut next = join_live_state(next, Some(&old), &self.health);
         let bound: Vec<u16> = self.startup.binds.iter().map(|b| b.addr.port()).collect();
         next.keep_bound_ports(&old, &bound);
         next.carry_over(&old);
@@ -211,10 +223,14 @@ impl Reloader {
                 log::error!("{e}; the listener keeps its previous TLS settings");
             }
         }
-        // The old snapshot is freed when the last request holding it finishes.
+        // The old snapshot is freed when the last request holding it finishes; when that
+        // is us, off this thread (freeing a large one takes tens of milliseconds).
         let old = self.current.swap(Arc::new(next));
         crate::exposition::forget_removed(&old, &self.current.load());
         self.health.prune();
+        let _ = std::thread::Builder::new()
+            .name("weir-free".into())
+            .spawn(move || drop(old));
     }
 
     /// `reload`, with the outcome logged and counted.
@@ -271,12 +287,28 @@ fn log_warnings(warnings: &Diagnostics) {
 }
 
 /// Puts the live state into a freshly built snapshot: each resolved instance's health
-/// from the registry (kept from earlier snapshots), and bound metric handles.
-fn join_live_state(mut next: Snapshot, health: &HealthRegistry) -> Snapshot {
+/// from the registry (kept from earlier snapshots), and metric handles (those of the
+/// same route in `old`, else bound anew).
+fn join_live_state(
+    mut next: Snapshot,
+    old: Option<&Snapshot>,
+    health: &HealthRegistry,
+) -> Snapshot {
     health.begin_build();
     for g in &mut next.gateways {
-        for r in &mut g.routes {
-            r.metrics = RouteMetrics::bind(&g.name, &r.key);
+        let before = old.and_then(|o| o.gateway_by_name(&g.name).map(|i| &o.gateways[i]));
+        for (i, r) in g.routes.iter_mut().enumerate() {
+            // Routes rarely move: look at the same position first.
+            let same = before.and_then(|b| {
+                b.routes
+                    .get(i)
+                    .filter(|x| x.key == r.key)
+                    .or_else(|| b.routes.iter().find(|x| x.key == r.key))
+            });
+            r.metrics = match same {
+                Some(x) => x.metrics.clone(),
+                None => RouteMetrics::bind(&g.name, &r.key),
+            };
             if let Target::Pool(pool) = &mut r.target {
                 for u in &mut pool.instances {
                     u.health = if u.resolved {

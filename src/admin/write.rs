@@ -269,7 +269,7 @@ fn parse_body(body: &[u8]) -> Result<GatewayConfig, Reply> {
     let text = std::str::from_utf8(body)
         .map_err(|_| message(StatusCode::BAD_REQUEST, "the body is not UTF-8"))?;
     let source = Path::new("request body");
-    shape::scan(source, text, Kind::Gateways, &mut Totals::default())
+    shape::measure(source, text, Kind::Gateways, &mut Totals::default())
         .map_err(|d| message(StatusCode::BAD_REQUEST, d.to_string()))?;
     let mut errors = Diagnostics::default();
     let mut parsed = parse_gateway_file(source, text, &mut errors);

@@ -108,7 +108,7 @@ impl Loaded {
         next.config.gateways.retain(|g| !same(&g.source));
         next.files.retain(|f| !same(&f.path));
         if let Some(text) = text {
-            shape::scan(file, text, Kind::Gateways, &mut Totals::default())?;
+            shape::measure(file, text, Kind::Gateways, &mut Totals::default())?;
             let mut errors = Diagnostics::default();
             next.config
                 .gateways
@@ -253,7 +253,7 @@ pub fn load(main: &Path) -> Result<Loaded, Diagnostics> {
 pub fn load_from_str(main: &Path, text: &str) -> Result<Loaded, Diagnostics> {
     let mut errors = Diagnostics::default();
     let mut totals = Totals::default();
-    shape::scan(main, text, Kind::Main, &mut totals)?;
+    shape::measure(main, text, Kind::Main, &mut totals)?;
     let mut config: Config = match serde_yaml::from_str(text) {
         Ok(c) => c,
         Err(e) => return Err(Diagnostic::from_yaml(main, &e).into()),
@@ -381,7 +381,7 @@ fn read_includes(
                 }
             };
             used += text.len() as u64;
-            if let Err(d) = shape::scan(&file, &text, Kind::Gateways, totals) {
+            if let Err(d) = shape::measure(&file, &text, Kind::Gateways, totals) {
                 errors.push(d);
                 return;
             }

@@ -24,9 +24,12 @@ use saphyr_parser::{Event, Parser};
 use crate::config::load::{MAX_GATEWAYS, MAX_INSTANCES, MAX_ROUTES};
 use crate::diag::Diagnostic;
 
-/// Nodes all config files together may hold (expanded); about 300 bytes of memory each
-/// while a document is deserialized.
-pub const MAX_NODES: u64 = 2_000_000;
+/// Nodes all config files together may hold (expanded). A node costs a few hundred bytes
+/// while its document is deserialized.
+pub const MAX_NODES: u64 = 4_000_000;
+/// A file without anchors up to this size is not walked: it cannot expand, and it holds
+/// at most one node per byte, which is counted instead.
+const UNWALKED_BYTES: u64 = 1 << 20;
 /// A file may expand to this many nodes per byte of its text (plus a floor) before its
 /// aliases are called a bomb.
 const NODES_PER_BYTE: u64 = 4;
@@ -112,7 +115,19 @@ fn role(stack: &[Frame], kind: Kind, opens_map: bool) -> Role {
 }
 
 /// Measures `text` (read from `file`) into `totals`; refuses it when it expands far
-/// beyond its size or takes a total over its bound.
+/// beyond its size or takes a total over its bound. A small file without anchors is
+/// counted by its size (an upper bound on its nodes) instead of walked: the walk costs
+/// about as much as the parse itself.
+pub fn measure(file: &Path, text: &str, kind: Kind, totals: &mut Totals) -> Result<(), Diagnostic> {
+    let len = text.len() as u64;
+    if len <= UNWALKED_BYTES && totals.nodes + len <= MAX_NODES && !text.contains('&') {
+        totals.nodes += len;
+        return Ok(());
+    }
+    scan(file, text, kind, totals)
+}
+
+/// Walks `text`: see [`measure`].
 pub fn scan(file: &Path, text: &str, kind: Kind, totals: &mut Totals) -> Result<(), Diagnostic> {
     let budget = NODES_FLOOR + NODES_PER_BYTE * text.len() as u64;
     let start_nodes = totals.nodes;
