@@ -356,6 +356,10 @@ fn watch_loop(reloader: Arc<Reloader>) {
     let mut watched = BTreeSet::new();
     let mut view = WatchView::of(&reloader.applied());
     sync_watches(&mut watcher, &mut watched, view.dirs());
+    // A change made between the first load and the watches being set would be missed:
+    // compare once now (a no-op when the files are as loaded).
+    let _ = reloader.reload_logged(false, "watch started");
+    view = WatchView::of(&reloader.applied());
     while let Ok(paths) = rx.recv() {
         if !view.any_relevant(&paths) {
             continue;
