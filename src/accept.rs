@@ -5,7 +5,7 @@
 //! for their first request. A TCP gateway's port goes to `tcp` instead.
 //!
 //! weir terminates TLS here rather than in Pingora's TLS listener so that it owns the
-//! rustls `ServerConfig` (SPEC §4): `min_version`, ALPN, session tickets with rotating
+//! rustls `ServerConfig`: `min_version`, ALPN, session tickets with rotating
 //! keys, a handshake deadline, and counting failed handshakes, none of which Pingora's
 //! listener settings reach. Every listener is a plain TCP listener to Pingora; this
 //! app sits between it and the proxy, as Pingora's docs for `http_proxy` suggest.

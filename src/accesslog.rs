@@ -1,4 +1,4 @@
-//! The access log (SPEC §5): one JSON object per line, to stdout or a file, written off
+//! The access log: one JSON object per line, to stdout or a file, written off
 //! the request path. Requests hand their line to a bounded channel; a writer thread
 //! drains it in batches every 20 ms, one write a batch. When the channel is full the line is dropped and counted, never
 //! waited for. `SIGUSR1` reopens the file (for logrotate).

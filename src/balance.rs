@@ -1,4 +1,4 @@
-//! Balancing inside a route (SPEC §2.5): which instance of a pool takes a request.
+//! Balancing inside a route: which instance of a pool takes a request.
 //! `round_robin` (smooth, honouring instance weights), `random` (weighted),
 //! `least_conn` (fewest requests in flight per unit of weight), `source_ip` and
 //! `hash(header|cookie|path)` (consistent hashing on a Ketama ring: removing an

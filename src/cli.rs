@@ -1,4 +1,4 @@
-//! The command line (SPEC §5): `weir [run] [-c FILE] [-d] [-u]`, `weir check [-c FILE]`,
+//! The command line: `weir [run] [-c FILE] [-d] [-u]`, `weir check [-c FILE]`,
 //! `weir --version`. The config path comes from `-c`, a positional FILE, `WEIR_CONFIG`,
 //! or `conf/weir.yaml`, in that order.
 

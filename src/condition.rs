@@ -1,4 +1,4 @@
-//! The condition language (SPEC §3): Vamp's short codes, boolean operators and raw
+//! The condition language: Vamp's short codes, boolean operators and raw
 //! HAProxy ACLs, parsed once into a tree and evaluated directly on each request.
 //!
 //! Everything that can be prepared is prepared at parse time: lower-casing, alias
@@ -454,7 +454,7 @@ fn is_kw(tok: &Tok, kw: &str) -> bool {
     matches!(tok, Tok::Word(w) if w.eq_ignore_ascii_case(kw))
 }
 
-/// Parses a condition (SPEC §3).
+/// Parses a condition.
 pub fn parse(text: &str) -> Result<Expr, ParseError> {
     if text.trim().is_empty() {
         return err(1, "empty condition");

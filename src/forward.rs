@@ -1,4 +1,4 @@
-//! Forwarding headers (SPEC §2.8): `X-Forwarded-For/-Proto/-Host/-Port` and
+//! Forwarding headers: `X-Forwarded-For/-Proto/-Host/-Port` and
 //! `X-Request-Id`. Values from a trusted proxy are kept (the client address appended to
 //! `X-Forwarded-For`); from anyone else they are replaced. Hop-by-hop headers are left
 //! to Pingora's standard upstream request policy (RFC 9110 §7.6.1).

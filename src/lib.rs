@@ -1,11 +1,24 @@
 //! weir: an edge gateway on Pingora.
 //!
-//! The pipeline, one module a step: config text (`config`) → validated, compiled,
-//! immutable routing snapshot (`snapshot`, using `vhost` and `schedule`) → held in an
-//! `ArcSwap` and read once per request by the proxy (`proxy`, with `forward` for the
-//! forwarding headers) → assembled into a Pingora server (`server`), where each
-//! accepted connection passes `accept` (counting, and the TLS handshake with `tls`'s
-//! certificates and policy) on its way to the proxy; driven by the command line (`cli`).
+//! The pipeline, one module a step:
+//!
+//! 1. **Config text → parsed config.** `config` (schema, `config::load` reading files
+//!    within bounds, `config::shape` measuring YAML before it is deserialized), with
+//!    `diag` for errors that name file, line and column and `suggest` for "did you mean".
+//! 2. **Outside inputs.** `prepare`: DNS answers and generated certificates, cached.
+//! 3. **Snapshot, built by a pure function.** `snapshot` (`snapshot::build`), compiling
+//!    `vhost` tables, `schedule`s (weights), `condition`s, `rewrite`s, `sticky` cookies,
+//!    `balance` pickers over `upstream`s, `tls` certificate stores; `startup` holds the
+//!    settings only a restart applies.
+//! 4. **One apply step.** `reload`: joins live state (`health` registry, `metrics`
+//!    handles, TLS endpoints) to the new snapshot and swaps it into an `ArcSwap`; the file
+//!    watcher, `SIGHUP`, DNS refreshes and the admin API all go through it.
+//! 5. **Requests.** `server` assembles Pingora; `accept` takes each connection (PROXY
+//!    header via `proxy_protocol`, TLS via `tls`); `proxy` is the `ProxyHttp`
+//!    implementation reading one snapshot per request, with `forward` for forwarding
+//!    headers and `accesslog`; `tcp` serves TCP gateways.
+//! 6. **Around it.** `probe` runs active health checks; `admin` serves health, metrics
+//!    (`exposition`) and the gateway API; `cli` is the command line.
 
 pub mod accept;
 pub mod accesslog;

@@ -1,4 +1,4 @@
-//! Prometheus metrics (SPEC §7), in one registry for the process.
+//! Prometheus metrics, in one registry for the process.
 //!
 //! This module owns the metric definitions and the handles the data path records
 //! through; it knows nothing of snapshots. Per-route handles are bound when a snapshot
@@ -101,7 +101,7 @@ impl Metrics {
             GaugeVec::new(
                 Opts::new(
                     "weir_tls_certificate_expiry_timestamp_seconds",
-                    "Unix time at which each served certificate expires (an extension to SPEC).",
+                    "Unix time at which each served certificate expires (an extension).",
                 ),
                 &["listener", "name", "key"],
             ),
@@ -117,7 +117,7 @@ impl Metrics {
             &r,
             IntGauge::new(
                 "weir_instances_unresolved",
-                "Instances whose host name does not resolve (down until it does; an extension to SPEC).",
+                "Instances whose host name does not resolve (down until it does; an extension).",
             ),
         );
         Metrics {

@@ -187,7 +187,7 @@ impl Weir {
         log.log(&entry);
     }
 
-    /// Applies the selected route's rewrites to the upstream request (SPEC §2.7).
+    /// Applies the selected route's rewrites to the upstream request.
     fn rewrite(
         &self,
         session: &Session,
@@ -239,7 +239,7 @@ impl Weir {
         Ok(())
     }
 
-    /// `redirect_https` (SPEC §1): a 308 to the same host and path on the TLS listener,
+    /// `redirect_https`: a 308 to the same host and path on the TLS listener,
     /// for hosts that listener serves. ACME HTTP-01 challenges are left to the routes.
     async fn redirect(
         &self,
@@ -315,7 +315,7 @@ impl Weir {
     }
 
     /// After a failed connect left the chosen route with no instance to try, routes the
-    /// request again: the dead route is out of the schedule by now (SPEC §2.4).
+    /// request again: the dead route is out of the schedule by now.
     fn reroute(session: &Session, ctx: &mut Ctx) -> bool {
         let (Some(snapshot), Some(entry)) = (&ctx.snapshot, ctx.entry) else {
             return false;

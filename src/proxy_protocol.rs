@@ -1,4 +1,4 @@
-//! The PROXY protocol (HAProxy's v1 text and v2 binary headers, SPEC §2.8) on listeners
+//! The PROXY protocol (HAProxy's v1 text and v2 binary headers) on listeners
 //! with `proxy_protocol: true`: the L4 balancer in front opens each connection with a
 //! header naming the client, and weir takes that address as the connection's peer, so
 //! forwarding headers, `source` conditions, `source_ip` balancing and the access log

@@ -1,4 +1,4 @@
-//! Path rewrites (SPEC §2.7): `path: NEW if COND`, split at the last ` if `. NEW is a
+//! Path rewrites: `path: NEW if COND`, split at the last ` if `. NEW is a
 //! template of literal text and `%[path]`, `%[query]`, `%[hdr(NAME)]`,
 //! `%[path,regsub(RE,REPL[,FLAGS])]` (HAProxy's forms: `\1` in REPL is a group, flag
 //! `g` replaces every match, `i` ignores case). The query string is kept unless NEW sets

@@ -110,7 +110,7 @@ pub fn smooth_sequence(weights: &[u32]) -> Vec<u16> {
     sequence
 }
 
-/// Effective route weights in basis points (SPEC §2.3): given weights as written,
+/// Effective route weights in basis points: given weights as written,
 /// routes without one share what is left in whole percents, the last taking the rest
 /// (33/33/34).
 ///

@@ -1,4 +1,4 @@
-//! Sticky sessions (SPEC §2.6): which route (and instance) a client is kept on, in a
+//! Sticky sessions: which route (and instance) a client is kept on, in a
 //! cookie per gateway. Values are opaque and deterministic: a keyed hash of the
 //! gateway, route and instance names, so that the same config on another weir host, or
 //! after a reload, reads the same cookie. Set-Cookie values are built with the snapshot.

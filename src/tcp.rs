@@ -1,4 +1,4 @@
-//! TCP gateways (`port: N/tcp`, SPEC §2.9): an L4 proxy on the gateway's dedicated port.
+//! TCP gateways (`port: N/tcp`): an L4 proxy on the gateway's dedicated port.
 //! Each connection takes a route by weight (routes with no healthy instance left out)
 //! and an instance by the route's balance (`least_conn` by default, `source_ip`,
 //! `round_robin`, `random`); a refused connect marks the instance down and the next one

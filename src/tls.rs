@@ -1,4 +1,4 @@
-//! TLS certificates (SPEC §1 `tls`, §4): loading and checking certificate/key pairs,
+//! TLS certificates: loading and checking certificate/key pairs,
 //! and the SNI certificate resolver that Pingora's rustls listener asks on each
 //! handshake.
 //!

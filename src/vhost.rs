@@ -1,4 +1,4 @@
-//! Virtual host table (SPEC §2.1): the Host of a request to a gateway. Exact names beat
+//! Virtual host table: the Host of a request to a gateway. Exact names beat
 //! `*.` wildcards; a wildcard matches one or more labels, and the longest wildcard
 //! suffix wins. Lookups are case-insensitive and allocate nothing.
 

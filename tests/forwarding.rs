@@ -1,4 +1,4 @@
-//! SPEC §2.8 through the real binary: forwarding headers from trusted and untrusted peers.
+//! Forwarding through the real binary: forwarding headers from trusted and untrusted peers.
 
 mod common;
 

@@ -1,4 +1,4 @@
-//! Health through the real binary (SPEC §2.4, §4): active checks, passive marking,
+//! Health through the real binary: active checks, passive marking,
 //! route failover, 503 with nothing left, recovery, and health kept across reloads.
 
 mod common;

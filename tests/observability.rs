@@ -1,4 +1,4 @@
-//! Metrics, access log and the admin API through the real binary (SPEC §5–7).
+//! Metrics, access log and the admin API through the real binary.
 
 mod common;
 

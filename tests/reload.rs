@@ -1,4 +1,4 @@
-//! Live reconfiguration through the real binary (SPEC §4): file watcher, SIGHUP, new
+//! Live reconfiguration through the real binary: file watcher, SIGHUP, new
 //! include files, symlink-swapped directories, invalid edits, and no failed request
 //! while reloads happen.
 

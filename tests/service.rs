@@ -1,4 +1,4 @@
-//! Running as a service (SPEC §5): systemd readiness (`sd_notify`), access-log
+//! Running as a service: systemd readiness (`sd_notify`), access-log
 //! rotation (`SIGUSR1`) and daemon mode (`-d`), through the real binary.
 
 mod common;

@@ -1,4 +1,4 @@
-//! TCP gateways (`port: N/tcp`, SPEC §2.9) through the real binary: weighted routes,
+//! TCP gateways (`port: N/tcp`) through the real binary: weighted routes,
 //! least_conn by default, source_ip affinity, failover past a dead instance, half-close,
 //! the idle timeout and per-connection metrics. Upstreams are echo servers that first
 //! say their name.

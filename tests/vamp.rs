@@ -1,4 +1,4 @@
-//! Vamp's routing semantics through the real binary (SPEC §2.2, 2.5–2.7, §3):
+//! Vamp's routing semantics through the real binary:
 //! conditions and their strength, sticky sessions, balance algorithms, rewrites.
 
 mod common;

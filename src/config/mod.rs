@@ -1,4 +1,4 @@
-//! The config file as written (SPEC §1): typed serde structs, unknown keys rejected.
+//! The config file as written: typed serde structs, unknown keys rejected.
 //!
 //! This module owns the schema and the reading of files (`load`). Nothing here judges
 //! whether the values make sense together; that is `snapshot::build`'s job.
@@ -86,7 +86,7 @@ pub struct TlsConfig {
     #[serde(default)]
     pub alpn: Option<Vec<String>>,
     /// Names to serve with a self-signed certificate made at start (demos and tests;
-    /// no private key on disk). An extension to SPEC §1.
+    /// no private key on disk). An extension.
     #[serde(default)]
     pub self_signed: Vec<String>,
 }

@@ -231,7 +231,7 @@ impl<'de> Deserialize<'de> for PortSpec {
     }
 }
 
-/// How a route spreads requests over its instances (SPEC §2.5).
+/// How a route spreads requests over its instances.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Balance {
     RoundRobin,

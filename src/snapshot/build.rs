@@ -296,7 +296,7 @@ impl Builder<'_> {
         }
     }
 
-    /// What a TCP gateway cannot have: everything that reads HTTP (SPEC §2.9).
+    /// What a TCP gateway cannot have: everything that reads HTTP.
     fn check_tcp_gateway(&mut self, gw: &GatewayConfig, scope: &str) {
         let refuse = |b: &mut Self, what: &str| {
             b.error(
@@ -679,7 +679,7 @@ impl Builder<'_> {
                     None
                 }
             });
-        // Default strength: 100% with a condition (SPEC §2.2).
+        // Default strength: 100% with a condition.
         let strength = r.condition_strength.map_or(FULL, |p| p.basis_points());
         let strength = Schedule::new(&[strength, FULL - strength]);
         let mut rewrites = Vec::new();
@@ -692,7 +692,7 @@ impl Builder<'_> {
         (condition, strength, rewrites)
     }
 
-    /// What a route key and body point at (SPEC §1 route key forms).
+    /// What a route key and body point at (the route key forms).
     fn target(
         &mut self,
         gw: &GatewayConfig,

@@ -1,9 +1,13 @@
-//! The compiled, immutable routing snapshot and the per-request routing decision.
+//! The compiled routing snapshot and the per-request routing decision.
 //!
-//! A [`Snapshot`] is built once from a validated config (`build`) and then only read:
-//! vhost table, per-gateway route schedules, pre-built upstream peers and direct
-//! responses. The proxy loads the current snapshot once per request from an `ArcSwap`
-//! and calls [`Snapshot::select`]; that call takes no lock and allocates nothing.
+//! A [`Snapshot`] is built once from a validated config (`build`, a pure function) and
+//! its structure never changes after: vhost table, routes, pre-built upstream peers,
+//! direct responses. It also carries live state that changes under it, in atomics and
+//! `ArcSwap`s: each instance's health (shared with the health registry), each gateway's
+//! set of live routes and the schedule built from them (`refresh_health`), and
+//! round-robin positions. The proxy loads the current snapshot once per request from an
+//! `ArcSwap` and calls [`Snapshot::select`]; that call takes no lock and allocates
+//! nothing.
 
 mod build;
 
@@ -93,7 +97,7 @@ pub struct Gateway {
     pub source: PathBuf,
     pub routes: Vec<Route>,
     /// Weighted round-robin over the routes that can take traffic now: their effective
-    /// weights, with routes that have no healthy instance left out (SPEC §2.4).
+    /// weights, with routes that have no healthy instance left out.
     pub schedule: ArcSwap<Schedule>,
     /// Which routes can take traffic; `schedule` was built from these. Written only
     /// by `refresh_health`, read lock-free by requests.
@@ -337,7 +341,7 @@ impl Snapshot {
         }
     }
 
-    /// Routes a request (SPEC §2.1–2.3, 2.6): gateway by entry and Host; then in each
+    /// Routes a request: gateway by entry and Host; then in each
     /// gateway, a valid sticky cookie, else the first route whose condition matches
     /// (taken at its strength), else the weighted split; chains are followed in-process.
     /// The selected route is never a chain. `writes` collects the sticky cookies to set.
