@@ -5,7 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 
 #[allow(dead_code)]
-#[path = "../../../src/condition.rs"]
+#[path = "../../../src/condition/mod.rs"]
 mod condition;
 #[allow(dead_code)]
 #[path = "../../../src/rewrite.rs"]
