@@ -9,11 +9,9 @@ use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue};
-use pingora::http::RequestHeader;
-use weir::balance::PickInput;
-use weir::condition::Request;
 use weir::config::load::load_from_str;
 use weir::prepare::Inputs;
+use weir::request::Request;
 use weir::snapshot::{build, Snapshot, StickyWrites, Target};
 
 const GATEWAYS: usize = 1000;
@@ -99,15 +97,15 @@ fn snapshot(yaml: &str) -> Snapshot {
     build(&loaded, &Inputs::default()).expect("bench config builds")
 }
 
-fn decide(s: &Snapshot, host: &[u8], headers: &HeaderMap, req: &RequestHeader) -> Option<u16> {
+fn decide(s: &Snapshot, host: &[u8], headers: &HeaderMap) -> Option<u16> {
     let entry = s.entry(8080)?;
     let view = Request::new(host, "/v99/items", "GET", headers, None);
     let mut writes = StickyWrites::default();
     let selected = s.select(entry, host, &view, &mut writes).ok()?;
-    let input = PickInput { client: None, req };
+
     match &s.route(selected).target {
         Target::Pool(pool) => pool
-            .pick(0, &input)
+            .pick(0, &view)
             .map(|u| u.peer._address.as_inet().map_or(0, |a| a.port())),
         _ => None,
     }
@@ -115,7 +113,6 @@ fn decide(s: &Snapshot, host: &[u8], headers: &HeaderMap, req: &RequestHeader) -
 
 fn bench(c: &mut Criterion) {
     let hosts: Vec<Vec<u8>> = (0..GATEWAYS).map(host).collect();
-    let req = RequestHeader::build("GET", b"/v99/items", None).unwrap();
     let mut headers = HeaderMap::new();
     headers.insert(
         "user-agent",
@@ -131,12 +128,12 @@ fn bench(c: &mut Criterion) {
     let weighted = snapshot(&weighted_config());
     assert!(hosts
         .iter()
-        .all(|h| decide(&weighted, h, &headers, &req).is_some()));
+        .all(|h| decide(&weighted, h, &headers).is_some()));
     let mut i = 0;
     c.bench_function("route_decision_1000_vhosts_10_routes", |b| {
         b.iter(|| {
             i = (i + 1) % hosts.len();
-            black_box(decide(&weighted, black_box(&hosts[i]), &headers, &req))
+            black_box(decide(&weighted, black_box(&hosts[i]), &headers))
         })
     });
     c.bench_function("route_decision_unknown_host", |b| {
@@ -145,30 +142,27 @@ fn bench(c: &mut Criterion) {
                 &weighted,
                 black_box(b"nobody.example.net"),
                 &headers,
-                &req,
             ))
         })
     });
 
     // The case: one gateway with 20 conditional routes among 1,000 vhosts.
     let one = snapshot(&conditional_config(|g| g == 500));
-    assert!(decide(&one, &hosts[500], &headers, &req).is_some());
+    assert!(decide(&one, &hosts[500], &headers).is_some());
     c.bench_function(
         "route_decision_20_conditional_routes_among_1000_vhosts",
-        |b| b.iter(|| black_box(decide(&one, black_box(&hosts[500]), &headers, &req))),
+        |b| b.iter(|| black_box(decide(&one, black_box(&hosts[500]), &headers))),
     );
     // Harsher: every gateway has 20 conditions and requests rotate over all of them, so
     // the conditions are rarely in CPU cache.
     let all = snapshot(&conditional_config(|_| true));
-    assert!(hosts
-        .iter()
-        .all(|h| decide(&all, h, &headers, &req).is_some()));
+    assert!(hosts.iter().all(|h| decide(&all, h, &headers).is_some()));
     c.bench_function(
         "route_decision_rotating_1000_gateways_20_conditional_routes",
         |b| {
             b.iter(|| {
                 i = (i + 1) % hosts.len();
-                black_box(decide(&all, black_box(&hosts[i]), &headers, &req))
+                black_box(decide(&all, black_box(&hosts[i]), &headers))
             })
         },
     );

@@ -8,10 +8,10 @@
 use std::net::IpAddr;
 
 use http::HeaderName;
-use pingora::http::RequestHeader;
 use pingora_ketama::{Bucket, Continuum};
 
 use crate::config::Balance;
+use crate::request::Request;
 use crate::schedule::Schedule;
 use crate::upstream::Upstream;
 
@@ -43,12 +43,6 @@ impl std::fmt::Debug for Picker {
             Picker::Hash { .. } => "hash",
         })
     }
-}
-
-/// What a pick may read of the request.
-pub struct PickInput<'a> {
-    pub client: Option<IpAddr>,
-    pub req: &'a RequestHeader,
 }
 
 impl Picker {
@@ -102,7 +96,7 @@ impl Picker {
         instances: &'p [Upstream],
         schedule: &Schedule,
         tried: u64,
-        input: &PickInput,
+        input: &Request,
     ) -> Option<&'p Upstream> {
         let usable =
             |i: usize| (i >= 64 || tried & (1 << i) == 0) && instances[i].health.available();
@@ -165,7 +159,7 @@ fn least_conn(
     best.map(|(i, _, _)| i)
 }
 
-fn hash_key<'a>(key: &HashKey, input: &'a PickInput, buf: &'a mut [u8; 16]) -> Option<&'a [u8]> {
+fn hash_key<'a>(key: &HashKey, input: &'a Request, buf: &'a mut [u8; 16]) -> Option<&'a [u8]> {
     match key {
         HashKey::SourceIp => match input.client? {
             IpAddr::V4(v4) => {
@@ -177,19 +171,9 @@ fn hash_key<'a>(key: &HashKey, input: &'a PickInput, buf: &'a mut [u8; 16]) -> O
                 Some(&buf[..])
             }
         },
-        HashKey::Path => Some(input.req.uri.path().as_bytes()),
-        HashKey::Header(name) => input.req.headers.get(name).map(|v| v.as_bytes()),
-        HashKey::Cookie(name) => input
-            .req
-            .headers
-            .get_all(http::header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .find_map(|pair| {
-                let (n, v) = pair.split_once('=')?;
-                (n.trim() == name).then(|| v.trim().as_bytes())
-            }),
+        HashKey::Path => Some(input.path.as_bytes()),
+        HashKey::Header(name) => input.headers.get(name).map(|v| v.as_bytes()),
+        HashKey::Cookie(name) => input.cookie(name).map(str::as_bytes),
     }
 }
 
@@ -197,7 +181,7 @@ fn hashed(
     key: &HashKey,
     ring: &Continuum,
     instances: &[Upstream],
-    input: &PickInput,
+    input: &Request,
     usable: &impl Fn(usize) -> bool,
 ) -> Option<usize> {
     let mut buf = [0u8; 16];

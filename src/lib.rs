@@ -37,6 +37,7 @@ pub mod probe;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod reload;
+pub mod request;
 pub mod rewrite;
 pub mod schedule;
 pub mod server;

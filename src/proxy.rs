@@ -20,7 +20,6 @@ use pingora::upstreams::peer::HttpPeer;
 use std::time::Instant;
 
 use crate::accesslog::{self, AccessLog};
-use crate::balance::PickInput;
 use crate::condition::Request;
 use crate::forward::{self, Forwarding};
 use crate::health::InstanceHealth;
@@ -303,11 +302,8 @@ impl Weir {
         match ctx.target()? {
             Target::Pool(pool) => {
                 let pinned = ctx.selected?.pinned.and_then(|i| pool.pinned(i, ctx.tried));
-                let input = PickInput {
-                    client: client_ip(session),
-                    req: session.req_header(),
-                };
-                pinned.or_else(|| pool.pick(ctx.tried, &input)).cloned()
+                let view = request_view(session.req_header(), client_ip(session));
+                pinned.or_else(|| pool.pick(ctx.tried, &view)).cloned()
             }
             Target::External(ext) => ext.pick(ctx.tried),
             Target::Respond(_) | Target::Chain(_) => None,

@@ -12,27 +12,18 @@
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use pingora::http::RequestHeader;
 use pingora::protocols::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::accesslog::{AccessLog, Entry};
-use crate::balance::PickInput;
+use crate::request::Request;
 use crate::snapshot::{Gateway, Route, Snapshot, Target};
 use crate::upstream::Upstream;
-
-/// What the hash-free balance algorithms are given for a request they do not read.
-fn no_request() -> &'static RequestHeader {
-    static EMPTY: OnceLock<RequestHeader> = OnceLock::new();
-    EMPTY.get_or_init(|| {
-        RequestHeader::build("GET", b"/", None).expect("a static request line is valid")
-    })
-}
 
 /// Where a connection's outcome is recorded.
 pub struct Records<'a> {
@@ -132,10 +123,7 @@ async fn connect(
 ) -> Option<(TcpStream, Upstream)> {
     let gateway = &snapshot.gateways[g];
     let defaults = &snapshot.defaults;
-    let input = PickInput {
-        client,
-        req: no_request(),
-    };
+    let input = Request::l4(client);
     let mut tried = 0u64;
     for _ in 0..=defaults.retries {
         let (upstream, has_check) = match &route.target {

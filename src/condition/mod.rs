@@ -5,17 +5,17 @@
 //! expansion, header names, regexes, CIDRs. Evaluation allocates nothing; cookies are
 //! parsed at most once per request, and only if a condition asks for one.
 
-use std::cell::OnceCell;
 use std::fmt;
-use std::net::IpAddr;
 
-use http::{HeaderMap, HeaderName};
+use http::HeaderName;
 use ipnet::IpNet;
 use regex::Regex;
 
 mod parse;
 
 pub use parse::{lint, parse};
+
+pub use crate::request::Request;
 
 /// A parse error, with the 1-based column it points at.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,98 +89,6 @@ enum Matcher {
     Sub,
     Reg,
     Ip,
-}
-
-/// What conditions read of a request. Borrowed from the request; built per request
-/// without allocation.
-pub struct Request<'a> {
-    /// Host with the port stripped (any case).
-    pub host: &'a [u8],
-    pub path: &'a str,
-    pub method: &'a str,
-    pub headers: &'a HeaderMap,
-    pub client: Option<IpAddr>,
-    cookies: OnceCell<Cookies<'a>>,
-}
-
-const MAX_COOKIES: usize = 16;
-
-/// The request's cookies, parsed once: up to `MAX_COOKIES` kept in place, beyond that
-/// looked up by scanning the header again.
-struct Cookies<'a> {
-    pairs: [(&'a str, &'a str); MAX_COOKIES],
-    len: usize,
-    overflow: bool,
-}
-
-fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
-    headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let name = name.trim_ascii();
-            let value = value.trim_ascii();
-            let value = value
-                .strip_prefix('"')
-                .and_then(|v| v.strip_suffix('"'))
-                .unwrap_or(value);
-            (!name.is_empty()).then_some((name, value))
-        })
-}
-
-impl<'a> Request<'a> {
-    pub fn new(
-        host: &'a [u8],
-        path: &'a str,
-        method: &'a str,
-        headers: &'a HeaderMap,
-        client: Option<IpAddr>,
-    ) -> Self {
-        Request {
-            host: crate::vhost::strip_port(host),
-            path,
-            method,
-            headers,
-            client,
-            cookies: OnceCell::new(),
-        }
-    }
-
-    /// The value of cookie `name`, if the request has it.
-    pub fn cookie(&self, name: &str) -> Option<&'a str> {
-        let jar = self.cookies.get_or_init(|| {
-            let mut jar = Cookies {
-                pairs: [("", ""); MAX_COOKIES],
-                len: 0,
-                overflow: false,
-            };
-            for pair in cookie_pairs(self.headers) {
-                if jar.len == MAX_COOKIES {
-                    jar.overflow = true;
-                    break;
-                }
-                jar.pairs[jar.len] = pair;
-                jar.len += 1;
-            }
-            jar
-        });
-        if let Some((_, v)) = jar.pairs[..jar.len].iter().find(|(n, _)| *n == name) {
-            return Some(v);
-        }
-        if jar.overflow {
-            return cookie_pairs(self.headers)
-                .find(|(n, _)| *n == name)
-                .map(|(_, v)| v);
-        }
-        None
-    }
-
-    fn header_values(&self, name: &HeaderName) -> impl Iterator<Item = &'a [u8]> {
-        self.headers.get_all(name).iter().map(|v| v.as_bytes())
-    }
 }
 
 /// A substring to search for. Kept small (headers are short): candidates are found
@@ -322,7 +230,9 @@ impl Acl {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderMap;
     use http::HeaderValue;
+    use std::net::IpAddr;
 
     struct Req {
         host: &'static str,

@@ -23,7 +23,7 @@ use ipnet::IpNet;
 use pingora::http::ResponseHeader;
 use pingora::upstreams::peer::HttpPeer;
 
-use crate::balance::{PickInput, Picker};
+use crate::balance::Picker;
 use crate::condition::{Expr, Request};
 use crate::config::Sticky;
 use crate::diag::Diagnostics;
@@ -154,7 +154,7 @@ pub struct Pool {
 impl Pool {
     /// The next available instance not in `tried` (bit i = instance i already tried),
     /// by the route's balance algorithm.
-    pub fn pick(&self, tried: u64, input: &PickInput) -> Option<&Upstream> {
+    pub fn pick(&self, tried: u64, input: &Request) -> Option<&Upstream> {
         self.picker
             .pick(&self.instances, &self.schedule, tried, input)
     }

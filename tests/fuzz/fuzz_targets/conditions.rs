@@ -15,6 +15,9 @@ mod rewrite;
 mod vhost;
 #[path = "../../../src/suggest.rs"]
 mod suggest;
+#[allow(dead_code)]
+#[path = "../../../src/request.rs"]
+mod request;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
