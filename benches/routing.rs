@@ -105,7 +105,7 @@ fn decide(s: &Snapshot, host: &[u8], headers: &HeaderMap) -> Option<u16> {
 
     match &s.route(selected).target {
         Target::Pool(pool) => pool
-            .pick(0, &view)
+            .pick(Default::default(), &view)
             .map(|u| u.peer._address.as_inet().map_or(0, |a| a.port())),
         _ => None,
     }

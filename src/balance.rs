@@ -13,7 +13,7 @@ use pingora_ketama::{Bucket, Continuum};
 use crate::config::Balance;
 use crate::request::Request;
 use crate::schedule::Schedule;
-use crate::upstream::Upstream;
+use crate::upstream::{Tried, Upstream};
 
 /// How far a hash lookup walks the ring looking for a usable instance.
 const RING_WALK: usize = 4096;
@@ -95,11 +95,10 @@ impl Picker {
         &self,
         instances: &'p [Upstream],
         schedule: &Schedule,
-        tried: u64,
+        tried: Tried,
         input: &Request,
     ) -> Option<&'p Upstream> {
-        let usable =
-            |i: usize| (i >= 64 || tried & (1 << i) == 0) && instances[i].health.available();
+        let usable = |i: usize| !tried.contains(i) && instances[i].health.available();
         let chosen = match self {
             Picker::RoundRobin => None,
             Picker::Random { cumulative } => random(cumulative, &usable),

@@ -25,7 +25,7 @@ use crate::forward::{self, Forwarding};
 use crate::health::InstanceHealth;
 use crate::metrics;
 use crate::snapshot::{Entry, Refusal, Selected, Snapshot, StickyWrites, Target};
-use crate::upstream::Upstream;
+use crate::upstream::{InFlight, Tried, Upstream};
 
 /// The proxy service; one per process, shared by every listener.
 pub struct Weir {
@@ -44,16 +44,16 @@ pub struct Ctx {
     snapshot: Option<Arc<Snapshot>>,
     entry: Option<Entry>,
     selected: Option<Selected>,
-    /// Bit i: instance (or resolved address) i of the selected route failed to connect.
-    tried: u64,
+    /// Instances (or resolved addresses) of the selected route that failed to connect.
+    tried: Tried,
     /// Index of the instance last handed to Pingora.
     last: Option<usize>,
     retries_left: u32,
     local_port: u16,
     /// A failed connect moved the request onto a `respond:` route.
     respond_instead: bool,
-    /// The last picked instance's in-flight count was raised (and is to be lowered).
-    counted: bool,
+    /// Counts the request on the instance last picked, until it is done with it.
+    inflight: Option<InFlight>,
     /// Sticky cookies to set on the response.
     writes: StickyWrites,
     /// The request came over TLS.
@@ -85,16 +85,6 @@ impl Ctx {
         match self.target()? {
             Target::Pool(p) => p.instances.get(self.last?),
             _ => None,
-        }
-    }
-
-    /// Lowers the in-flight count raised when the last instance was picked.
-    fn release(&mut self) {
-        if std::mem::take(&mut self.counted) {
-            if let Some((h, _)) = self.last_health() {
-                h.inflight
-                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            }
         }
     }
 }
@@ -322,7 +312,7 @@ impl Weir {
         match snapshot.select(entry, request_host(req), &view, &mut ctx.writes) {
             Ok(s) if Some(s) != ctx.selected => {
                 ctx.selected = Some(s);
-                ctx.tried = 0;
+                ctx.tried = Tried::default();
                 true
             }
             _ => false,
@@ -342,12 +332,12 @@ impl ProxyHttp for Weir {
             snapshot: None,
             entry: None,
             selected: None,
-            tried: 0,
+            tried: Tried::default(),
             last: None,
             retries_left: 0,
             local_port: 0,
             respond_instead: false,
-            counted: false,
+            inflight: None,
             writes: StickyWrites::default(),
             tls: false,
             instance: None,
@@ -406,7 +396,7 @@ impl ProxyHttp for Weir {
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let mut upstream = Self::pick(session, ctx);
-        if upstream.is_none() && ctx.tried != 0 && Self::reroute(session, ctx) {
+        if upstream.is_none() && !ctx.tried.is_empty() && Self::reroute(session, ctx) {
             if matches!(ctx.target(), Some(Target::Respond(_))) {
                 ctx.respond_instead = true;
                 return Error::e_explain(HTTPStatus(503), "rerouted to a respond route");
@@ -416,11 +406,7 @@ impl ProxyHttp for Weir {
         let Some(upstream) = upstream else {
             return Error::e_explain(HTTPStatus(503), "no upstream instance available");
         };
-        upstream
-            .health
-            .inflight
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        ctx.counted = true;
+        ctx.inflight = Some(InFlight::new(&upstream));
         ctx.last = Some(upstream.index);
         ctx.instance = Some(upstream.name.clone());
         Ok(Box::new(upstream.peer))
@@ -449,28 +435,28 @@ impl ProxyHttp for Weir {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let (Some((g, r)), Some(i)) = (ctx.gateway_and_route(), ctx.instance.as_deref()) {
-            let kind = if e.etype() == &ConnectTimedout {
-                "connect_timeout"
-            } else {
-                "connect"
-            };
-            metrics::upstream_error(g, r, i, kind);
-        }
-        if let Some((health, has_check)) = ctx.last_health() {
-            if health.mark_down_passive(has_check) {
-                log::warn!(
-                    "instance {peer} is down: connect failed ({})",
-                    e.etype().as_str()
-                );
-                if let Some(s) = &ctx.snapshot {
-                    s.refresh_health();
-                }
+        let kind = if e.etype() == &ConnectTimedout {
+            "connect_timeout"
+        } else {
+            "connect"
+        };
+        if let (Some(s), Some(sel)) = (&ctx.snapshot, ctx.selected) {
+            let gateway = &s.gateways[sel.gateway].name;
+            match ctx.last_upstream() {
+                Some(u) => s.connect_failed(gateway, s.route(sel), u, kind),
+                // An external target's addresses have no health to mark.
+                None => metrics::upstream_error(
+                    gateway,
+                    &s.route(sel).key,
+                    ctx.instance.as_deref().unwrap_or(""),
+                    kind,
+                ),
             }
         }
-        ctx.release();
-        if let Some(i) = ctx.last.filter(|i| *i < 64) {
-            ctx.tried |= 1 << i;
+        log::debug!("connect to {peer} failed ({kind})");
+        ctx.inflight = None;
+        if let Some(i) = ctx.last {
+            ctx.tried.add(i);
         }
         if ctx.retries_left > 0 {
             ctx.retries_left -= 1;
@@ -570,7 +556,7 @@ impl ProxyHttp for Weir {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        ctx.release();
+        ctx.inflight = None;
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let elapsed = ctx.start.elapsed();
         if let Some(snapshot) = ctx.snapshot.as_ref().filter(|_| self.metrics) {

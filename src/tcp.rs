@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 use crate::accesslog::{AccessLog, Entry};
 use crate::request::Request;
 use crate::snapshot::{Gateway, Route, Snapshot, Target};
-use crate::upstream::Upstream;
+use crate::upstream::{InFlight, Tried, Upstream};
 
 /// Where a connection's outcome is recorded.
 pub struct Records<'a> {
@@ -124,16 +124,14 @@ async fn connect(
     let gateway = &snapshot.gateways[g];
     let defaults = &snapshot.defaults;
     let input = Request::l4(client);
-    let mut tried = 0u64;
+    let mut tried = Tried::default();
     for _ in 0..=defaults.retries {
-        let (upstream, has_check) = match &route.target {
-            Target::Pool(p) => (p.pick(tried, &input)?.clone(), p.check.is_some()),
-            Target::External(e) => (e.pick(tried)?, false),
+        let upstream = match &route.target {
+            Target::Pool(p) => p.pick(tried, &input)?.clone(),
+            Target::External(e) => e.pick(tried)?,
             _ => return None,
         };
-        if upstream.index < 64 {
-            tried |= 1 << upstream.index;
-        }
+        tried.add(upstream.index);
         let addr: SocketAddr = *upstream.peer._address.as_inet()?;
         let kind =
             match tokio::time::timeout(defaults.connect_timeout, TcpStream::connect(addr)).await {
@@ -148,32 +146,9 @@ async fn connect(
                 }
                 Err(_) => "connect_timeout",
             };
-        crate::metrics::upstream_error(&gateway.name, &route.key, &upstream.name, kind);
-        if upstream.health.mark_down_passive(has_check) {
-            log::warn!(
-                "instance {} is down: connect failed ({kind})",
-                upstream.name
-            );
-            snapshot.refresh_health();
-        }
+        snapshot.connect_failed(&gateway.name, route, &upstream, kind);
     }
     None
-}
-
-/// Holds an instance's in-flight count up (for `least_conn`) while a connection lives.
-struct InFlight<'a>(&'a Upstream);
-
-impl<'a> InFlight<'a> {
-    fn new(u: &'a Upstream) -> InFlight<'a> {
-        u.health.inflight.fetch_add(1, Ordering::Relaxed);
-        InFlight(u)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.health.inflight.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 /// Copies both ways until both directions end, or until no byte moved either way for

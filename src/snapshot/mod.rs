@@ -32,7 +32,7 @@ use crate::metrics::RouteMetrics;
 use crate::rewrite::Rewrite;
 use crate::schedule::Schedule;
 use crate::sticky::{self, SetCookie};
-use crate::upstream::Upstream;
+use crate::upstream::{Tried, Upstream};
 use crate::vhost::VhostTable;
 
 pub use crate::startup::Startup;
@@ -152,18 +152,16 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// The next available instance not in `tried` (bit i = instance i already tried),
-    /// by the route's balance algorithm.
-    pub fn pick(&self, tried: u64, input: &Request) -> Option<&Upstream> {
+    /// The next available instance not in `tried`, by the route's balance algorithm.
+    pub fn pick(&self, tried: Tried, input: &Request) -> Option<&Upstream> {
         self.picker
             .pick(&self.instances, &self.schedule, tried, input)
     }
 
     /// The instance a sticky cookie names, if it can take the request.
-    pub fn pinned(&self, index: usize, tried: u64) -> Option<&Upstream> {
+    pub fn pinned(&self, index: usize, tried: Tried) -> Option<&Upstream> {
         let u = self.instances.get(index)?;
-        let untried = index >= 64 || tried & (1 << index) == 0;
-        (untried && u.health.available()).then_some(u)
+        (!tried.contains(index) && u.health.available()).then_some(u)
     }
 
     /// Whether any instance may take traffic.
@@ -190,11 +188,11 @@ impl External {
     }
 
     /// The next resolved address not in `tried`.
-    pub fn pick(&self, tried: u64) -> Option<Upstream> {
+    pub fn pick(&self, tried: Tried) -> Option<Upstream> {
         let peers = self.peers.load();
         for _ in 0..peers.len() {
             let i = self.cursor.fetch_add(1, Ordering::Relaxed) % peers.len();
-            if i >= 64 || tried & (1 << i) == 0 {
+            if !tried.contains(i) {
                 return Some(peers[i].clone());
             }
         }
@@ -475,6 +473,23 @@ impl Snapshot {
         }
     }
 
+    /// A connect to `upstream` of `route` failed: counts it in
+    /// `weir_upstream_errors_total`, marks the instance down (passive health) and, when
+    /// that changed its state, logs it and rebuilds the route schedules. One function
+    /// for HTTP and TCP gateways.
+    pub fn connect_failed(&self, gateway: &str, route: &Route, upstream: &Upstream, kind: &str) {
+        crate::metrics::upstream_error(gateway, &route.key, &upstream.name, kind);
+        let has_check = matches!(&route.target, Target::Pool(p) if p.check.is_some());
+        if upstream.health.mark_down_passive(has_check) {
+            log::warn!(
+                "gateway {gateway:?}, route {:?}: instance {} is down: connect failed ({kind})",
+                route.key,
+                upstream.name
+            );
+            self.refresh_health();
+        }
+    }
+
     /// Whether a route can take traffic now.
     fn route_alive(&self, route: &Route) -> bool {
         match &route.target {
@@ -575,7 +590,9 @@ impl Gateway {
                     .instances
                     .iter()
                     .position(|u| Some(u.sticky_id) == instance_id)?;
-                return pool.pinned(instance, 0).map(|_| (route, Some(instance)));
+                return pool
+                    .pinned(instance, Tried::default())
+                    .map(|_| (route, Some(instance)));
             }
         }
         Some((route, None))
