@@ -1,0 +1,153 @@
+//! Shared listeners and their TLS: binds, `redirect_https`, certificates (from the
+//! files the loader read, and generated ones) compiled into SNI stores, TLS policy.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::{valid_name, Builder, MAX_LISTENERS};
+use crate::config::Config;
+use crate::snapshot::{Listener, TlsListener};
+
+impl Builder<'_> {
+    pub(super) fn listeners(&mut self, config: &Config) -> Vec<Listener> {
+        let mut out: Vec<Listener> = Vec::new();
+        if config.listeners.len() > MAX_LISTENERS {
+            self.main_error("listeners", format!("at most {MAX_LISTENERS} listeners"));
+        }
+        for (name, l) in &config.listeners {
+            let scope = format!("listener {name:?}");
+            if !valid_name(name) {
+                self.main_error(&scope, "invalid listener name");
+            }
+            let bind = match l.bind.parse::<SocketAddr>() {
+                Ok(addr) => addr,
+                Err(_) => {
+                    self.main_error(
+                        &scope,
+                        format!(
+                            "invalid bind {:?}: expected IP:PORT such as 0.0.0.0:8080",
+                            l.bind
+                        ),
+                    );
+                    continue;
+                }
+            };
+            if let Some(other) = out.iter().find(|o| o.bind.port() == bind.port()) {
+                self.main_error(
+                    &scope,
+                    format!(
+                        "port {} is already used by listener {:?}",
+                        bind.port(),
+                        other.name
+                    ),
+                );
+                continue;
+            }
+            let tls = l.tls.as_ref().and_then(|t| self.tls_listener(&scope, t));
+            out.push(Listener {
+                name: name.as_str().into(),
+                bind,
+                tls,
+                redirect: None,
+                proxy_protocol: l.proxy_protocol,
+            });
+        }
+        // redirect_https names a TLS listener; resolved once all listeners are known.
+        for (name, l) in &config.listeners {
+            let Some(target) = &l.redirect_https else {
+                continue;
+            };
+            let scope = format!("listener {name:?}");
+            let Some(from) = out.iter().position(|o| &*o.name == name) else {
+                continue;
+            };
+            match out.iter().position(|o| &*o.name == target) {
+                Some(to) if out[to].tls.is_some() && out[from].tls.is_none() => {
+                    let port = out[to].bind.port();
+                    out[from].redirect = Some((to, port));
+                }
+                Some(_) => self.main_error(
+                    &scope,
+                    format!(
+                        "redirect_https: {target:?} must be a TLS listener, and this one plain"
+                    ),
+                ),
+                None => self.main_error(&scope, format!("redirect_https: no listener {target:?}")),
+            }
+        }
+        out
+    }
+
+    /// Loads and checks a TLS listener's certificates.
+    pub(super) fn tls_listener(
+        &mut self,
+        scope: &str,
+        t: &crate::config::TlsConfig,
+    ) -> Option<TlsListener> {
+        if t.certificates.is_empty() && t.self_signed.is_empty() {
+            self.main_error(scope, "tls: no certificates (and no self_signed names)");
+            return None;
+        }
+        let mut policy = crate::tls::TlsPolicy {
+            tls13_only: t.min_version == Some(crate::config::TlsVersion::V1_3),
+            ..Default::default()
+        };
+        if let Some(alpn) = &t.alpn {
+            for p in alpn {
+                if p != "h2" && p != "http/1.1" {
+                    self.main_error(
+                        scope,
+                        format!("tls.alpn: unknown protocol {p:?}: expected h2 or http/1.1"),
+                    );
+                }
+            }
+            policy.alpn = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        }
+        let mut certs = Vec::new();
+        for c in &t.certificates {
+            match self.certificate(&c.cert, &c.key) {
+                Ok(loaded) => certs.push(Arc::new(loaded)),
+                Err(e) => self.main_error(scope, e),
+            }
+        }
+        if !t.self_signed.is_empty() {
+            // After the configured certificates: their indexes stay as written.
+            match self.inputs.self_signed.get(&t.self_signed) {
+                Some(Ok(l)) => certs.push(l.clone()),
+                Some(Err(e)) => self.main_error(scope, e.clone()),
+                None => self.main_error(scope, "tls.self_signed: no certificate was made"),
+            }
+        }
+        let total = t.certificates.len() + usize::from(!t.self_signed.is_empty());
+        if let Some(i) = t.default_certificate {
+            if i >= total {
+                self.main_error(
+                    scope,
+                    format!("tls.default_certificate {i}: there are only {total} certificates"),
+                );
+            }
+        }
+        if certs.len() != total {
+            return None;
+        }
+        Some(TlsListener {
+            store: Arc::new(crate::tls::CertStore::new(&certs, t.default_certificate)),
+            certs,
+            policy,
+        })
+    }
+
+    /// A certificate and key from the files the loader read.
+    pub(super) fn certificate(&self, cert: &str, key: &str) -> Result<crate::tls::Loaded, String> {
+        let (cert_path, key_path) = (self.loaded.resolve(cert), self.loaded.resolve(key));
+        let blob = |path: &Path, what: &str| match self.loaded.blobs.get(path) {
+            Some(Ok(bytes)) => Ok(bytes.clone()),
+            Some(Err(e)) => Err(format!("{what} {}: {e}", path.display())),
+            None => Err(format!("{what} {}: not read", path.display())),
+        };
+        let cert_pem = blob(&cert_path, "certificate")?;
+        let key_pem = blob(&key_path, "key")?;
+        crate::tls::parse_pair(&cert_path, &cert_pem, &key_path, &key_pem)
+    }
+}
