@@ -192,3 +192,122 @@ fn hashed(
             .filter(|i| usable(*i))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+
+    use http::HeaderMap;
+    use pingora::upstreams::peer::HttpPeer;
+
+    use super::*;
+    use crate::health::InstanceHealth;
+
+    fn pool(weights: &[u32]) -> (Vec<Upstream>, Schedule) {
+        let instances = weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| Upstream {
+                name: format!("127.0.0.1:{}", 1000 + i).into(),
+                index: i,
+                weight: *w,
+                peer: HttpPeer::new(format!("127.0.0.1:{}", 1000 + i), false, String::new()),
+                health: Arc::new(InstanceHealth::default()),
+                resolved: true,
+                sticky_id: 0,
+                set_cookie: None,
+            })
+            .collect();
+        (instances, Schedule::new(weights))
+    }
+
+    fn counts(
+        picker: &Picker,
+        instances: &[Upstream],
+        s: &Schedule,
+        req: &Request,
+        n: usize,
+    ) -> Vec<usize> {
+        let mut c = vec![0; instances.len()];
+        for _ in 0..n {
+            let u = picker.pick(instances, s, Tried::default(), req).unwrap();
+            c[u.index] += 1;
+        }
+        c
+    }
+
+    #[test]
+    fn round_robin_honours_weights_and_skips_tried_and_down() {
+        let (instances, s) = pool(&[1, 2, 1]);
+        let picker = Picker::new(&Balance::RoundRobin, &instances);
+        let req = Request::l4(None);
+        assert_eq!(
+            counts(&picker, &instances, &s, &req, 400),
+            vec![100, 200, 100]
+        );
+        let mut tried = Tried::default();
+        tried.add(1);
+        for _ in 0..10 {
+            assert_ne!(picker.pick(&instances, &s, tried, &req).unwrap().index, 1);
+        }
+        instances[0].health.mark_down_passive(true);
+        instances[2].health.mark_down_passive(true);
+        assert_eq!(counts(&picker, &instances, &s, &req, 10), vec![0, 10, 0]);
+        assert!(picker.pick(&instances, &s, tried, &req).is_none());
+    }
+
+    #[test]
+    fn least_conn_takes_the_least_loaded_per_weight() {
+        let (instances, s) = pool(&[1, 1, 2]);
+        let picker = Picker::new(&Balance::LeastConn, &instances);
+        let req = Request::l4(None);
+        instances[0].health.inflight.store(3, Ordering::Relaxed);
+        instances[1].health.inflight.store(1, Ordering::Relaxed);
+        instances[2].health.inflight.store(4, Ordering::Relaxed);
+        // 1/1 beats 3/1 and 4/2.
+        assert_eq!(
+            picker
+                .pick(&instances, &s, Tried::default(), &req)
+                .unwrap()
+                .index,
+            1
+        );
+    }
+
+    #[test]
+    fn hashing_is_stable_and_removal_moves_only_its_keys() {
+        let (instances, s) = pool(&[1, 1, 1, 1]);
+        let picker = Picker::new(&Balance::HashCookie("sid".into()), &instances);
+        let pick = |sid: usize, instances: &[Upstream], picker: &Picker, s: &Schedule| {
+            let mut headers = HeaderMap::new();
+            headers.insert("cookie", format!("sid=\"user{sid}\"").parse().unwrap());
+            let req = Request::new(b"h", "/", "GET", &headers, None);
+            picker
+                .pick(instances, s, Tried::default(), &req)
+                .unwrap()
+                .name
+                .clone()
+        };
+        let before: Vec<_> = (0..200).map(|i| pick(i, &instances, &picker, &s)).collect();
+        let again: Vec<_> = (0..200).map(|i| pick(i, &instances, &picker, &s)).collect();
+        assert_eq!(before, again, "the same key goes to the same instance");
+        let (fewer, s3) = pool(&[1, 1, 1]);
+        let picker3 = Picker::new(&Balance::HashCookie("sid".into()), &fewer);
+        let gone = &instances[3].name;
+        for (i, was) in before.iter().enumerate() {
+            if was != gone {
+                assert_eq!(&pick(i, &fewer, &picker3, &s3), was, "key {i} moved");
+            }
+        }
+    }
+
+    #[test]
+    fn random_never_picks_weight_zero() {
+        let (instances, s) = pool(&[0, 3, 1]);
+        let picker = Picker::new(&Balance::Random, &instances);
+        let c = counts(&picker, &instances, &s, &Request::l4(None), 2000);
+        assert_eq!(c[0], 0);
+        assert!(c[1] > c[2] * 2, "{c:?}");
+    }
+}

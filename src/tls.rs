@@ -378,3 +378,51 @@ fn server_config(
     config.session_storage = sessions.clone();
     Ok(Arc::new(config))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert(names: &[&str], ecdsa: bool) -> Arc<Loaded> {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let made = self_signed(&names).expect("rcgen makes a certificate");
+        // The choice reads the flag; the key type does not matter to it.
+        Arc::new(Loaded {
+            ecdsa,
+            ..(*made).clone()
+        })
+    }
+
+    #[test]
+    fn pick_exact_then_wildcard_then_default() {
+        let exact = cert(&["a.example.org"], true);
+        let wild = cert(&["*.example.org"], true);
+        let other = cert(&["other.test"], true);
+        let store = CertStore::new(&[exact.clone(), wild.clone(), other.clone()], Some(2));
+        let pick = |sni: Option<&str>| store.pick(sni, true).map(|c| c.names[0].clone());
+        assert_eq!(
+            pick(Some("A.Example.org")).as_deref(),
+            Some("a.example.org")
+        );
+        assert_eq!(
+            pick(Some("b.example.org")).as_deref(),
+            Some("*.example.org")
+        );
+        // A wildcard covers one label only: deeper names fall to the default.
+        assert_eq!(pick(Some("x.b.example.org")).as_deref(), Some("other.test"));
+        assert_eq!(pick(Some("nobody.test")).as_deref(), Some("other.test"));
+        assert_eq!(pick(None).as_deref(), Some("other.test"));
+        let strict = CertStore::new(&[exact], None);
+        assert!(strict.pick(Some("nobody.test"), true).is_none());
+        assert!(strict.pick(None, true).is_none());
+    }
+
+    #[test]
+    fn ecdsa_for_clients_that_offer_it() {
+        let rsa = cert(&["a.test"], false);
+        let ec = cert(&["a.test"], true);
+        let store = CertStore::new(&[rsa, ec], None);
+        assert!(store.pick(Some("a.test"), true).unwrap().ecdsa);
+        assert!(!store.pick(Some("a.test"), false).unwrap().ecdsa);
+    }
+}

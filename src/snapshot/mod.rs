@@ -634,3 +634,121 @@ impl Gateway {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use http::HeaderMap;
+
+    use super::*;
+    use crate::config::load::load_from_str;
+    use crate::prepare::Inputs;
+
+    /// A snapshot built in memory: two shared listeners; gateway `shop` on both with a
+    /// canary route for a header, `intra` on the second only, `front` chaining to `shop`.
+    fn snapshot() -> Snapshot {
+        let yaml = "listeners: { a: { bind: \"127.0.0.1:1\" }, b: { bind: \"127.0.0.1:2\" } }
+gateways:
+  - name: shop
+    virtual_hosts: [shop.test, \"*.shop.test\"]
+    routes:
+      canary: { weight: 25%, condition: \"has header x-beta\", instances: [\"127.0.0.1:10\"] }
+      stable: { weight: 75%, instances: [\"127.0.0.1:11\", \"127.0.0.1:12\"] }
+  - name: intra
+    virtual_hosts: [intra.test]
+    listeners: [b]
+    routes: { r: { respond: { status: 200 } } }
+  - name: front
+    virtual_hosts: [front.test]
+    routes: { shop: {} }
+";
+        let loaded = load_from_str(Path::new("t.yaml"), yaml).unwrap();
+        crate::snapshot::build(&loaded, &Inputs::default()).unwrap()
+    }
+
+    fn route_of(
+        s: &Snapshot,
+        entry: Entry,
+        host: &str,
+        headers: &HeaderMap,
+    ) -> Result<String, Refusal> {
+        let req = Request::new(host.as_bytes(), "/", "GET", headers, None);
+        let mut writes = StickyWrites::default();
+        let sel = s.select(entry, req.host, &req, &mut writes)?;
+        Ok(format!(
+            "{}/{}",
+            s.gateways[sel.gateway].name,
+            s.route(sel).key
+        ))
+    }
+
+    #[test]
+    fn select_by_host_listener_condition_and_weight() {
+        let s = snapshot();
+        let none = HeaderMap::new();
+        let mut beta = HeaderMap::new();
+        beta.insert("x-beta", "1".parse().unwrap());
+        let a = Entry::Shared(0);
+        assert_eq!(
+            route_of(&s, a, "shop.test:8080", &beta).unwrap(),
+            "shop/canary"
+        );
+        assert_eq!(
+            route_of(&s, a, "www.shop.test", &beta).unwrap(),
+            "shop/canary"
+        );
+        assert_eq!(
+            route_of(&s, a, "nobody.test", &none),
+            Err(Refusal::UnknownHost)
+        );
+        assert_eq!(
+            route_of(&s, a, "intra.test", &none),
+            Err(Refusal::Misdirected)
+        );
+        assert_eq!(
+            route_of(&s, Entry::Shared(1), "intra.test", &none).unwrap(),
+            "intra/r"
+        );
+        // A chain is followed: the selected route is never the chain itself.
+        assert_eq!(route_of(&s, a, "front.test", &beta).unwrap(), "shop/canary");
+        // Without the header: the weighted split, exactly 25/75 over a period.
+        let mut canary = 0;
+        for _ in 0..400 {
+            if route_of(&s, a, "shop.test", &none).unwrap() == "shop/canary" {
+                canary += 1;
+            }
+        }
+        assert_eq!(canary, 100);
+    }
+
+    #[test]
+    fn refresh_health_takes_dead_routes_out_and_back() {
+        let s = snapshot();
+        let none = HeaderMap::new();
+        let a = Entry::Shared(0);
+        let Target::Pool(stable) = &s.gateways[0].routes[1].target else {
+            panic!("stable has instances");
+        };
+        for u in &stable.instances {
+            u.health.mark_down_passive(true);
+        }
+        assert!(s.refresh_health());
+        assert!(!s.refresh_health(), "nothing changed the second time");
+        for _ in 0..20 {
+            assert_eq!(route_of(&s, a, "shop.test", &none).unwrap(), "shop/canary");
+        }
+        assert_eq!(s.gateways[0].weight_ratios(), vec![1.0, 0.0]);
+        let Target::Pool(canary) = &s.gateways[0].routes[0].target else {
+            panic!("canary has instances");
+        };
+        canary.instances[0].health.mark_down_passive(true);
+        s.refresh_health();
+        assert_eq!(route_of(&s, a, "shop.test", &none), Err(Refusal::NoRoute));
+        // The chained gateway has no live route either.
+        assert_eq!(route_of(&s, a, "front.test", &none), Err(Refusal::NoRoute));
+        stable.instances[0].health.record_probe(true, 1, 1);
+        s.refresh_health();
+        assert_eq!(route_of(&s, a, "front.test", &none).unwrap(), "shop/stable");
+    }
+}
