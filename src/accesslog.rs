@@ -40,7 +40,7 @@ pub struct Entry<'a> {
 
 pub struct AccessLog {
     tx: SyncSender<String>,
-    pub dropped: AtomicU64,
+    dropped: AtomicU64,
     /// Taken by the writer service when it starts (after `-d` has forked).
     rx: Mutex<Option<Receiver<String>>>,
     target: String,

@@ -193,16 +193,14 @@ impl HealthRegistry {
         guard.map.retain(|_, (_, stamp)| *stamp == build);
     }
 
-    pub fn len(&self) -> usize {
+    /// Instances known (for tests).
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.inner
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .map
             .len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

@@ -137,16 +137,6 @@ impl Expr {
             Expr::Test(t) => t.eval(r),
         }
     }
-
-    /// Whether evaluating needs the request's cookies.
-    pub fn uses_cookies(&self) -> bool {
-        match self {
-            Expr::Const(_) => false,
-            Expr::Not(e) => e.uses_cookies(),
-            Expr::And(es) | Expr::Or(es) => es.iter().any(Expr::uses_cookies),
-            Expr::Test(t) => matches!(t, Test::CookieExists(_) | Test::CookieContains(..)),
-        }
-    }
 }
 
 impl Test {
@@ -396,8 +386,6 @@ mod tests {
         assert!(r.eval("has cookie c0"));
         assert!(r.eval("cookie c39 has v39"), "beyond the in-place jar");
         assert!(!r.eval("has cookie c40"));
-        assert!(parse("has cookie a").unwrap().uses_cookies());
-        assert!(!parse("has header a").unwrap().uses_cookies());
     }
 
     fn error_column(cond: &str) -> (usize, String) {
