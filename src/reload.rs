@@ -223,14 +223,22 @@ impl Reloader {
                 log::error!("{e}; the listener keeps its previous TLS settings");
             }
         }
-        // The old snapshot is freed when the last request holding it finishes; when that
-        // is us, off this thread (freeing a large one takes tens of milliseconds).
-        let old = self.current.swap(Arc::new(next));
-        crate::exposition::forget_removed(&old, &self.current.load());
+        let next = Arc::new(next);
+        let old = self.current.swap(next.clone());
         self.health.prune();
-        let _ = std::thread::Builder::new()
-            .name("weir-free".into())
-            .spawn(move || drop(old));
+        // The new config serves from here on. Deleting the series of removed routes and
+        // freeing the old snapshot (tens of milliseconds for a large one; it is freed
+        // when the last request holding it finishes) happen off the reload's path.
+        let cleanup = move || {
+            crate::exposition::forget_removed(&old, &next);
+            drop(old);
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name("weir-cleanup".into())
+            .spawn(cleanup)
+        {
+            log::warn!("cannot start the cleanup thread: {e}");
+        }
     }
 
     /// `reload`, with the outcome logged and counted.
