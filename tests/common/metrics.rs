@@ -1,0 +1,46 @@
+//! Prometheus text parsing, scraping the admin listener, and admin API requests.
+
+use std::collections::HashMap;
+use std::io::{BufRead, Read, Write};
+
+use super::*;
+
+/// Prometheus text → (series with labels → value). Checks every line parses.
+pub fn parse_metrics(text: &str) -> HashMap<String, f64> {
+    let mut out = HashMap::new();
+    for line in text.lines() {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad line {line:?}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        out.insert(series.to_string(), value);
+    }
+    out
+}
+
+pub fn scrape(admin: u16) -> HashMap<String, f64> {
+    let r = get(admin, "localhost", "/metrics");
+    assert_eq!(r.status, 200);
+    parse_metrics(&r.body)
+}
+
+/// One admin API request, with an optional bearer token.
+pub fn api(port: u16, method: &str, path: &str, token: Option<&str>, body: &str) -> Response {
+    let mut c = Client::connect(port);
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    c.send_raw(req.as_bytes());
+    c.read_response(method == "HEAD")
+}
