@@ -24,6 +24,7 @@ use crate::condition::Request;
 use crate::forward::{self, Forwarding};
 use crate::health::InstanceHealth;
 use crate::metrics;
+use crate::rewrite;
 use crate::snapshot::{Entry, Refusal, Selected, Snapshot, StickyWrites, Target};
 use crate::upstream::{InFlight, Tried, Upstream};
 
@@ -195,26 +196,8 @@ impl Weir {
             return Ok(());
         }
         let req = session.req_header();
-        let mut current: Option<String> = None;
-        for rw in rewrites {
-            let (path, query) = match &current {
-                Some(pq) => pq
-                    .split_once('?')
-                    .map_or((pq.as_str(), None), |(p, q)| (p, Some(q))),
-                None => (req.uri.path(), req.uri.query()),
-            };
-            let view = Request::new(
-                request_host(req),
-                path,
-                req.method.as_str(),
-                &req.headers,
-                client,
-            );
-            if let Some(next) = rw.apply(&view, path, query) {
-                current = Some(next);
-            }
-        }
-        if let Some(pq) = current {
+        let view = request_view(req, client);
+        if let Some(pq) = rewrite::apply_all(rewrites, &view, req.uri.path(), req.uri.query()) {
             match pq.parse::<http::Uri>() {
                 Ok(uri) => upstream_request.set_uri(uri),
                 Err(e) => {
@@ -242,10 +225,8 @@ impl Weir {
             return Ok(false);
         }
         let host = request_host(req);
-        let Some(g) = snapshot.vhosts.lookup(host) else {
-            return Ok(false);
-        };
-        if snapshot.gateways[g].listener_mask & (1 << to) == 0 {
+        // Only hosts the TLS listener serves are redirected.
+        if snapshot.gateway_for(Entry::Shared(to), host).is_err() {
             return Ok(false);
         }
         let name = std::str::from_utf8(crate::vhost::strip_port(host)).unwrap_or("");
@@ -345,8 +326,8 @@ impl ProxyHttp for Weir {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        // One reference count taken per request; it moves into `ctx` on every way out.
-        let snapshot = self.current.load_full();
+        // One reference count taken per request, kept in `ctx` for the later phases.
+        let snapshot: &Snapshot = ctx.snapshot.insert(self.current.load_full());
         let port = local_port(session);
         let defaults = &snapshot.defaults;
         session.set_keepalive(Some(defaults.idle_timeout.as_secs().max(1)));
@@ -354,24 +335,19 @@ impl ProxyHttp for Weir {
         ctx.retries_left = defaults.retries;
         ctx.local_port = port;
         let Some(entry) = snapshot.entry(port) else {
-            ctx.snapshot = Some(snapshot);
             return self.refuse(session, Refusal::UnknownHost).await;
         };
         // What the connection is, not what the listener is now configured to be (a
         // reload cannot switch a bound listener between TLS and plain).
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        if let Entry::Shared(l) = entry {
-            if let Some((to, tls_port)) = snapshot.listeners[l].redirect {
-                let redirected = self.redirect(session, &snapshot, to, tls_port).await;
-                if !matches!(redirected, Ok(false)) {
-                    ctx.snapshot = Some(snapshot);
-                    return redirected;
-                }
+        if let Some((to, tls_port)) = snapshot.redirect_of(entry) {
+            let redirected = self.redirect(session, snapshot, to, tls_port).await;
+            if !matches!(redirected, Ok(false)) {
+                return redirected;
             }
         }
         let req = session.req_header();
         if req.version == http::Version::HTTP_11 && request_host(req).is_empty() {
-            ctx.snapshot = Some(snapshot);
             // RFC 9112 §3.2: an HTTP/1.1 request without Host is a client error.
             session
                 .respond_error_with_body(400, Bytes::from_static(b"missing Host header\n"))
@@ -380,7 +356,6 @@ impl ProxyHttp for Weir {
         }
         let view = request_view(req, client_ip(session));
         let selected = snapshot.select(entry, request_host(req), &view, &mut ctx.writes);
-        ctx.snapshot = Some(snapshot);
         let selected = match selected {
             Ok(s) => s,
             Err(r) => return self.refuse(session, r).await,
@@ -522,15 +497,12 @@ impl ProxyHttp for Weir {
         };
         let tls = ctx.tls;
         if tls {
-            if let Some(hsts) = ctx
-                .selected
-                .and_then(|s| snapshot.gateways[s.gateway].hsts.as_ref())
-            {
+            if let Some(hsts) = ctx.selected.and_then(|s| snapshot.hsts(s)) {
                 response.insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone())?;
             }
         }
         for (g, r) in ctx.writes.iter() {
-            if let Some(c) = &snapshot.gateways[g].routes[r].set_cookie {
+            if let Some(c) = snapshot.route_cookie(g, r) {
                 response.append_header(http::header::SET_COOKIE, c.get(tls).clone())?;
             }
         }

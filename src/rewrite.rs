@@ -233,6 +233,31 @@ impl Rewrite {
     }
 }
 
+/// Runs a route's rewrites in order on a request: each sees the path (and query) the
+/// ones before it produced, and the request as `req` otherwise shows it. Returns the new
+/// path and query, or `None` when no rewrite applied.
+pub fn apply_all(
+    rewrites: &[Rewrite],
+    req: &Request,
+    path: &str,
+    query: Option<&str>,
+) -> Option<String> {
+    let mut current: Option<String> = None;
+    for rw in rewrites {
+        let (path, query) = match &current {
+            Some(pq) => pq
+                .split_once('?')
+                .map_or((pq.as_str(), None), |(p, q)| (p, Some(q))),
+            None => (path, query),
+        };
+        let view = Request::new(req.host, path, req.method, req.headers, req.client);
+        if let Some(next) = rw.apply(&view, path, query) {
+            current = Some(next);
+        }
+    }
+    current
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,5 +340,22 @@ mod tests {
             let e = compile(rule).expect_err(rule);
             assert!(e.contains(want), "{rule}: {e}");
         }
+    }
+
+    #[test]
+    fn apply_all_runs_in_order_on_the_previous_result() {
+        let rws = vec![
+            compile("%[path,regsub(^/v1,/api)] if path_beg /v1").unwrap(),
+            compile("/svc%[path]?x=1 if path_beg /api").unwrap(),
+            compile("/never if path_beg /v1").unwrap(),
+        ];
+        let headers = http::HeaderMap::new();
+        let req = Request::new(b"a.test", "/v1/items", "GET", &headers, None);
+        assert_eq!(
+            apply_all(&rws, &req, "/v1/items", Some("q=2")).as_deref(),
+            Some("/svc/api/items?x=1")
+        );
+        let other = Request::new(b"a.test", "/other", "GET", &headers, None);
+        assert_eq!(apply_all(&rws, &other, "/other", None), None);
     }
 }

@@ -383,6 +383,25 @@ impl Snapshot {
         &self.gateways[s.gateway].routes[s.route]
     }
 
+    /// Where a shared listener with `redirect_https` sends plain requests: the TLS
+    /// listener's index and port.
+    pub fn redirect_of(&self, entry: Entry) -> Option<(usize, u16)> {
+        match entry {
+            Entry::Shared(l) => self.listeners[l].redirect,
+            Entry::Dedicated(_) => None,
+        }
+    }
+
+    /// The `Strict-Transport-Security` value for responses of the selected gateway.
+    pub fn hsts(&self, s: Selected) -> Option<&http::HeaderValue> {
+        self.gateways[s.gateway].hsts.as_ref()
+    }
+
+    /// The route-sticky `Set-Cookie` of a (gateway, route) recorded in [`StickyWrites`].
+    pub fn route_cookie(&self, gateway: usize, route: usize) -> Option<&SetCookie> {
+        self.gateways[gateway].routes[route].set_cookie.as_ref()
+    }
+
     pub fn gateway_by_name(&self, name: &str) -> Option<usize> {
         self.by_name.get(name).copied()
     }
