@@ -9,7 +9,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex};
 
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime};
+
 use async_trait::async_trait;
+use pingora::http::RequestHeader;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use serde::Serialize;
@@ -36,6 +40,62 @@ pub struct Entry<'a> {
     pub request_id: Option<&'a str>,
     pub tls_version: Option<&'a str>,
     pub sni: Option<&'a str>,
+}
+
+impl<'a> Entry<'a> {
+    /// A line for one HTTP request, from its header as the client sent it (the path
+    /// before any rewrite); the routing fields start empty.
+    pub fn http(
+        req: &'a RequestHeader,
+        host: &'a [u8],
+        client: Option<IpAddr>,
+        status: u16,
+        bytes_sent: usize,
+        elapsed: Duration,
+    ) -> Entry<'a> {
+        Entry {
+            method: req.method.as_str(),
+            host: std::str::from_utf8(host).unwrap_or(""),
+            path: req
+                .uri
+                .path_and_query()
+                .map_or(req.uri.path(), |pq| pq.as_str()),
+            ..Entry::new(client, status, bytes_sent, elapsed)
+        }
+    }
+
+    /// A line for one TCP connection (`"method": "TCP"`, no host or path).
+    pub fn tcp(
+        client: Option<IpAddr>,
+        status: u16,
+        bytes_sent: usize,
+        elapsed: Duration,
+    ) -> Entry<'a> {
+        Entry {
+            method: "TCP",
+            ..Entry::new(client, status, bytes_sent, elapsed)
+        }
+    }
+
+    fn new(client: Option<IpAddr>, status: u16, bytes_sent: usize, elapsed: Duration) -> Entry<'a> {
+        Entry {
+            ts: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            client: client.map(|ip| ip.to_string()),
+            method: "",
+            host: "",
+            path: "",
+            status,
+            bytes_sent,
+            duration_ms: elapsed.as_secs_f64() * 1000.0,
+            gateway: None,
+            route: None,
+            instance: None,
+            upstream_status: None,
+            request_id: None,
+            tls_version: None,
+            sni: None,
+        }
+    }
 }
 
 pub struct AccessLog {

@@ -153,17 +153,6 @@ impl Weir {
             .and_then(|v| v.to_str().ok());
         let tls = session.digest().and_then(|d| d.ssl_digest.as_deref());
         let entry = accesslog::Entry {
-            ts: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-            client: client_ip(session).map(|ip| ip.to_string()),
-            method: req.method.as_str(),
-            host: std::str::from_utf8(request_host(req)).unwrap_or(""),
-            path: req
-                .uri
-                .path_and_query()
-                .map_or(req.uri.path(), |pq| pq.as_str()),
-            status,
-            bytes_sent: session.body_bytes_sent(),
-            duration_ms: elapsed.as_secs_f64() * 1000.0,
             gateway,
             route,
             instance: ctx.instance.as_deref(),
@@ -173,6 +162,14 @@ impl Weir {
             sni: tls
                 .and_then(|d| d.extension.get::<crate::tls::Sni>())
                 .map(|s| s.0.as_str()),
+            ..accesslog::Entry::http(
+                req,
+                request_host(req),
+                client_ip(session),
+                status,
+                session.body_bytes_sent(),
+                elapsed,
+            )
         };
         log.log(&entry);
     }

@@ -95,21 +95,10 @@ fn record(
     }
     if let Some(log) = records.access_log {
         log.log(&Entry {
-            ts: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-            client: peer.map(|p| p.ip().to_string()),
-            method: "TCP",
-            host: "",
-            path: "",
-            status: outcome.status,
-            bytes_sent: sent,
-            duration_ms: elapsed.as_secs_f64() * 1000.0,
             gateway: Some(&gateway.name),
             route: Some(&route.key),
             instance: outcome.instance,
-            upstream_status: None,
-            request_id: None,
-            tls_version: None,
-            sni: None,
+            ..Entry::tcp(peer.map(|p| p.ip()), outcome.status, sent, elapsed)
         });
     }
 }
