@@ -88,6 +88,22 @@ struct Plan {
     change: String,
 }
 
+impl Plan {
+    /// `current` replaced by `next` in `file`.
+    fn replacing(
+        current: &GatewayConfig,
+        next: GatewayConfig,
+        file: PathBuf,
+    ) -> Result<Plan, Reply> {
+        Ok(Plan {
+            change: changes(current, &next),
+            text: Some(to_yaml(&next)?),
+            name: next.name,
+            file,
+        })
+    }
+}
+
 fn perform(reloader: &Reloader, op: &Op, body: &[u8], peer: &str) -> Result<Reply, Reply> {
     let started = Instant::now();
     let loaded = load(&reloader.path).map_err(|d| {
@@ -182,12 +198,7 @@ fn plan(loaded: &Loaded, op: &Op, body: &[u8]) -> Result<Plan, Reply> {
                     ),
                 ));
             }
-            Ok(Plan {
-                change: changes(current, &g),
-                text: Some(to_yaml(&g)?),
-                name: g.name,
-                file,
-            })
+            Plan::replacing(current, g, file)
         }
         Op::Patch(name) => {
             let (current, file) = own_file(loaded, name)?;
@@ -209,12 +220,7 @@ fn plan(loaded: &Loaded, op: &Op, body: &[u8]) -> Result<Plan, Reply> {
                     "a patch cannot rename a gateway",
                 ));
             }
-            Ok(Plan {
-                change: changes(current, &g),
-                text: Some(to_yaml(&g)?),
-                name: g.name,
-                file,
-            })
+            Plan::replacing(current, g, file)
         }
         Op::Delete(name) => {
             let (_, file) = own_file(loaded, name)?;

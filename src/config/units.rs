@@ -10,16 +10,20 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
-/// Parses `250ms`, `5s`, `2m`, `1h` (a whole number and a unit).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
+/// Splits `16KiB` into 16 and `KiB`; `None` unless it starts with a whole number.
+fn number_and_unit(text: &str) -> Option<(u64, &str)> {
     let split = text
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let value: u64 = number
-        .parse()
-        .map_err(|_| format!("invalid duration {text:?}: expected e.g. 250ms, 5s, 2m"))?;
+    Some((number.parse().ok()?, unit))
+}
+
+/// Parses `250ms`, `5s`, `2m`, `1h` (a whole number and a unit).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (value, unit) = number_and_unit(text)
+        .ok_or_else(|| format!("invalid duration {text:?}: expected e.g. 250ms, 5s, 2m"))?;
     let millis = match unit {
         "ms" => Some(value),
         "s" => value.checked_mul(1_000),
@@ -59,13 +63,8 @@ impl<'de> Deserialize<'de> for ConfigDuration {
 /// Parses a size: `512`, `16KiB`, `8MiB`, `1GiB` (a whole number and a binary unit).
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: u64 = number
-        .parse()
-        .map_err(|_| format!("invalid size {text:?}: expected e.g. 512, 16KiB, 8MiB"))?;
+    let (value, unit) = number_and_unit(text)
+        .ok_or_else(|| format!("invalid size {text:?}: expected e.g. 512, 16KiB, 8MiB"))?;
     let scale: u64 = match unit.trim() {
         "" | "B" => 1,
         "KiB" => 1 << 10,
