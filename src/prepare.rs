@@ -67,10 +67,22 @@ pub fn lookup(name: &str) -> Vec<IpAddr> {
 }
 
 /// Lookups and generated certificates kept across builds.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Caches {
     dns: Mutex<HashMap<String, Vec<IpAddr>>>,
     self_signed: Mutex<SelfSigned>,
+    /// How names are looked up ([`lookup`]; tests put in a resolver of their own).
+    resolver: fn(&str) -> Vec<IpAddr>,
+}
+
+impl Default for Caches {
+    fn default() -> Caches {
+        Caches {
+            dns: Mutex::default(),
+            self_signed: Mutex::default(),
+            resolver: lookup,
+        }
+    }
 }
 
 impl Caches {
@@ -83,7 +95,7 @@ impl Caches {
         dns.retain(|n, _| names.contains(n));
         for name in &names {
             if !dns.contains_key(name) {
-                let found = lookup(name);
+                let found = (self.resolver)(name);
                 if found.is_empty() {
                     log::warn!("{name:?} does not resolve; its instances stay down until it does");
                 }
@@ -122,8 +134,10 @@ impl Caches {
         // Looked up without the lock: a lookup may take seconds.
         let answers: Vec<(String, Vec<IpAddr>)> = names
             .into_iter()
-            .map(|n| (lookup(&n), n))
-            .map(|(a, n)| (n, a))
+            .map(|n| {
+                let found = (self.resolver)(&n);
+                (n, found)
+            })
             .collect();
         let mut dns = self.dns.lock().unwrap_or_else(|e| e.into_inner());
         let mut changed = false;
@@ -173,5 +187,44 @@ mod tests {
         assert_eq!(caches.unresolved(), 2);
         // A refresh that finds nothing new changes nothing.
         assert!(!caches.refresh_dns());
+    }
+
+    #[test]
+    fn a_name_that_resolves_later_joins_on_refresh() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        static UP: AtomicBool = AtomicBool::new(false);
+        fn flaky(name: &str) -> Vec<IpAddr> {
+            match (name, UP.load(Ordering::Relaxed)) {
+                ("late.test", true) => vec![IpAddr::from([127, 0, 0, 9])],
+                _ => Vec::new(),
+            }
+        }
+        let caches = Caches {
+            resolver: flaky,
+            ..Caches::default()
+        };
+        let yaml = "listeners: { http: { bind: \"127.0.0.1:1\" } }\ngateways:\n- name: g\n  virtual_hosts: [g.test]\n  routes: { r: { instances: [\"late.test:80\", \"127.0.0.1:81\"] } }\n";
+        let loaded =
+            crate::config::load::load_from_str(std::path::Path::new("t.yaml"), yaml).unwrap();
+        let resolved = |inputs: &Inputs| {
+            let s = crate::snapshot::build(&loaded, inputs).unwrap();
+            let crate::snapshot::Target::Pool(p) = &s.gateways[0].routes[0].target else {
+                panic!("a pool");
+            };
+            let u = &p.instances[0];
+            (u.resolved, u.peer._address.to_string())
+        };
+        assert!(!resolved(&caches.prepare(&loaded.config)).0);
+        assert!(!caches.refresh_dns(), "still nothing");
+        UP.store(true, Ordering::Relaxed);
+        assert!(caches.refresh_dns(), "the name resolves now: rebuild");
+        assert_eq!(
+            resolved(&caches.prepare(&loaded.config)),
+            (true, "127.0.0.9:80".to_string())
+        );
+        // A later failure keeps the last good addresses.
+        UP.store(false, Ordering::Relaxed);
+        assert!(!caches.refresh_dns());
+        assert!(resolved(&caches.prepare(&loaded.config)).0);
     }
 }
