@@ -155,16 +155,6 @@ impl Caches {
         }
         changed
     }
-
-    /// Names that did not resolve, for metrics and `weir check`.
-    pub fn unresolved(&self) -> usize {
-        self.dns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .filter(|a| a.is_empty())
-            .count()
-    }
 }
 
 #[cfg(test)]
@@ -184,7 +174,7 @@ mod tests {
         assert!(inputs.addresses("localhost").is_some());
         assert_eq!(inputs.addresses("nowhere.invalid"), None);
         assert_eq!(inputs.addresses("10.0.0.1").unwrap().len(), 1);
-        assert_eq!(caches.unresolved(), 2);
+        assert_eq!(inputs.dns.values().filter(|a| a.is_empty()).count(), 2);
         // A refresh that finds nothing new changes nothing.
         assert!(!caches.refresh_dns());
     }

@@ -300,10 +300,8 @@ gateways:
 #[test]
 fn a_condition_that_looks_misspelt_warns_and_fails_strict() {
     let port = free_port();
-    let files = [(
-        "weir.yaml",
-        format!(
-            "listeners: {{ http: {{ bind: \"127.0.0.1:{port}\" }} }}
+    let yaml = format!(
+        "listeners: {{ http: {{ bind: \"127.0.0.1:{port}\" }} }}
 gateways:
   - name: g
     virtual_hosts: [g.test]
@@ -311,14 +309,8 @@ gateways:
       api: {{ weight: 0%, condition: \"path prefx /api\", respond: {{ status: 200 }} }}
       web: {{ weight: 100%, respond: {{ status: 200 }} }}
 "
-        ),
-    )];
-    let dir = config_dir(
-        &files
-            .iter()
-            .map(|(p, t)| (*p, t.as_str()))
-            .collect::<Vec<_>>(),
     );
+    let dir = config_dir(&[("weir.yaml", &yaml)]);
     let cfg = dir.path().join("weir.yaml");
     let out = weir_cmd(&["check", "-c", path_str(&cfg)]);
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -183,10 +183,6 @@ pub struct External {
 }
 
 impl External {
-    pub fn is_ip(&self) -> bool {
-        self.host.parse::<IpAddr>().is_ok()
-    }
-
     /// The next resolved address not in `tried`.
     pub fn pick(&self, tried: Tried) -> Option<Upstream> {
         let peers = self.peers.load();
