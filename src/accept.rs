@@ -27,8 +27,10 @@ use pingora::server::ShutdownWatch;
 use prometheus::IntGauge;
 
 use crate::accesslog::AccessLog;
+use crate::connlimit::{ClientCounts, ClientPlace, ListenerCount, ListenerPlace, Refused};
+use crate::guard::Guarded;
 use crate::proxy_protocol;
-use crate::snapshot::{Entry, Snapshot};
+use crate::snapshot::{ClientLimits, Entry, Snapshot};
 use crate::tls::{RecordSni, TlsEndpoint};
 
 /// One address weir listens on.
@@ -36,6 +38,8 @@ pub struct Port {
     pub bind: SocketAddr,
     /// Set on TLS listeners.
     pub tls: Option<Arc<TlsEndpoint>>,
+    /// Its open connections, for `max_connections`.
+    pub open: Arc<ListenerCount>,
 }
 
 impl Port {
@@ -54,6 +58,8 @@ pub struct Accept<A> {
     metrics: bool,
     /// For TCP gateways' lines.
     access_log: Option<Arc<AccessLog>>,
+    /// Open connections by client, for `max_connections_per_client`.
+    clients: Arc<ClientCounts>,
 }
 
 impl<A> Accept<A> {
@@ -70,6 +76,7 @@ impl<A> Accept<A> {
             current,
             metrics,
             access_log,
+            clients: Arc::default(),
         }
     }
 
@@ -95,16 +102,17 @@ impl<A> Accept<A> {
 
     /// Reads the PROXY header, within the request-header timeout, and makes the client
     /// it names the connection's peer. Without a valid header the connection closes.
-    async fn proxy_header(&self, tcp: &mut TcpStream, deadline: Duration) -> Option<()> {
-        let read = tokio::time::timeout(deadline, proxy_protocol::read(tcp)).await;
+    async fn proxy_header(&self, stream: Stream, deadline: Duration) -> Option<Stream> {
+        let mut tcp = tcp_of(stream)?;
+        let read = tokio::time::timeout(deadline, proxy_protocol::read(&mut tcp)).await;
         let client = match read {
             Ok(Ok(client)) => client,
             Ok(Err(why)) => {
-                log::debug!("{}: {why}", peer_of(tcp));
+                log::debug!("{}: {why}", peer_of(&tcp));
                 return None;
             }
             Err(_) => {
-                log::debug!("{}: no PROXY header within {deadline:?}", peer_of(tcp));
+                log::debug!("{}: no PROXY header within {deadline:?}", peer_of(&tcp));
                 return None;
             }
         };
@@ -117,7 +125,7 @@ impl<A> Accept<A> {
             }
             tcp.set_socket_digest(digest);
         }
-        Some(())
+        Some(tcp)
     }
 
     /// The TLS handshake, within the request-header timeout. A failure is counted and
@@ -125,9 +133,10 @@ impl<A> Accept<A> {
     async fn handshake(
         &self,
         tls: &TlsEndpoint,
-        mut tcp: TcpStream,
+        stream: Stream,
         deadline: Duration,
     ) -> Option<Stream> {
+        let mut tcp = *tcp_of(stream)?;
         let peer = tcp.get_socket_digest().and_then(|d| d.peer_addr().cloned());
         let acceptor = tls.acceptor();
         let attempt = async {
@@ -159,6 +168,18 @@ impl<A> Accept<A> {
     }
 }
 
+/// The TCP connection under `stream` (a PROXY header and a TLS handshake read it
+/// directly).
+fn tcp_of(stream: Stream) -> Option<Box<TcpStream>> {
+    match stream.into_any().downcast::<TcpStream>() {
+        Ok(tcp) => Some(tcp),
+        Err(_) => {
+            log::error!("not a TCP connection");
+            None
+        }
+    }
+}
+
 /// The connection's peer address, for logs.
 fn peer_of(tcp: &TcpStream) -> String {
     tcp.get_socket_digest()
@@ -182,6 +203,34 @@ impl Drop for OpenConnection {
     }
 }
 
+/// What a connection is for, read from the snapshot at accept.
+struct Arrival {
+    label: Option<Arc<str>>,
+    limits: ClientLimits,
+    proxied: bool,
+    deadline: Duration,
+}
+
+impl Arrival {
+    fn new(snapshot: &Snapshot, port: Option<&Port>, metrics: bool) -> Arrival {
+        let label = port
+            .filter(|_| metrics)
+            .map(|p| Arc::from(snapshot.port_label(p.bind.port())));
+        Arrival {
+            label,
+            limits: snapshot.defaults.limits,
+            proxied: false,
+            deadline: snapshot.defaults.request_header_timeout,
+        }
+    }
+
+    fn refused(&self, why: Refused) {
+        if let Some(label) = &self.label {
+            crate::metrics::connection_refused(label, why.label());
+        }
+    }
+}
+
 #[async_trait]
 impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Accept<A> {
     async fn process_new(
@@ -189,11 +238,12 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Accept<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let accepted = tokio::time::Instant::now();
         let port = self.port_of(&stream);
         let snapshot = self.current.load_full();
         let entry = port.and_then(|p| snapshot.entry(p.bind.port()));
         let _open = port.and_then(|p| self.open(&snapshot, p.bind.port()));
-        let proxied = match entry {
+        let arrival = match entry {
             Some(Entry::Dedicated(g)) if snapshot.gateways[g].tcp => {
                 let records = crate::tcp::Records {
                     metrics: self.metrics,
@@ -202,30 +252,26 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Accept<A> {
                 crate::tcp::serve(snapshot, g, stream, records).await;
                 return None;
             }
-            Some(Entry::Shared(l)) => snapshot.listeners[l].proxy_protocol,
-            _ => false,
+            Some(Entry::Shared(l)) => Arrival {
+                limits: snapshot.listeners[l].limits,
+                proxied: snapshot.listeners[l].proxy_protocol,
+                ..Arrival::new(&snapshot, port, self.metrics)
+            },
+            _ => Arrival::new(&snapshot, port, self.metrics),
         };
-        // A client has `request_header` for its PROXY header, and again for its TLS
-        // handshake.
-        let deadline = snapshot.defaults.request_header_timeout;
         drop(snapshot);
-        let tls = port.and_then(|p| p.tls.as_deref());
-        let mut stream = if tls.is_some() || proxied {
-            let Ok(tcp) = stream.into_any().downcast::<TcpStream>() else {
-                log::error!("not a TCP connection");
-                return None;
-            };
-            let mut tcp = *tcp;
-            if proxied {
-                self.proxy_header(&mut tcp, deadline).await?;
-            }
-            match tls {
-                Some(tls) => self.handshake(tls, tcp, deadline).await?,
-                None => Box::new(tcp),
-            }
-        } else {
-            stream
-        };
+        let _listener = self.listener_place(port, &arrival).await?;
+        let mut stream = stream;
+        if arrival.proxied {
+            stream = self.proxy_header(stream, arrival.deadline).await?;
+        }
+        // Counted by the client the PROXY header names, if any.
+        let _client = self.client_place(&stream, &arrival)?;
+        if let Some(tls) = port.and_then(|p| p.tls.as_deref()) {
+            // A client has `request_header` for its PROXY header, and again for its TLS
+            // handshake.
+            stream = self.handshake(tls, stream, arrival.deadline).await?;
+        }
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             // HTTP/2: Pingora's own connection handling, stream by stream.
             while let Some(reused) = self.app.process_new(stream, shutdown).await {
@@ -233,7 +279,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Accept<A> {
             }
             return None;
         }
-        self.serve_http1(stream, deadline, shutdown).await;
+        self.serve_http1(stream, &arrival, accepted, shutdown).await;
         None
     }
 
@@ -243,22 +289,75 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Accept<A> {
 }
 
 impl<A: HttpServerApp + Send + Sync + 'static> Accept<A> {
+    /// Waits for a place on a listener at `max_connections`, for as long as a client
+    /// has to send its request head.
+    async fn listener_place(
+        &self,
+        port: Option<&Port>,
+        arrival: &Arrival,
+    ) -> Option<Option<ListenerPlace>> {
+        let port = port?;
+        let limit = arrival.limits.max_connections;
+        match port.open.enter(limit, arrival.deadline).await {
+            Ok(place) => Some(place),
+            Err(why) => {
+                arrival.refused(why);
+                log::debug!("{}: listener full for {:?}", port.bind, arrival.deadline);
+                None
+            }
+        }
+    }
+
+    /// Counts the connection for its client, or refuses it when the client holds its
+    /// `max_connections_per_client` already.
+    fn client_place(&self, stream: &Stream, arrival: &Arrival) -> Option<Option<ClientPlace>> {
+        let limit = arrival.limits.per_client;
+        if limit == 0 {
+            return Some(None);
+        }
+        let digest = stream.get_socket_digest();
+        let Some(ip) = digest
+            .as_ref()
+            .and_then(|d| d.peer_addr())
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+        else {
+            return Some(None);
+        };
+        match self.clients.enter(ip, limit) {
+            Ok(place) => Some(place),
+            Err(why) => {
+                arrival.refused(why);
+                log::debug!("{ip}: over max_connections_per_client ({limit})");
+                None
+            }
+        }
+    }
+
     /// Serves an HTTP/1 connection request by request, as Pingora's `ServerApp` for
-    /// HTTP apps does, except that the first request's headers must come within
-    /// `request_header` (Pingora waits 60 s); from the second request on, the proxy
-    /// sets the idle and header timeouts itself.
+    /// HTTP apps does, through the guard: it holds each request head to the limits and
+    /// to `request_header` as a deadline for the whole head (from accept for the
+    /// first request); the proxy sets the idle timeout between requests.
     async fn serve_http1(
         self: &Arc<Self>,
         stream: Stream,
-        first: Duration,
+        arrival: &Arrival,
+        accepted: tokio::time::Instant,
         shutdown: &ShutdownWatch,
     ) {
+        let stream = Box::new(Guarded::new(
+            stream,
+            arrival.limits.framing,
+            arrival.deadline,
+            accepted,
+            arrival.label.clone(),
+        ));
         let mut session = ServerSession::new_http1(stream);
         let keepalive = if *shutdown.borrow() {
             None
         } else {
-            // Whole seconds: Pingora's unit here.
-            Some(first.as_secs_f64().ceil().max(1.0) as u64)
+            // Whole seconds: Pingora's unit here. The guard's deadline is the exact one.
+            Some(arrival.deadline.as_secs_f64().ceil().max(1.0) as u64 + 1)
         };
         session.set_keepalive(keepalive);
         let mut next = self.app.process_new_http(session, shutdown).await;

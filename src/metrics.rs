@@ -34,6 +34,10 @@ pub struct Metrics {
     pub(crate) route_weight: GaugeVec,
     pub connections_active: IntGaugeVec,
     pub tls_handshake_errors: IntCounterVec,
+    pub(crate) requests_refused: IntCounterVec,
+    pub(crate) connections_refused: IntCounterVec,
+    pub(crate) rate_limited: IntCounterVec,
+    pub(crate) client_aborts: IntCounter,
     pub(crate) cert_expiry: GaugeVec,
     pub(crate) reloads: IntCounterVec,
     pub(crate) last_reload: Gauge,
@@ -156,6 +160,31 @@ impl Metrics {
                 "Failed TLS handshakes.",
                 &["listener"],
             ),
+            requests_refused: counter(
+                &r,
+                "weir_requests_refused_total",
+                "Requests answered with a 4xx before routing (bad framing, limits, slow heads).",
+                &["listener", "code"],
+            ),
+            connections_refused: counter(
+                &r,
+                "weir_connections_refused_total",
+                "Connections closed at accept: over max_connections_per_client or max_connections.",
+                &["listener", "reason"],
+            ),
+            rate_limited: counter(
+                &r,
+                "weir_rate_limited_total",
+                "Requests answered 429 by a rate limit.",
+                &["gateway", "route"],
+            ),
+            client_aborts: register(
+                &r,
+                IntCounter::new(
+                    "weir_client_aborts_total",
+                    "Requests the client abandoned (hang-ups, reset HTTP/2 streams) before the answer.",
+                ),
+            ),
             cert_expiry,
             reloads: counter(
                 &r,
@@ -239,12 +268,31 @@ pub fn upstream_error(gateway: &str, route: &str, instance: &str, kind: &str) {
         .inc();
 }
 
+/// Counts a request refused before routing (an error path).
+pub fn request_refused(listener: &str, status: u16) {
+    metrics()
+        .requests_refused
+        .with_label_values(&[listener, &status.to_string()])
+        .inc();
+}
+
+/// Counts a connection closed at accept.
+pub fn connection_refused(listener: &str, reason: &str) {
+    metrics()
+        .connections_refused
+        .with_label_values(&[listener, reason])
+        .inc();
+}
+
 /// Creates the series every scrape should show from the start, at 0.
 pub fn start(listeners: &[String]) {
     let m = metrics();
     for l in listeners {
         m.connections_active.with_label_values(&[l]);
         m.tls_handshake_errors.with_label_values(&[l]);
+        for reason in ["per_client", "limit"] {
+            m.connections_refused.with_label_values(&[l, reason]);
+        }
     }
     for result in ["ok", "error"] {
         m.reloads.with_label_values(&[result]);

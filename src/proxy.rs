@@ -59,6 +59,8 @@ pub struct Ctx {
     writes: StickyWrites,
     /// The request came over TLS.
     tls: bool,
+    /// Request body bytes read so far.
+    body_read: u64,
     pub instance: Option<Arc<str>>,
 }
 
@@ -68,6 +70,14 @@ impl Ctx {
         let sel = self.selected?;
         let g = &s.gateways[sel.gateway];
         Some((&g.name, &g.routes[sel.route].key))
+    }
+
+    /// The selected route's `max_body_bytes` (0 = unlimited).
+    fn max_body(&self) -> u64 {
+        match (&self.snapshot, self.selected) {
+            (Some(s), Some(sel)) => s.route(sel).max_body,
+            _ => 0,
+        }
     }
 
     fn target(&self) -> Option<&Target> {
@@ -125,6 +135,27 @@ fn request_host(req: &RequestHeader) -> &[u8] {
             .get(http::header::HOST)
             .map(|v| v.as_bytes())
             .unwrap_or(b""),
+    }
+}
+
+/// Identical repeated Content-Length values (the only kind that gets this far) go
+/// upstream as one.
+fn one_content_length(req: &mut RequestHeader) -> Result<()> {
+    let mut values = req.headers.get_all(http::header::CONTENT_LENGTH).iter();
+    let (Some(first), second) = (values.next(), values.next()) else {
+        return Ok(());
+    };
+    if second.is_none() && !first.as_bytes().contains(&b',') {
+        return Ok(());
+    }
+    let n = first
+        .to_str()
+        .ok()
+        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match n {
+        Some(n) => req.insert_header(http::header::CONTENT_LENGTH, n),
+        None => Error::e_explain(HTTPStatus(400), "invalid Content-Length"),
     }
 }
 
@@ -241,6 +272,19 @@ impl Weir {
         Ok(true)
     }
 
+    /// The request says its body is longer than the route takes.
+    fn body_too_large(&self, session: &Session, ctx: &Ctx) -> bool {
+        let max = ctx.max_body();
+        max > 0
+            && session
+                .req_header()
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .is_some_and(|n| n > max)
+    }
+
     async fn refuse(&self, session: &mut Session, r: Refusal) -> Result<bool> {
         let (status, body) = refusal_response(r);
         session
@@ -318,6 +362,7 @@ impl ProxyHttp for Weir {
             inflight: None,
             writes: StickyWrites::default(),
             tls: false,
+            body_read: 0,
             instance: None,
         }
     }
@@ -327,7 +372,12 @@ impl ProxyHttp for Weir {
         let snapshot: &Snapshot = ctx.snapshot.insert(self.current.load_full());
         let port = local_port(session);
         let defaults = &snapshot.defaults;
-        session.set_keepalive(Some(defaults.idle_timeout.as_secs().max(1)));
+        // The idle timeout, for connections that stay open: an HTTP/1.0 request without
+        // keep-alive, or one framed by both Transfer-Encoding and Content-Length, closes
+        // its connection after the response (Pingora has decided that already).
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(defaults.idle_timeout.as_secs().max(1)));
+        }
         session.set_read_timeout(Some(defaults.request_header_timeout));
         ctx.retries_left = defaults.retries;
         ctx.local_port = port;
@@ -363,7 +413,31 @@ impl ProxyHttp for Weir {
             self.respond(session, ctx).await?;
             return Ok(true);
         }
+        if self.body_too_large(session, ctx) {
+            session
+                .respond_error_with_body(413, Bytes::from_static(b"request body too large\n"))
+                .await?;
+            return Ok(true);
+        }
         Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(b) = body {
+            ctx.body_read += b.len() as u64;
+            let max = ctx.max_body();
+            if max > 0 && ctx.body_read > max {
+                // A body without a length, or longer than it said: cut off here.
+                return Error::e_explain(HTTPStatus(413), "request body over max_body_bytes");
+            }
+        }
+        Ok(())
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -451,6 +525,7 @@ impl ProxyHttp for Weir {
         let code = match e.etype() {
             HTTPStatus(code) => *code,
             _ => match e.esource() {
+                ErrorSource::Upstream if e.etype() == &ReadTimedout => 504,
                 ErrorSource::Upstream => 502,
                 ErrorSource::Downstream => match e.etype() {
                     WriteError | ReadError | ConnectionClosed => 0,
@@ -516,11 +591,16 @@ impl ProxyHttp for Weir {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut pingora::http::ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        ctx.upstream_status = Some(upstream_response.status.as_u16());
+        let status = upstream_response.status.as_u16();
+        ctx.upstream_status = Some(status);
+        if status == 101 && !session.is_upgrade_req() {
+            // A switch nobody asked for would turn the connection into a raw tunnel.
+            return Error::e_explain(HTTPStatus(502), "upstream switched protocols unasked");
+        }
         Ok(())
     }
 
@@ -562,8 +642,16 @@ impl ProxyHttp for Weir {
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, error: &Error) -> bool {
-        // A client that hangs up mid-request is routine at an edge, not an error to log.
-        error.esource() == &ErrorSource::Downstream && error.etype() == &ConnectionClosed
+        // Clients that hang up, reset HTTP/2 streams or send garbage are routine at an
+        // edge: counted, logged at debug level, never one error line each.
+        if error.esource() != &ErrorSource::Downstream {
+            return false;
+        }
+        if self.metrics {
+            metrics::metrics().client_aborts.inc();
+        }
+        log::debug!("client: {error}");
+        true
     }
 
     async fn upstream_request_filter(
@@ -574,6 +662,7 @@ impl ProxyHttp for Weir {
     ) -> Result<()> {
         let client = client_ip(session);
         self.rewrite(session, upstream_request, ctx, client)?;
+        one_content_length(upstream_request)?;
         let trusted = match (client, &ctx.snapshot) {
             (Some(ip), Some(s)) => s.defaults.is_trusted(ip),
             _ => false,

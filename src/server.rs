@@ -181,7 +181,11 @@ pub fn run(config_path: &Path, options: RunOptions) -> Result<(), String> {
             .cloned();
         let kind = if tls.is_some() { " (TLS)" } else { "" };
         log::info!("{} listening on {}{kind}", b.what, b.addr);
-        ports.push(Port { bind: b.addr, tls });
+        ports.push(Port {
+            bind: b.addr,
+            tls,
+            open: Arc::default(),
+        });
     }
     let mut proxy = Service::new(
         "weir proxy".to_string(),

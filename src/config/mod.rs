@@ -72,6 +72,63 @@ pub struct ListenerConfig {
     pub tls: Option<TlsConfig>,
     #[serde(default)]
     pub proxy_protocol: bool,
+    /// Overrides `defaults.limits`, key by key.
+    #[serde(default)]
+    pub limits: HttpLimits,
+}
+
+/// `limits:` under `defaults` or a listener: bounds on clients' connections and
+/// request heads. Unset keys take the default's value.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpLimits {
+    #[serde(default)]
+    pub max_request_header_bytes: Option<ByteSize>,
+    #[serde(default)]
+    pub max_headers: Option<u32>,
+    #[serde(default)]
+    pub max_uri_bytes: Option<ByteSize>,
+    #[serde(default)]
+    pub max_connections: Option<u32>,
+    #[serde(default)]
+    pub max_connections_per_client: Option<u32>,
+}
+
+/// `shutdown:` under `defaults`: what SIGTERM does.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// Keep accepting (with `/readyz` failing) this long, for load balancers to notice.
+    #[serde(default = "secs::<5>")]
+    pub drain: ConfigDuration,
+    /// Then give requests in flight up to this long.
+    #[serde(default = "secs::<30>")]
+    pub grace: ConfigDuration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            drain: secs::<5>(),
+            grace: secs::<30>(),
+        }
+    }
+}
+
+/// `rate_limit:` on a gateway or route.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub requests: u64,
+    pub per: ConfigDuration,
+    #[serde(default)]
+    pub burst: u64,
+    #[serde(default = "default_rate_by")]
+    pub by: String,
+}
+
+fn default_rate_by() -> String {
+    "client_ip".to_string()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -131,6 +188,10 @@ pub struct Defaults {
     pub retries: u32,
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    #[serde(default)]
+    pub limits: HttpLimits,
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
 }
 
 impl Default for Defaults {
@@ -139,6 +200,8 @@ impl Default for Defaults {
             timeouts: Timeouts::default(),
             retries: default_retries(),
             trusted_proxies: Vec::new(),
+            limits: HttpLimits::default(),
+            shutdown: ShutdownConfig::default(),
         }
     }
 }
@@ -200,6 +263,11 @@ pub struct GatewayConfig {
     pub hsts: Option<HstsConfig>,
     #[serde(default)]
     pub balance: Option<Balance>,
+    /// Largest request body (0 = unlimited); routes may set their own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<ByteSize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitConfig>,
     #[serde(default)]
     pub routes: IndexMap<String, RouteConfig>,
     /// The file this gateway was read from; set by the loader, never by YAML.
@@ -236,6 +304,10 @@ pub struct RouteConfig {
     pub respond: Option<RespondConfig>,
     #[serde(default)]
     pub balance: Option<Balance>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<ByteSize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

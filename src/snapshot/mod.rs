@@ -62,6 +62,17 @@ pub struct Listener {
     pub redirect: Option<(usize, u16)>,
     /// Connections open with a PROXY protocol header naming the client.
     pub proxy_protocol: bool,
+    pub limits: ClientLimits,
+}
+
+/// Bounds on a listener's clients: `defaults.limits` with the listener's overrides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ClientLimits {
+    pub framing: crate::framing::Limits,
+    /// Open connections on the listener (0 = unlimited).
+    pub max_connections: u32,
+    /// Open connections from one client address (0 = unlimited).
+    pub per_client: u32,
 }
 
 /// A TLS listener's certificates and protocols.
@@ -81,6 +92,10 @@ pub struct Defaults {
     pub request_header_timeout: Duration,
     pub upstream_read_timeout: Duration,
     pub idle_timeout: Duration,
+    /// For dedicated gateway ports, and what listeners override.
+    pub limits: ClientLimits,
+    pub drain: Duration,
+    pub grace: Duration,
 }
 
 impl Defaults {
@@ -130,6 +145,8 @@ pub struct Route {
     /// `Set-Cookie` for route stickiness.
     pub set_cookie: Option<SetCookie>,
     pub metrics: RouteMetrics,
+    /// Largest request body, from the route or its gateway (0 = unlimited).
+    pub max_body: u64,
 }
 
 #[derive(Debug)]

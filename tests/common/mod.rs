@@ -8,6 +8,7 @@ mod client;
 mod metrics;
 mod ports;
 mod process;
+mod raw;
 mod upstream;
 
 pub use certs::*;
@@ -15,6 +16,7 @@ pub use client::*;
 pub use metrics::*;
 pub use ports::*;
 pub use process::*;
+pub use raw::*;
 pub use upstream::*;
 
 pub const WEIR: &str = env!("CARGO_BIN_EXE_weir");

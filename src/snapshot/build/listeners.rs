@@ -6,11 +6,60 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::{valid_name, Builder, MAX_LISTENERS};
-use crate::config::Config;
-use crate::snapshot::{Listener, TlsListener};
+use crate::config::{Config, HttpLimits};
+use crate::snapshot::{ClientLimits, Listener, TlsListener};
+
+/// The largest request head Pingora's HTTP/1 parser reads.
+const MAX_HEAD: u64 = 1_048_575;
 
 impl Builder<'_> {
-    pub(super) fn listeners(&mut self, config: &Config) -> Vec<Listener> {
+    /// `base` with the keys `given` sets, each checked against what weir can honour.
+    pub(super) fn client_limits(
+        &mut self,
+        scope: &str,
+        base: ClientLimits,
+        given: &HttpLimits,
+    ) -> ClientLimits {
+        let mut out = base;
+        if let Some(b) = given.max_request_header_bytes {
+            // Pingora's own parser stops at 1 MiB.
+            if !(1024..=MAX_HEAD).contains(&b.0) {
+                self.main_error(
+                    scope,
+                    "max_request_header_bytes must be from 1KiB to 1MiB - 1",
+                );
+            }
+            out.framing.header_bytes = b.0.min(MAX_HEAD) as usize;
+        }
+        if let Some(n) = given.max_headers {
+            // Pingora's parser reads at most 256 header fields.
+            if !(1..=256).contains(&n) {
+                self.main_error(scope, "max_headers must be from 1 to 256");
+            }
+            out.framing.headers = n.clamp(1, 256) as usize;
+        }
+        if let Some(b) = given.max_uri_bytes {
+            if !(16..=MAX_HEAD).contains(&b.0) {
+                self.main_error(scope, "max_uri_bytes must be from 16 to 1MiB - 1");
+            }
+            out.framing.uri_bytes = b.0.min(MAX_HEAD) as usize;
+        }
+        if out.framing.uri_bytes >= out.framing.header_bytes {
+            self.main_error(
+                scope,
+                "max_uri_bytes must be less than max_request_header_bytes (the target is part of the head)",
+            );
+        }
+        if let Some(n) = given.max_connections {
+            out.max_connections = n;
+        }
+        if let Some(n) = given.max_connections_per_client {
+            out.per_client = n;
+        }
+        out
+    }
+
+    pub(super) fn listeners(&mut self, config: &Config, base: ClientLimits) -> Vec<Listener> {
         let mut out: Vec<Listener> = Vec::new();
         if config.listeners.len() > MAX_LISTENERS {
             self.main_error("listeners", format!("at most {MAX_LISTENERS} listeners"));
@@ -51,6 +100,7 @@ impl Builder<'_> {
                 tls,
                 redirect: None,
                 proxy_protocol: l.proxy_protocol,
+                limits: self.client_limits(&format!("{scope}.limits"), base, &l.limits),
             });
         }
         // redirect_https names a TLS listener; resolved once all listeners are known.

@@ -15,7 +15,9 @@ use ipnet::IpNet;
 use pingora::upstreams::peer::HttpPeer;
 use rustc_hash::FxHashMap;
 
-use super::{Defaults, Entry, Gateway, GatewayParts, Listener, Snapshot, MAX_CHAIN_DEPTH};
+use super::{
+    ClientLimits, Defaults, Entry, Gateway, GatewayParts, Listener, Snapshot, MAX_CHAIN_DEPTH,
+};
 use crate::config::load::Loaded;
 use crate::config::{Config, GatewayConfig, PortKind};
 use crate::diag::{Diagnostic, Diagnostics};
@@ -44,7 +46,7 @@ pub fn build(loaded: &Loaded, inputs: &Inputs) -> Result<Snapshot, Diagnostics> 
     let config = &loaded.config;
     b.refuse_unsupported_globals(config);
     let defaults = b.defaults(config);
-    let listeners = b.listeners(config);
+    let listeners = b.listeners(config, defaults.limits);
     let names = b.gateway_names(&config.gateways);
     let template = peer_template(&defaults);
 
@@ -288,7 +290,11 @@ impl Builder<'_> {
         if d.retries > 16 {
             self.main_error("defaults.retries", "retries must be 16 or fewer");
         }
+        let limits = self.client_limits("defaults.limits", ClientLimits::default(), &d.limits);
         Defaults {
+            limits,
+            drain: d.shutdown.drain.0,
+            grace: d.shutdown.grace.0,
             trusted_proxies: trusted,
             retries: d.retries,
             connect_timeout: d.timeouts.connect.0,

@@ -77,6 +77,10 @@ impl Builder<'_> {
                     sticky_id,
                     set_cookie,
                     metrics: RouteMetrics::unbound(),
+                    max_body: route
+                        .max_body_bytes
+                        .or(gw.max_body_bytes)
+                        .map_or(0, |b| b.0),
                 });
             }
         }
