@@ -39,6 +39,7 @@ pub mod prepare;
 pub(crate) mod probe;
 pub(crate) mod proxy;
 pub(crate) mod proxy_protocol;
+pub(crate) mod ratelimit;
 pub(crate) mod reload;
 pub mod request;
 pub(crate) mod rewrite;

@@ -276,6 +276,14 @@ pub fn request_refused(listener: &str, status: u16) {
         .inc();
 }
 
+/// Counts a request refused by a rate limit (a refusal path: label lookup is fine).
+pub fn rate_limited(gateway: &str, route: &str) {
+    metrics()
+        .rate_limited
+        .with_label_values(&[gateway, route])
+        .inc();
+}
+
 /// Counts a connection closed at accept.
 pub fn connection_refused(listener: &str, reason: &str) {
     metrics()

@@ -272,6 +272,29 @@ impl Weir {
         Ok(true)
     }
 
+    /// 429, with when to come back, counted for the route.
+    async fn too_many(
+        &self,
+        session: &mut Session,
+        ctx: &Ctx,
+        wait: std::time::Duration,
+    ) -> Result<bool> {
+        if let (true, Some((g, r))) = (self.metrics, ctx.gateway_and_route()) {
+            metrics::rate_limited(g, r);
+        }
+        let body = Bytes::from_static(b"too many requests\n");
+        let mut resp = pingora::http::ResponseHeader::build(429, Some(3))?;
+        resp.insert_header(
+            http::header::RETRY_AFTER,
+            crate::ratelimit::retry_after(wait),
+        )?;
+        resp.insert_header(http::header::CONTENT_TYPE, "text/plain")?;
+        resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+        session.write_response_header(Box::new(resp), false).await?;
+        session.write_response_body(Some(body), true).await?;
+        Ok(true)
+    }
+
     /// The request says its body is longer than the route takes.
     fn body_too_large(&self, session: &Session, ctx: &Ctx) -> bool {
         let max = ctx.max_body();
@@ -409,6 +432,9 @@ impl ProxyHttp for Weir {
         };
         ctx.entry = Some(entry);
         ctx.selected = Some(selected);
+        if let Some(wait) = snapshot.rate_limited(selected, &view) {
+            return self.too_many(session, ctx, wait).await;
+        }
         if matches!(ctx.target(), Some(Target::Respond(_))) {
             self.respond(session, ctx).await?;
             return Ok(true);

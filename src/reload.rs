@@ -305,6 +305,7 @@ fn join_live_state(
     health.begin_build();
     for g in &mut next.gateways {
         let before = old.and_then(|o| o.gateway_by_name(&g.name).map(|i| &o.gateways[i]));
+        keep_rate_state(&mut g.rate, before.and_then(|b| b.rate.as_ref()));
         for (i, r) in g.routes.iter_mut().enumerate() {
             // Routes rarely move: look at the same position first.
             let same = before.and_then(|b| {
@@ -317,6 +318,7 @@ fn join_live_state(
                 Some(x) => x.metrics.clone(),
                 None => RouteMetrics::bind(&g.name, &r.key),
             };
+            keep_rate_state(&mut r.rate, same.and_then(|x| x.rate.as_ref()));
             if let Target::Pool(pool) = &mut r.target {
                 for u in &mut pool.instances {
                     u.health = if u.resolved {
@@ -330,6 +332,18 @@ fn join_live_state(
     }
     next.unrouted = RouteMetrics::bind("", "");
     next
+}
+
+/// A rate limit whose settings did not change keeps its buckets across a reload.
+fn keep_rate_state(
+    next: &mut Option<Arc<crate::ratelimit::RateLimit>>,
+    old: Option<&Arc<crate::ratelimit::RateLimit>>,
+) {
+    if let (Some(n), Some(o)) = (next.as_ref(), old) {
+        if n.config == o.config {
+            *next = Some(o.clone());
+        }
+    }
 }
 
 /// Whether a file event concerns the config.

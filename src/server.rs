@@ -87,6 +87,28 @@ impl BackgroundService for Readiness {
     }
 }
 
+/// Forgets idle rate-limit buckets now and then, so that their memory follows the
+/// clients that are active.
+struct RateSweeper {
+    current: Arc<arc_swap::ArcSwap<crate::snapshot::Snapshot>>,
+}
+
+#[async_trait]
+impl BackgroundService for RateSweeper {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                _ = shutdown.changed() => return,
+            }
+            let snapshot = self.current.load_full();
+            for limit in snapshot.rate_limits() {
+                limit.sweep();
+            }
+        }
+    }
+}
+
 /// `sd_notify(READY=1)` when started by systemd with `Type=notify`.
 fn notify_systemd_ready() {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
@@ -211,6 +233,12 @@ pub fn run(config_path: &Path, options: RunOptions) -> Result<(), String> {
     if let Some(log) = access_log {
         server.add_service(background_service("access log", accesslog::Writer { log }));
     }
+    server.add_service(background_service(
+        "rate limits",
+        RateSweeper {
+            current: current.clone(),
+        },
+    ));
     server.add_service(background_service("health", Checker { current }));
     server.add_service(background_service(
         "reload",

@@ -484,3 +484,83 @@ fn clients_hanging_up_are_counted_not_logged_as_errors() {
     let log = weir.log();
     assert!(!log.contains("ERROR"), "{log}");
 }
+
+fn rate_yaml(port: u16, admin: u16, up: &str, requests: u32, extra: &str) -> String {
+    format!(
+        "{}admin: {{ bind: \"127.0.0.1:{admin}\" }}
+gateways:
+  - name: g
+    virtual_hosts: [g.test]
+    routes:
+      r: {{ rate_limit: {{ requests: {requests}, per: 1m, burst: 1 }}, instances: [\"{up}\"] }}
+  - name: h
+    virtual_hosts: [h.test]
+    rate_limit: {{ requests: 1, per: 1m, by: header(X-Key) }}
+    routes: {{ r: {{ instances: [\"{up}\"] }} }}
+{extra}",
+        http_listener(port)
+    )
+}
+
+#[test]
+fn rate_limits_answer_429_and_keep_their_state_across_a_reload() {
+    let port = free_port();
+    let admin = free_port();
+    let up = RawUpstream::start(Answer::Ok);
+    let weir = Weir::start(&rate_yaml(port, admin, &up.addr(), 3, ""), &[port, admin]);
+    let mut a = Client::connect_from("127.0.0.8", port);
+    for _ in 0..4 {
+        assert_eq!(
+            a.get("g.test", "/", &[]).status,
+            200,
+            "requests + burst pass"
+        );
+    }
+    let r = a.get("g.test", "/", &[]);
+    assert_eq!(r.status, 429);
+    let wait: u64 = r
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    assert_eq!(
+        Client::connect_from("127.0.0.9", port)
+            .get("g.test", "/", &[])
+            .status,
+        200
+    );
+    // By header: each value has its own bucket.
+    let mut c = Client::connect(port);
+    assert_eq!(c.get("h.test", "/", &[("X-Key", "one")]).status, 200);
+    assert_eq!(c.get("h.test", "/", &[("X-Key", "one")]).status, 429);
+    assert_eq!(c.get("h.test", "/", &[("X-Key", "two")]).status, 200);
+    // An unrelated change keeps the buckets; a changed limit starts afresh.
+    let reloads = |m: &std::collections::HashMap<String, f64>| {
+        m.get("weir_config_reloads_total{result=\"ok\"}")
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let extra = "  - name: other\n    virtual_hosts: [o.test]\n    routes: { r: { respond: { status: 204 } } }\n";
+    std::fs::write(&weir.config, rate_yaml(port, admin, &up.addr(), 3, extra)).unwrap();
+    assert!(within(Duration::from_secs(10), || reloads(&scrape(admin)) >= 1.0));
+    assert_eq!(
+        a.get("g.test", "/", &[]).status,
+        429,
+        "state survived the reload"
+    );
+    std::fs::write(&weir.config, rate_yaml(port, admin, &up.addr(), 10, extra)).unwrap();
+    assert!(within(Duration::from_secs(10), || reloads(&scrape(admin)) >= 2.0));
+    assert_eq!(
+        a.get("g.test", "/", &[]).status,
+        200,
+        "a new limit, new buckets"
+    );
+    let m = scrape(admin);
+    assert_eq!(
+        m.get("weir_rate_limited_total{gateway=\"g\",route=\"r\"}"),
+        Some(&2.0),
+        "{m:?}"
+    );
+    assert!(!up.received().is_empty());
+}

@@ -128,6 +128,8 @@ pub struct Gateway {
     pub tcp: bool,
     /// `Strict-Transport-Security` for responses over TLS.
     pub hsts: Option<http::HeaderValue>,
+    /// The gateway's own `rate_limit` (routes may have theirs too).
+    pub rate: Option<Arc<crate::ratelimit::RateLimit>>,
 }
 
 #[derive(Debug)]
@@ -147,6 +149,7 @@ pub struct Route {
     pub metrics: RouteMetrics,
     /// Largest request body, from the route or its gateway (0 = unlimited).
     pub max_body: u64,
+    pub rate: Option<Arc<crate::ratelimit::RateLimit>>,
 }
 
 #[derive(Debug)]
@@ -471,6 +474,27 @@ impl Snapshot {
         }
     }
 
+    /// How long a request must wait under its gateway's or route's rate limit, if it
+    /// is over one.
+    pub fn rate_limited(&self, sel: Selected, req: &Request) -> Option<std::time::Duration> {
+        let g = &self.gateways[sel.gateway];
+        let limits = [g.rate.as_deref(), g.routes[sel.route].rate.as_deref()];
+        limits
+            .into_iter()
+            .flatten()
+            .find_map(|l| l.check(req).err())
+    }
+
+    /// Every rate limit in the snapshot.
+    pub fn rate_limits(&self) -> impl Iterator<Item = &crate::ratelimit::RateLimit> {
+        self.gateways.iter().flat_map(|g| {
+            g.rate
+                .as_deref()
+                .into_iter()
+                .chain(g.routes.iter().filter_map(|r| r.rate.as_deref()))
+        })
+    }
+
     /// Keeps round-robin positions from `old` where a gateway's routes (or a route's
     /// instances) are unchanged, so a reload does not restart every rotation.
     pub fn carry_over(&self, old: &Snapshot) {
@@ -576,6 +600,7 @@ pub struct GatewayParts {
     pub listener_mask: u64,
     pub port: Option<u16>,
     pub tcp: bool,
+    pub rate: Option<Arc<crate::ratelimit::RateLimit>>,
 }
 
 impl Gateway {
@@ -598,6 +623,7 @@ impl Gateway {
             port: parts.port,
             tcp: parts.tcp,
             hsts: parts.hsts,
+            rate: parts.rate,
         }
     }
 

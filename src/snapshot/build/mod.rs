@@ -108,6 +108,7 @@ pub fn build(loaded: &Loaded, inputs: &Inputs) -> Result<Snapshot, Diagnostics> 
                     }
                     http::HeaderValue::from_str(&v).ok()
                 }),
+                rate: b.rate_limit(gw, &scope, gw.rate_limit.as_ref()),
                 config: Arc::new(gw.clone()),
                 name: gw.name.as_str().into(),
                 source: gw.source.clone(),
@@ -235,6 +236,22 @@ impl Builder<'_> {
             scope,
         );
         self.warnings.push(d);
+    }
+
+    /// A `rate_limit:` compiled, or an error naming it.
+    fn rate_limit(
+        &mut self,
+        gw: &GatewayConfig,
+        scope: &str,
+        config: Option<&crate::config::RateLimitConfig>,
+    ) -> Option<Arc<crate::ratelimit::RateLimit>> {
+        match crate::ratelimit::RateLimit::new(config?) {
+            Ok(r) => Some(Arc::new(r)),
+            Err(e) => {
+                self.error(gw, scope, e);
+                None
+            }
+        }
     }
 
     fn main_error(&mut self, scope: &str, message: impl Into<String>) {

@@ -81,6 +81,7 @@ impl Builder<'_> {
                         .max_body_bytes
                         .or(gw.max_body_bytes)
                         .map_or(0, |b| b.0),
+                    rate: self.rate_limit(gw, &scope, route.rate_limit.as_ref()),
                 });
             }
         }
