@@ -94,27 +94,6 @@ pub struct HttpLimits {
     pub max_connections_per_client: Option<u32>,
 }
 
-/// `shutdown:` under `defaults`: what SIGTERM does.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ShutdownConfig {
-    /// Keep accepting (with `/readyz` failing) this long, for load balancers to notice.
-    #[serde(default = "secs::<5>")]
-    pub drain: ConfigDuration,
-    /// Then give requests in flight up to this long.
-    #[serde(default = "secs::<30>")]
-    pub grace: ConfigDuration,
-}
-
-impl Default for ShutdownConfig {
-    fn default() -> Self {
-        ShutdownConfig {
-            drain: secs::<5>(),
-            grace: secs::<30>(),
-        }
-    }
-}
-
 /// `rate_limit:` on a gateway or route.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -190,8 +169,6 @@ pub struct Defaults {
     pub trusted_proxies: Vec<String>,
     #[serde(default)]
     pub limits: HttpLimits,
-    #[serde(default)]
-    pub shutdown: ShutdownConfig,
 }
 
 impl Default for Defaults {
@@ -201,7 +178,6 @@ impl Default for Defaults {
             retries: default_retries(),
             trusted_proxies: Vec::new(),
             limits: HttpLimits::default(),
-            shutdown: ShutdownConfig::default(),
         }
     }
 }

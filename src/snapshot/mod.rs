@@ -94,8 +94,6 @@ pub struct Defaults {
     pub idle_timeout: Duration,
     /// For dedicated gateway ports, and what listeners override.
     pub limits: ClientLimits,
-    pub drain: Duration,
-    pub grace: Duration,
 }
 
 impl Defaults {

@@ -310,8 +310,6 @@ impl Builder<'_> {
         let limits = self.client_limits("defaults.limits", ClientLimits::default(), &d.limits);
         Defaults {
             limits,
-            drain: d.shutdown.drain.0,
-            grace: d.shutdown.grace.0,
             trusted_proxies: trusted,
             retries: d.retries,
             connect_timeout: d.timeouts.connect.0,
