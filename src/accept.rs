@@ -168,6 +168,16 @@ impl<A> Accept<A> {
     }
 }
 
+/// Waits for a client's first byte, until `deadline`; false when none came in time or
+/// the client left (the connection then closes quietly).
+async fn first_byte(stream: &mut Stream, deadline: tokio::time::Instant) -> bool {
+    let mut one = [0u8; 1];
+    matches!(
+        tokio::time::timeout_at(deadline, stream.try_peek(&mut one)).await,
+        Ok(Ok(_))
+    )
+}
+
 /// The TCP connection under `stream` (a PROXY header and a TLS handshake read it
 /// directly).
 fn tcp_of(stream: Stream) -> Option<Box<TcpStream>> {
@@ -249,7 +259,9 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Accept<A> {
                     metrics: self.metrics,
                     access_log: self.access_log.as_deref(),
                 };
-                crate::tcp::serve(snapshot, g, stream, records).await;
+                // Boxed, as the handshake below: each is as large as it is rare, and an
+                // idle connection's future should carry neither.
+                Box::pin(crate::tcp::serve(snapshot, g, stream, records)).await;
                 return None;
             }
             Some(Entry::Shared(l)) => Arrival {
@@ -263,14 +275,14 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Accept<A> {
         let _listener = self.listener_place(port, &arrival).await?;
         let mut stream = stream;
         if arrival.proxied {
-            stream = self.proxy_header(stream, arrival.deadline).await?;
+            stream = Box::pin(self.proxy_header(stream, arrival.deadline)).await?;
         }
         // Counted by the client the PROXY header names, if any.
         let _client = self.client_place(&stream, &arrival)?;
         if let Some(tls) = port.and_then(|p| p.tls.as_deref()) {
             // A client has `request_header` for its PROXY header, and again for its TLS
             // handshake.
-            stream = self.handshake(tls, stream, arrival.deadline).await?;
+            stream = Box::pin(self.handshake(tls, stream, arrival.deadline)).await?;
         }
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             // HTTP/2: Pingora's own connection handling, stream by stream.
@@ -279,7 +291,13 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Accept<A> {
             }
             return None;
         }
-        self.serve_http1(stream, &arrival, accepted, shutdown).await;
+        // Pingora's session, its request future and its header buffer are made only
+        // once the client sends a byte: an idle connection costs little more than its
+        // socket. (TLS streams cannot peek: they go on at once.)
+        if !first_byte(&mut stream, accepted + arrival.deadline).await {
+            return None;
+        }
+        Box::pin(self.serve_http1(stream, &arrival, accepted, shutdown)).await;
         None
     }
 

@@ -564,3 +564,38 @@ fn rate_limits_answer_429_and_keep_their_state_across_a_reload() {
     );
     assert!(!up.received().is_empty());
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+#[test]
+fn idle_connections_cost_little_and_their_memory_comes_back() {
+    const N: u64 = 800;
+    let (weir, _up, port, _) = start();
+    still_serves(port);
+    let base = rss_kib(weir.pid());
+    let conns: Vec<TcpStream> = (0..N)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    // Every connection accepted and waiting for its first byte.
+    thread::sleep(Duration::from_millis(1500));
+    let held = rss_kib(weir.pid());
+    let per_conn = (held.saturating_sub(base)) * 1024 / N;
+    assert!(
+        per_conn <= 16 * 1024,
+        "{per_conn} bytes per idle connection (RSS {base} -> {held} KiB)"
+    );
+    drop(conns);
+    let back = within(Duration::from_secs(15), || rss_kib(weir.pid()) <= 2 * base);
+    assert!(
+        back,
+        "RSS {} KiB after close, baseline {base} KiB",
+        rss_kib(weir.pid())
+    );
+}
