@@ -460,11 +460,27 @@ gateways:
 
 #[test]
 fn clients_hanging_up_are_counted_not_logged_as_errors() {
-    let (weir, _up, port, admin) = start_with("  retries: 0", "", Answer::Silent);
+    let port = free_port();
+    let tls = free_port();
+    let admin = free_port();
+    let up = RawUpstream::start(Answer::Silent);
+    let yaml = format!(
+        "listeners:
+  http: {{ bind: \"127.0.0.1:{port}\" }}
+  https: {{ bind: \"127.0.0.1:{tls}\", tls: {{ self_signed: [g.test], default_certificate: 0 }} }}
+admin: {{ bind: \"127.0.0.1:{admin}\" }}
+defaults: {{ retries: 0 }}
+gateways:
+  - name: g
+    virtual_hosts: [g.test]
+    routes: {{ r: {{ instances: [\"{}\"] }} }}
+",
+        up.addr()
+    );
+    let weir = Weir::start(&yaml, &[port, tls, admin]);
     for _ in 0..20 {
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.write_all(b"GET /gone HTTP/1.1\r\nHost: g.test\r\n\r\n")
-            .unwrap();
+        s.write_all(b"GET /gone HTTP/1.1\r\nHost: g.test\r\n\r\n").unwrap();
         thread::sleep(Duration::from_millis(20));
         let _ = s.shutdown(Shutdown::Both);
     }
@@ -472,17 +488,23 @@ fn clients_hanging_up_are_counted_not_logged_as_errors() {
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
         let _ = s.write_all(b"GET /half HTTP/1.1\r\nHost: g");
     }
-    assert!(
-        within(Duration::from_secs(10), || {
-            scrape(admin)
-                .get("weir_client_aborts_total")
-                .is_some_and(|v| *v >= 10.0)
-        }),
-        "{:?}",
-        scrape(admin)
-    );
+    // HTTP/2 clients that give up on their streams (several streams a connection).
+    for _ in 0..5 {
+        let url = format!("https://g.test:{tls}/h2");
+        let resolve = format!("g.test:{tls}:127.0.0.1");
+        let out = std::process::Command::new("curl")
+            .args(["-sk", "--http2", "--max-time", "0.5", "--resolve", &resolve])
+            .args(["-Z", &url, &url, &url])
+            .output()
+            .expect("run curl");
+        assert!(!out.status.success(), "the upstream never answers");
+    }
+    assert!(within(Duration::from_secs(10), || {
+        scrape(admin).get("weir_client_aborts_total").is_some_and(|v| *v >= 30.0)
+    }), "{:?}", scrape(admin));
     let log = weir.log();
     assert!(!log.contains("ERROR"), "{log}");
+    assert!(up.received().contains("GET /h2"), "the HTTP/2 requests reached the upstream");
 }
 
 fn rate_yaml(port: u16, admin: u16, up: &str, requests: u32, extra: &str) -> String {
