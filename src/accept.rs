@@ -307,6 +307,29 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Accept<A> {
 }
 
 impl<A: HttpServerApp + Send + Sync + 'static> Accept<A> {
+    /// Waits, for up to the idle timeout, for a kept-alive connection's next request to
+    /// start, so that Pingora's session for it is made only then (an idle connection
+    /// between requests then costs about what a new one does). None: close it.
+    async fn next_request(&self, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let mut guarded = match stream.into_any().downcast::<Guarded>() {
+            Ok(g) => g,
+            Err(_) => {
+                log::error!("an HTTP/1 connection without its guard");
+                return None;
+            }
+        };
+        let idle = self.current.load().defaults.idle_timeout;
+        let mut shutdown = shutdown.clone();
+        if *shutdown.borrow() {
+            return None;
+        }
+        let more = tokio::select! {
+            r = tokio::time::timeout(idle, guarded.readable()) => matches!(r, Ok(true)),
+            _ = shutdown.changed() => false,
+        };
+        more.then_some(guarded)
+    }
+
     /// Waits for a place on a listener at `max_connections`, for as long as a client
     /// has to send its request head.
     async fn listener_place(
@@ -380,6 +403,9 @@ impl<A: HttpServerApp + Send + Sync + 'static> Accept<A> {
         session.set_keepalive(keepalive);
         let mut next = self.app.process_new_http(session, shutdown).await;
         while let Some((stream, settings)) = next.map(ReusedHttpStream::consume) {
+            let Some(stream) = self.next_request(stream, shutdown).await else {
+                return;
+            };
             let mut session = ServerSession::new_http1(stream);
             if let Some(settings) = settings {
                 settings.apply_to_session(&mut session);

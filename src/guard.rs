@@ -214,6 +214,37 @@ impl Guarded {
         Some(())
     }
 
+    /// Waits until there is something to hand on: bytes of the next request (read and
+    /// kept, so no read is wasted), a refusal to answer, or the end of the stream
+    /// (false).
+    pub async fn readable(&mut self) -> bool {
+        std::future::poll_fn(|cx| {
+            if self.ready_pos < self.ready.len() || self.pending.is_some() {
+                return Poll::Ready(true);
+            }
+            let mut chunk = [0u8; 2048];
+            let mut buf = ReadBuf::new(&mut chunk);
+            match Pin::new(&mut *self).poll_read(cx, &mut buf) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Err(_)) => Poll::Ready(false),
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => {
+                    // The end of the stream, or a refusal written and done.
+                    Poll::Ready(false)
+                }
+                Poll::Ready(Ok(())) => {
+                    // What the read gave goes first, before anything still in `ready`.
+                    let rest = self.ready.split_off(self.ready_pos);
+                    self.ready.clear();
+                    self.ready.extend_from_slice(buf.filled());
+                    self.ready.extend_from_slice(&rest);
+                    self.ready_pos = 0;
+                    Poll::Ready(true)
+                }
+            }
+        })
+        .await
+    }
+
     /// Notes the status of a response written while an upgrade awaits it.
     fn watch_response(&mut self, bytes: &[u8]) {
         let (acc, len) = &mut self.status;

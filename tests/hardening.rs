@@ -480,7 +480,8 @@ gateways:
     let weir = Weir::start(&yaml, &[port, tls, admin]);
     for _ in 0..20 {
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.write_all(b"GET /gone HTTP/1.1\r\nHost: g.test\r\n\r\n").unwrap();
+        s.write_all(b"GET /gone HTTP/1.1\r\nHost: g.test\r\n\r\n")
+            .unwrap();
         thread::sleep(Duration::from_millis(20));
         let _ = s.shutdown(Shutdown::Both);
     }
@@ -499,12 +500,21 @@ gateways:
             .expect("run curl");
         assert!(!out.status.success(), "the upstream never answers");
     }
-    assert!(within(Duration::from_secs(10), || {
-        scrape(admin).get("weir_client_aborts_total").is_some_and(|v| *v >= 30.0)
-    }), "{:?}", scrape(admin));
+    assert!(
+        within(Duration::from_secs(10), || {
+            scrape(admin)
+                .get("weir_client_aborts_total")
+                .is_some_and(|v| *v >= 30.0)
+        }),
+        "{:?}",
+        scrape(admin)
+    );
     let log = weir.log();
     assert!(!log.contains("ERROR"), "{log}");
-    assert!(up.received().contains("GET /h2"), "the HTTP/2 requests reached the upstream");
+    assert!(
+        up.received().contains("GET /h2"),
+        "the HTTP/2 requests reached the upstream"
+    );
 }
 
 fn rate_yaml(port: u16, admin: u16, up: &str, requests: u32, extra: &str) -> String {
@@ -620,4 +630,22 @@ fn idle_connections_cost_little_and_their_memory_comes_back() {
         "RSS {} KiB after close, baseline {base} KiB",
         rss_kib(weir.pid())
     );
+    // Kept-alive connections idle after a request cost about as little.
+    let before = rss_kib(weir.pid());
+    let kept: Vec<Client> = (0..N)
+        .map(|_| {
+            let mut c = Client::connect(port);
+            assert_eq!(c.get("g.test", "/", &[]).status, 200);
+            c
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(1500));
+    let held = rss_kib(weir.pid());
+    let per_conn = (held.saturating_sub(before)) * 1024 / N;
+    eprintln!("idle after a request: {per_conn} bytes per connection");
+    assert!(
+        per_conn <= 24 * 1024,
+        "{per_conn} bytes per kept-alive idle connection"
+    );
+    drop(kept);
 }
