@@ -417,6 +417,13 @@ impl ProxyHttp for Weir {
             }
         }
         let req = session.req_header();
+        if req.method == http::Method::CONNECT {
+            // weir is a reverse proxy: a tunnel through it is nothing it offers.
+            session
+                .respond_error_with_body(405, Bytes::from_static(b"CONNECT is not served\n"))
+                .await?;
+            return Ok(true);
+        }
         if req.version == http::Version::HTTP_11 && request_host(req).is_empty() {
             // RFC 9112 §3.2: an HTTP/1.1 request without Host is a client error.
             session
