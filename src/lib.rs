@@ -13,16 +13,19 @@
 //! 4. **One apply step.** `reload`: joins live state (`health` registry, `metrics`
 //!    handles, TLS endpoints) to the new snapshot and swaps it into an `ArcSwap`; the file
 //!    watcher, `SIGHUP`, DNS refreshes and the admin API all go through it.
-//! 5. **Requests.** `server` assembles Pingora; `accept` takes each connection (PROXY
-//!    header via `proxy_protocol`, TLS via `tls`); `proxy` is the `ProxyHttp`
-//!    implementation reading one snapshot per request, with `forward` for forwarding
-//!    headers and `accesslog`; `tcp` serves TCP gateways.
+//! 5. **Requests.** `server` assembles Pingora; `accept` takes each connection
+//!    (`connlimit`, PROXY header via `proxy_protocol`, TLS via `tls`) and runs HTTP/1
+//!    connections through `guard`, which holds each request to `framing`; `proxy` is
+//!    the `ProxyHttp` implementation reading one snapshot per request, with `answer` for
+//!    what weir answers itself, `ratelimit`, `forward` for forwarding headers and
+//!    `accesslog`; `tcp` serves TCP gateways.
 //! 6. **Around it.** `probe` runs active health checks; `admin` serves health, metrics
 //!    (`exposition`) and the gateway API; `cli` is the command line.
 
 pub(crate) mod accept;
 pub(crate) mod accesslog;
 pub(crate) mod admin;
+pub(crate) mod answer;
 pub(crate) mod balance;
 pub mod cli;
 pub(crate) mod condition;

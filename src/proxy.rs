@@ -20,6 +20,7 @@ use pingora::upstreams::peer::HttpPeer;
 use std::time::Instant;
 
 use crate::accesslog::{self, AccessLog};
+use crate::answer;
 use crate::condition::Request;
 use crate::forward::{self, Forwarding};
 use crate::health::InstanceHealth;
@@ -116,14 +117,6 @@ fn request_view<'a>(req: &'a RequestHeader, client: Option<std::net::IpAddr>) ->
         &req.headers,
         client,
     )
-}
-
-fn refusal_response(r: Refusal) -> (u16, &'static [u8]) {
-    match r {
-        Refusal::UnknownHost => (404, b"no gateway for this host\n"),
-        Refusal::Misdirected => (421, b"this host is not served on this listener\n"),
-        Refusal::NoRoute => (503, b"no route available\n"),
-    }
 }
 
 /// The Host a request is for: the URI authority (HTTP/2, absolute-form) or `Host`.
@@ -282,17 +275,7 @@ impl Weir {
         if let (true, Some((g, r))) = (self.metrics, ctx.gateway_and_route()) {
             metrics::rate_limited(g, r);
         }
-        let body = Bytes::from_static(b"too many requests\n");
-        let mut resp = pingora::http::ResponseHeader::build(429, Some(3))?;
-        resp.insert_header(
-            http::header::RETRY_AFTER,
-            crate::ratelimit::retry_after(wait),
-        )?;
-        resp.insert_header(http::header::CONTENT_TYPE, "text/plain")?;
-        resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
-        session.write_response_header(Box::new(resp), false).await?;
-        session.write_response_body(Some(body), true).await?;
-        Ok(true)
+        answer::too_many(session, wait).await
     }
 
     /// The request says its body is longer than the route takes.
@@ -308,29 +291,12 @@ impl Weir {
                 .is_some_and(|n| n > max)
     }
 
-    async fn refuse(&self, session: &mut Session, r: Refusal) -> Result<bool> {
-        let (status, body) = refusal_response(r);
-        session
-            .respond_error_with_body(status, Bytes::from_static(body))
-            .await?;
-        Ok(true)
-    }
-
     /// Writes a `respond:` route's answer.
     async fn respond(&self, session: &mut Session, ctx: &Ctx) -> Result<u16> {
-        let Some(Target::Respond(respond)) = ctx.target() else {
-            return Ok(0);
-        };
-        let head_only = session.req_header().method == http::Method::HEAD;
-        session
-            .write_response_header(Box::new(respond.header.clone()), head_only)
-            .await?;
-        if !head_only {
-            session
-                .write_response_body(Some(respond.body.clone()), true)
-                .await?;
+        match ctx.target() {
+            Some(Target::Respond(respond)) => answer::respond(session, respond).await,
+            _ => Ok(0),
         }
-        Ok(respond.header.status.as_u16())
     }
 
     fn pick(session: &Session, ctx: &Ctx) -> Option<Upstream> {
@@ -405,7 +371,7 @@ impl ProxyHttp for Weir {
         ctx.retries_left = defaults.retries;
         ctx.local_port = port;
         let Some(entry) = snapshot.entry(port) else {
-            return self.refuse(session, Refusal::UnknownHost).await;
+            return answer::refuse(session, Refusal::UnknownHost).await;
         };
         // What the connection is, not what the listener is now configured to be (a
         // reload cannot switch a bound listener between TLS and plain).
@@ -435,7 +401,7 @@ impl ProxyHttp for Weir {
         let selected = snapshot.select(entry, request_host(req), &view, &mut ctx.writes);
         let selected = match selected {
             Ok(s) => s,
-            Err(r) => return self.refuse(session, r).await,
+            Err(r) => return answer::refuse(session, r).await,
         };
         ctx.entry = Some(entry);
         ctx.selected = Some(selected);
@@ -555,35 +521,9 @@ impl ProxyHttp for Weir {
                 };
             }
         }
-        let code = match e.etype() {
-            HTTPStatus(code) => *code,
-            _ => match e.esource() {
-                ErrorSource::Upstream if e.etype() == &ReadTimedout => 504,
-                ErrorSource::Upstream => 502,
-                ErrorSource::Downstream => match e.etype() {
-                    WriteError | ReadError | ConnectionClosed => 0,
-                    _ => 400,
-                },
-                ErrorSource::Internal | ErrorSource::Unset => 500,
-            },
-        };
+        let code = answer::error_status(e);
         if code > 0 {
-            let body: &'static [u8] = match code {
-                502 => b"upstream unavailable\n",
-                503 => b"no upstream available\n",
-                504 => b"upstream timed out\n",
-                _ => b"",
-            };
-            let sent = if body.is_empty() {
-                session.respond_error(code).await
-            } else {
-                session
-                    .respond_error_with_body(code, Bytes::from_static(body))
-                    .await
-            };
-            if let Err(e) = sent {
-                log::debug!("could not send the error response: {e}");
-            }
+            answer::error(session, code).await;
         }
         FailToProxy {
             error_code: code,

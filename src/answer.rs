@@ -1,0 +1,94 @@
+//! Answers weir writes itself, with no upstream: refusals from routing (404, 421,
+//! 503), `respond:` routes, 429 from rate limits, and the status an error maps to.
+//!
+//! This module owns the status codes and bodies of those answers; `proxy` decides
+//! when to give them.
+
+use bytes::Bytes;
+use pingora::prelude::*;
+
+use crate::snapshot::{Refusal, Respond};
+
+/// Routing's refusal as a status and body.
+fn refusal_response(r: Refusal) -> (u16, &'static [u8]) {
+    match r {
+        Refusal::UnknownHost => (404, b"no gateway for this host\n"),
+        Refusal::Misdirected => (421, b"this host is not served on this listener\n"),
+        Refusal::NoRoute => (503, b"no route available\n"),
+    }
+}
+
+/// Answers a request routing refused.
+pub async fn refuse(session: &mut Session, r: Refusal) -> Result<bool> {
+    let (status, body) = refusal_response(r);
+    session
+        .respond_error_with_body(status, Bytes::from_static(body))
+        .await?;
+    Ok(true)
+}
+
+/// Writes a `respond:` route's answer; returns its status.
+pub async fn respond(session: &mut Session, respond: &Respond) -> Result<u16> {
+    let head_only = session.req_header().method == http::Method::HEAD;
+    session
+        .write_response_header(Box::new(respond.header.clone()), head_only)
+        .await?;
+    if !head_only {
+        session
+            .write_response_body(Some(respond.body.clone()), true)
+            .await?;
+    }
+    Ok(respond.header.status.as_u16())
+}
+
+/// 429, with when to come back.
+pub async fn too_many(session: &mut Session, wait: std::time::Duration) -> Result<bool> {
+    let body = Bytes::from_static(b"too many requests\n");
+    let mut resp = pingora::http::ResponseHeader::build(429, Some(3))?;
+    resp.insert_header(
+        http::header::RETRY_AFTER,
+        crate::ratelimit::retry_after(wait),
+    )?;
+    resp.insert_header(http::header::CONTENT_TYPE, "text/plain")?;
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(true)
+}
+
+/// The status a failed request is answered with (0: the client is gone, nothing to
+/// send).
+pub fn error_status(e: &Error) -> u16 {
+    match e.etype() {
+        HTTPStatus(code) => *code,
+        _ => match e.esource() {
+            ErrorSource::Upstream if e.etype() == &ReadTimedout => 504,
+            ErrorSource::Upstream => 502,
+            ErrorSource::Downstream => match e.etype() {
+                WriteError | ReadError | ConnectionClosed => 0,
+                _ => 400,
+            },
+            ErrorSource::Internal | ErrorSource::Unset => 500,
+        },
+    }
+}
+
+/// Answers a failed request with `code`, as well as the connection still allows.
+pub async fn error(session: &mut Session, code: u16) {
+    let body: &'static [u8] = match code {
+        502 => b"upstream unavailable\n",
+        503 => b"no upstream available\n",
+        504 => b"upstream timed out\n",
+        _ => b"",
+    };
+    let sent = if body.is_empty() {
+        session.respond_error(code).await
+    } else {
+        session
+            .respond_error_with_body(code, Bytes::from_static(body))
+            .await
+    };
+    if let Err(e) = sent {
+        log::debug!("could not send the error response: {e}");
+    }
+}
