@@ -294,7 +294,12 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Accept<A> {
         // Pingora's session, its request future and its header buffer are made only
         // once the client sends a byte: an idle connection costs little more than its
         // socket. (TLS streams cannot peek: they go on at once.)
-        if !first_byte(&mut stream, accepted + arrival.deadline).await {
+        let mut stopping = shutdown.clone();
+        let first = tokio::select! {
+            came = first_byte(&mut stream, accepted + arrival.deadline) => came,
+            _ = stopping.changed() => false,
+        };
+        if !first {
             return None;
         }
         Box::pin(self.serve_http1(stream, &arrival, accepted, shutdown)).await;

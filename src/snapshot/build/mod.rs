@@ -433,6 +433,47 @@ mod tests {
     }
 
     #[test]
+    fn limits_merge_per_listener_and_refuse_what_cannot_be_honoured() {
+        let s = try_build(
+            "listeners:\n  a: { bind: \"127.0.0.1:8080\", limits: { max_headers: 10 } }\n  b: { bind: \"127.0.0.1:8081\" }\ndefaults: { limits: { max_uri_bytes: 1KiB, max_connections_per_client: 7 } }\n",
+        )
+        .unwrap();
+        let (a, b) = (s.listeners[0].limits, s.listeners[1].limits);
+        assert_eq!(
+            (a.framing.headers, a.framing.uri_bytes, a.per_client),
+            (10, 1024, 7)
+        );
+        assert_eq!((b.framing.headers, b.framing.header_bytes), (100, 32 << 10));
+        for (limits, message) in [
+            ("max_headers: 300", "max_headers must be from 1 to 256"),
+            (
+                "max_request_header_bytes: 2MiB",
+                "max_request_header_bytes must be from 1KiB",
+            ),
+            (
+                "max_uri_bytes: 64KiB",
+                "max_uri_bytes must be less than max_request_header_bytes",
+            ),
+        ] {
+            let e = errors(&format!(
+                "{LISTENER}defaults: {{ limits: {{ {limits} }} }}\n"
+            ));
+            assert!(e.contains("defaults.limits") && e.contains(message), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_bad_rate_limit_names_its_gateway_and_route() {
+        let e = errors(&format!(
+            "{LISTENER}gateways:\n- name: g\n  routes:\n    r: {{ rate_limit: {{ requests: 5, per: 1s, by: path }}, respond: {{status: 200}} }}\n"
+        ));
+        assert!(
+            e.contains("gateway \"g\", route \"r\": rate_limit.by"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn route_without_target_names_gateway_and_route() {
         let e = errors(&format!(
             "{LISTENER}gateways:\n- name: g\n  routes:\n    nowhere: {{}}\n"
