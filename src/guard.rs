@@ -52,8 +52,10 @@ pub struct Guarded {
     closed: bool,
     /// Something was written since the current request head started.
     responded: bool,
-    /// The start of a response's status line, while an upgrade awaits it.
+    /// The start of the current response's status line, as written.
     status: ([u8; 12], usize),
+    /// The current request's final response status, once written.
+    answered: Option<u16>,
     /// A read parked until the response to an upgrade request is seen.
     parked: Option<Waker>,
     /// The listener label refusals are counted under, when metrics are on.
@@ -84,6 +86,7 @@ impl Guarded {
             closed: false,
             responded: false,
             status: ([0; 12], 0),
+            answered: None,
             parked: None,
             report,
         }
@@ -245,7 +248,8 @@ impl Guarded {
         .await
     }
 
-    /// Notes the status of a response written while an upgrade awaits it.
+    /// Notes the status of the response being written: an upgrade request's bytes
+    /// after it are read only once it is known.
     fn watch_response(&mut self, bytes: &[u8]) {
         let (acc, len) = &mut self.status;
         let take = (acc.len() - *len).min(bytes.len());
@@ -259,8 +263,20 @@ impl Guarded {
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
         *len = 0;
-        self.scan.response(status);
-        if !self.scan.awaiting_response() {
+        // An interim response (100 Continue): the final status line comes after it.
+        if !(100..200).contains(&status) || status == 101 {
+            self.answered = Some(status);
+            self.settle_upgrade();
+        }
+    }
+
+    /// An upgrade request whose response is known becomes a tunnel or goes on as HTTP/1.
+    fn settle_upgrade(&mut self) {
+        let Some(status) = self.answered else {
+            return;
+        };
+        if self.scan.awaiting_response() {
+            self.scan.response(status);
             if let Some(w) = self.parked.take() {
                 w.wake();
             }
@@ -269,9 +285,16 @@ impl Guarded {
 
     fn wrote(&mut self, bytes: &[u8]) {
         self.responded = true;
-        if self.scan.awaiting_response() {
+        if self.answered.is_none() {
             self.watch_response(bytes);
         }
+    }
+
+    /// A new request starts: nothing is written for it yet.
+    fn new_request(&mut self) {
+        self.responded = false;
+        self.answered = None;
+        self.status.1 = 0;
     }
 }
 
@@ -296,7 +319,7 @@ impl AsyncRead for Guarded {
             if let Some(r) = this.pending.take() {
                 // The exchange before the refused request is over (Pingora reads the
                 // next request only then).
-                this.responded = false;
+                this.new_request();
                 this.refuse(r.status(), r.reason());
                 continue;
             }
@@ -322,7 +345,7 @@ impl AsyncRead for Guarded {
                 return Poll::Ready(Ok(()));
             }
             if this.scan.idle() {
-                this.responded = false;
+                this.new_request();
             }
             if let Err(r) = this.scan.feed(&buf.filled()[before..]) {
                 // What came before the refused request's head still goes on; the
@@ -341,6 +364,8 @@ impl AsyncRead for Guarded {
                 this.refuse(r.status(), r.reason());
                 continue;
             }
+            // An upgrade answered before its request was all read.
+            this.settle_upgrade();
             if this.sort(buf, before, start).is_some() {
                 return Poll::Ready(Ok(()));
             }
@@ -373,18 +398,15 @@ impl AsyncWrite for Guarded {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
         let n = ready!(Pin::new(&mut this.inner).poll_write_vectored(cx, bufs))?;
-        if n > 0 {
-            this.responded = true;
-            if this.scan.awaiting_response() {
-                let mut left = n;
-                for b in bufs {
-                    let take = left.min(b.len());
-                    this.watch_response(&b[..take]);
-                    left -= take;
-                    if left == 0 {
-                        break;
-                    }
-                }
+        let mut left = n;
+        for b in bufs {
+            let take = left.min(b.len());
+            if take > 0 {
+                this.wrote(&b[..take]);
+            }
+            left -= take;
+            if left == 0 {
+                break;
             }
         }
         Poll::Ready(Ok(n))

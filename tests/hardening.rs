@@ -654,3 +654,30 @@ fn idle_connections_cost_little_and_their_memory_comes_back() {
     );
     drop(kept);
 }
+
+#[test]
+fn an_upgrade_request_answered_without_a_switch_keeps_its_connection_serving() {
+    let port = free_port();
+    let yaml = format!(
+        "{}gateways:
+  - name: g
+    virtual_hosts: [g.test]
+    routes: {{ r: {{ respond: {{ status: 200, body: hi }} }} }}
+",
+        http_listener(port)
+    );
+    let _weir = Weir::start(&yaml, &[port]);
+    let mut c = Client::connect(port);
+    // The bytes after an upgrade request are read once its answer is known: here
+    // a 200, so the connection stays HTTP/1.
+    c.send_raw(
+        b"GET /ws HTTP/1.1\r\nHost: g.test\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+    );
+    assert_eq!(c.read_response(false).status, 200);
+    let started = Instant::now();
+    assert_eq!(c.get("g.test", "/next", &[]).status, 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the next request waited"
+    );
+}
