@@ -215,6 +215,9 @@ fn valid_name(name: &str) -> bool {
         && bytes.all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
 }
 
+/// The longest timeout weir takes.
+const MAX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 fn is_tcp(gw: &GatewayConfig) -> bool {
     gw.port.is_some_and(|p| p.kind == PortKind::Tcp)
 }
@@ -302,6 +305,21 @@ impl Builder<'_> {
                     "defaults.trusted_proxies",
                     format!("invalid CIDR {cidr:?}: expected e.g. 10.0.0.0/8 or 127.0.0.1"),
                 ),
+            }
+        }
+        let t = &d.timeouts;
+        for (key, value) in [
+            ("connect", t.connect),
+            ("request_header", t.request_header),
+            ("upstream_read", t.upstream_read),
+            ("idle", t.idle),
+        ] {
+            // Deadlines are instants: a bound keeps them representable.
+            if value.0 > MAX_TIMEOUT {
+                self.main_error(
+                    &format!("defaults.timeouts.{key}"),
+                    "a timeout must be at most 24h",
+                );
             }
         }
         if d.retries > 16 {
@@ -460,6 +478,13 @@ mod tests {
             ));
             assert!(e.contains("defaults.limits") && e.contains(message), "{e}");
         }
+        let e = errors(&format!(
+            "{LISTENER}defaults: {{ timeouts: {{ request_header: 18446744073709551615ms }} }}\n"
+        ));
+        assert!(
+            e.contains("defaults.timeouts.request_header: a timeout must be at most 24h"),
+            "{e}"
+        );
     }
 
     #[test]
