@@ -29,6 +29,7 @@ use prometheus::IntGauge;
 use crate::accesslog::AccessLog;
 use crate::connlimit::{ClientCounts, ClientPlace, ListenerCount, ListenerPlace, Refused};
 use crate::guard::Guarded;
+use crate::lifecycle::{Open, LINGER};
 use crate::proxy_protocol;
 use crate::snapshot::{ClientLimits, Entry, Snapshot};
 use crate::tls::{RecordSni, TlsEndpoint};
@@ -178,6 +179,23 @@ async fn first_byte(stream: &mut Stream, deadline: tokio::time::Instant) -> bool
     )
 }
 
+/// Waits for `ready` (a connection's next bytes); once accepting has stopped, for at
+/// most `LINGER` more, so that a request already on its way is still served.
+async fn unless_stopped(
+    ready: impl std::future::Future<Output = bool>,
+    shutdown: &ShutdownWatch,
+) -> bool {
+    tokio::pin!(ready);
+    let mut stopping = shutdown.clone();
+    if !*stopping.borrow() {
+        tokio::select! {
+            came = &mut ready => return came,
+            _ = stopping.changed() => {}
+        }
+    }
+    tokio::time::timeout(LINGER, ready).await.unwrap_or(false)
+}
+
 /// The TCP connection under `stream` (a PROXY header and a TLS handshake read it
 /// directly).
 fn tcp_of(stream: Stream) -> Option<Box<TcpStream>> {
@@ -249,6 +267,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Accept<A> {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let accepted = tokio::time::Instant::now();
+        let _alive = Open::new();
         let port = self.port_of(&stream);
         let snapshot = self.current.load_full();
         let entry = port.and_then(|p| snapshot.entry(p.bind.port()));
@@ -294,21 +313,18 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Accept<A> {
         // Pingora's session, its request future and its header buffer are made only
         // once the client sends a byte: an idle connection costs little more than its
         // socket. (TLS streams cannot peek: they go on at once.)
-        let mut stopping = shutdown.clone();
-        let first = tokio::select! {
-            came = first_byte(&mut stream, accepted + arrival.deadline) => came,
-            _ = stopping.changed() => false,
-        };
-        if !first {
+        let first = first_byte(&mut stream, accepted + arrival.deadline);
+        if !unless_stopped(first, shutdown).await {
             return None;
         }
         Box::pin(self.serve_http1(stream, &arrival, accepted, shutdown)).await;
         None
     }
 
-    async fn cleanup(&self) {
-        self.app.cleanup().await;
-    }
+    /// Pingora's HTTP app would drop, at once, every connection waiting for a request
+    /// head; a head already on its way would be lost. Connections here end between
+    /// requests instead (`unless_stopped`), and `lifecycle::Finisher` ends the process.
+    async fn cleanup(&self) {}
 }
 
 impl<A: HttpServerApp + Send + Sync + 'static> Accept<A> {
@@ -324,15 +340,13 @@ impl<A: HttpServerApp + Send + Sync + 'static> Accept<A> {
             }
         };
         let idle = self.current.load().defaults.idle_timeout;
-        let mut shutdown = shutdown.clone();
-        if *shutdown.borrow() {
-            return None;
-        }
-        let more = tokio::select! {
-            r = tokio::time::timeout(idle, guarded.readable()) => matches!(r, Ok(true)),
-            _ = shutdown.changed() => false,
+        let next = async {
+            matches!(
+                tokio::time::timeout(idle, guarded.readable()).await,
+                Ok(true)
+            )
         };
-        more.then_some(guarded)
+        unless_stopped(next, shutdown).await.then_some(guarded)
     }
 
     /// Waits for a place on a listener at `max_connections`, for as long as a client

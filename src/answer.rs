@@ -21,10 +21,24 @@ fn refusal_response(r: Refusal) -> (u16, &'static [u8]) {
 /// Answers a request routing refused.
 pub async fn refuse(session: &mut Session, r: Refusal) -> Result<bool> {
     let (status, body) = refusal_response(r);
-    session
-        .respond_error_with_body(status, Bytes::from_static(body))
-        .await?;
+    plain(session, status, body).await?;
     Ok(true)
+}
+
+/// An answer weir writes itself, in place of Pingora's error responses: a short text,
+/// not to be cached, and without Pingora's `Server: Pingora` (no `Server` header at
+/// all: an edge need not say what it runs). The connection closes after it, as after
+/// any error Pingora answers.
+pub async fn plain(session: &mut Session, code: u16, body: &'static [u8]) -> Result<()> {
+    let mut resp = pingora::http::ResponseHeader::build(code, Some(4))?;
+    if !body.is_empty() {
+        resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    }
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+    resp.insert_header(http::header::CACHE_CONTROL, "private, no-store")?;
+    session
+        .write_error_response(resp, Bytes::from_static(body))
+        .await
 }
 
 /// Writes a `respond:` route's answer; returns its status.
@@ -81,14 +95,7 @@ pub async fn error(session: &mut Session, code: u16) {
         504 => b"upstream timed out\n",
         _ => b"",
     };
-    let sent = if body.is_empty() {
-        session.respond_error(code).await
-    } else {
-        session
-            .respond_error_with_body(code, Bytes::from_static(body))
-            .await
-    };
-    if let Err(e) = sent {
+    if let Err(e) = plain(session, code, body).await {
         log::debug!("could not send the error response: {e}");
     }
 }

@@ -1,16 +1,15 @@
-//! The command line: `weir [run] [-c FILE] [-d] [-u]`, `weir check [-c FILE]`,
-//! `weir --version`. The config path comes from `-c`, a positional FILE, `WEIR_CONFIG`,
+//! The command line: `weir [run] [-c FILE] [-d] [-u] [--master]`, `weir check [-c FILE]`,
+//! `weir reload`, `weir healthcheck`, `weir upgrade`, `weir status`, `weir --version`. The config path comes from `-c`, a positional FILE, `WEIR_CONFIG`,
 //! or `conf/weir.yaml`, in that order.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::load::{load, Loaded};
-use crate::diag::Diagnostics;
-use crate::prepare::Caches;
+use crate::config::load::Loaded;
 use crate::server::{self, RunOptions};
-use crate::snapshot::{build, Snapshot, Target};
+use crate::snapshot::{Snapshot, Target};
 
 const DEFAULT_CONFIG: &str = "conf/weir.yaml";
 
@@ -35,6 +34,40 @@ enum Command {
     /// Validate the config and every file it names, as `run` would; print `ok` (and any
     /// warnings) or every error.
     Check(CheckArgs),
+    /// Ask the running weir (through its admin listener) to reload its files; wait for
+    /// the outcome; exit 1 with the errors if it refused them.
+    Reload(AdminArgs),
+    /// Exit 0 when the running weir is ready (`/readyz` answers 200), 1 otherwise.
+    Healthcheck(AdminArgs),
+    /// Replace the running weir (started with --master) by the binary now on disk, with
+    /// no failed request; wait for the outcome.
+    Upgrade(ControlArgs),
+    /// Show the master's PID and its workers.
+    Status(ControlArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct AdminArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// The admin listener's address (default: admin.bind from the config).
+    #[arg(long)]
+    admin: Option<std::net::SocketAddr>,
+}
+
+#[derive(Debug, clap::Args)]
+struct ControlArgs {
+    /// The master's control socket.
+    #[arg(long, env = "WEIR_CONTROL_SOCKET")]
+    control_socket: Option<PathBuf>,
+}
+
+impl ControlArgs {
+    fn path(&self) -> PathBuf {
+        self.control_socket
+            .clone()
+            .unwrap_or_else(crate::master::default_control)
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -75,14 +108,51 @@ struct RunArgs {
     /// Take over the listening sockets of a running weir (zero-downtime upgrade).
     #[arg(short = 'u', long)]
     upgrade: bool,
+    /// Run as a master that holds the sockets and supervises a worker: `weir upgrade`
+    /// then replaces the binary with no failed request and the same PID.
+    #[arg(long, conflicts_with_all = ["daemon", "upgrade"])]
+    master: bool,
+    #[command(flatten)]
+    control: ControlArgs,
+    /// Process log format.
+    #[arg(long, env = "WEIR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
 
-fn init_logging() {
-    let env = env_logger::Env::default().default_filter_or("info");
-    env_logger::Builder::from_env(env)
-        .format_timestamp_millis()
-        .target(env_logger::Target::Stderr)
-        .init();
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// weir's own lines at info; Pingora's lifecycle chatter only from warn. The socket
+/// hand-over's own retry messages are off: the master reports a failed hand-over.
+const DEFAULT_LOG: &str =
+    "info,pingora=warn,pingora_core=warn,pingora_proxy=warn,pingora_core::server::transfer_fd=off";
+
+fn init_logging(format: LogFormat) {
+    let env = env_logger::Env::default().default_filter_or(DEFAULT_LOG);
+    let mut builder = env_logger::Builder::from_env(env);
+    builder.target(env_logger::Target::Stderr);
+    match format {
+        LogFormat::Text => {
+            builder.format_timestamp_millis();
+        }
+        LogFormat::Json => {
+            builder.format(|out, record| {
+                use std::io::Write;
+                let line = serde_json::json!({
+                    "ts": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+                    "level": record.level().as_str(),
+                    "target": record.target(),
+                    "pid": std::process::id(),
+                    "msg": record.args().to_string(),
+                });
+                writeln!(out, "{line}")
+            });
+        }
+    }
+    builder.init();
 }
 
 /// Runs the command line; returns the process exit code.
@@ -91,20 +161,44 @@ pub fn main() -> i32 {
     match cli.command {
         Some(Command::Check(arg)) => check(&arg),
         Some(Command::Run(args)) => run(&args),
+        Some(Command::Reload(args)) => admin_command(&args, crate::control::reload),
+        Some(Command::Healthcheck(args)) => admin_command(&args, crate::control::healthcheck),
+        Some(Command::Upgrade(args)) => master_command(&args, "upgrade", UPGRADE_WAIT),
+        Some(Command::Status(args)) => master_command(&args, "status", Duration::from_secs(5)),
         None => run(&cli.run),
     }
 }
 
-/// What `run` does before it binds: load, prepare, build.
-fn load_and_build(path: &std::path::Path) -> Result<(Loaded, Snapshot), Diagnostics> {
-    let loaded = load(path)?;
-    let inputs = Caches::default().prepare(&loaded.config);
-    let snapshot = build(&loaded, &inputs)?;
-    Ok((loaded, snapshot))
+/// A new worker has up to a minute to start; then the check and the hand-over.
+const UPGRADE_WAIT: Duration = Duration::from_secs(90);
+
+fn admin_command(
+    args: &AdminArgs,
+    ask: fn(&crate::control::AdminTarget) -> Result<String, String>,
+) -> i32 {
+    let outcome = crate::control::admin_of(&args.config.path(), args.admin).and_then(|t| ask(&t));
+    report(outcome)
+}
+
+fn master_command(args: &ControlArgs, command: &str, wait: Duration) -> i32 {
+    report(crate::control::ask_master(&args.path(), command, wait))
+}
+
+fn report(outcome: Result<String, String>) -> i32 {
+    match outcome {
+        Ok(m) => {
+            println!("{m}");
+            0
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            1
+        }
+    }
 }
 
 fn check(args: &CheckArgs) -> i32 {
-    match load_and_build(&args.config.path()) {
+    match crate::reload::load_once(&args.config.path()) {
         Ok((loaded, snapshot)) => {
             for w in snapshot.warnings.iter() {
                 eprintln!("warning: {w}");
@@ -161,7 +255,14 @@ fn summary(loaded: &Loaded, s: &Snapshot) -> String {
 }
 
 fn run(args: &RunArgs) -> i32 {
-    init_logging();
+    init_logging(args.log_format);
+    if args.master {
+        let places = crate::master::Places {
+            control: args.control.path(),
+        };
+        return crate::master::run(&args.config.path(), places);
+    }
+    collect_memory();
     let options = RunOptions {
         daemon: args.daemon,
         upgrade: args.upgrade,
@@ -175,9 +276,28 @@ fn run(args: &RunArgs) -> i32 {
     }
 }
 
+/// How often freed memory is handed back to the system.
+const COLLECT_EVERY: Duration = Duration::from_secs(2);
+
+/// mimalloc returns freed pages to the system only when the thread that freed them
+/// allocates again; after a burst of connections closes, worker threads may stay quiet
+/// for long. A collection now and then returns that memory. (Not in the master, which
+/// stays single-threaded.)
+fn collect_memory() {
+    std::thread::Builder::new()
+        .name("weir-mem".to_string())
+        .spawn(|| loop {
+            std::thread::sleep(COLLECT_EVERY);
+            // SAFETY: mi_collect takes no pointers and may be called from any thread.
+            unsafe { libmimalloc_sys::mi_collect(false) };
+        })
+        .ok();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::snapshot::build;
 
     #[test]
     fn summary_counts() {

@@ -20,7 +20,10 @@
 //!    what weir answers itself, `ratelimit`, `forward` for forwarding headers and
 //!    `accesslog`; `tcp` serves TCP gateways.
 //! 6. **Around it.** `probe` runs active health checks; `admin` serves health, metrics
-//!    (`exposition`) and the gateway API; `cli` is the command line.
+//!    (`exposition`) and the gateway API; `cli` is the command line; `lifecycle` is how
+//!    a serving process drains and stops, `sdnotify` what it tells systemd; `master` supervises
+//!    workers and re-executes itself for upgrades; `control` is the CLI's side of
+//!    `weir reload`, `weir healthcheck` and `weir upgrade`.
 
 pub(crate) mod accept;
 pub(crate) mod accesslog;
@@ -31,12 +34,15 @@ pub mod cli;
 pub(crate) mod condition;
 pub mod config;
 pub(crate) mod connlimit;
+pub(crate) mod control;
 pub(crate) mod diag;
 pub(crate) mod exposition;
 pub(crate) mod forward;
 pub(crate) mod framing;
 pub(crate) mod guard;
 pub(crate) mod health;
+pub(crate) mod lifecycle;
+pub(crate) mod master;
 pub(crate) mod metrics;
 pub mod prepare;
 pub(crate) mod probe;
@@ -47,6 +53,7 @@ pub(crate) mod reload;
 pub mod request;
 pub(crate) mod rewrite;
 pub(crate) mod schedule;
+pub(crate) mod sdnotify;
 pub(crate) mod server;
 pub mod snapshot;
 pub(crate) mod startup;

@@ -80,7 +80,7 @@ impl Metrics {
                     "weir_instance_healthy",
                     "1 when the instance takes traffic (up or not yet checked), 0 when down.",
                 ),
-                &["gateway", "route", "instance"],
+                &["gateway", "route", "upstream"],
             ),
         );
         let route_weight = register(
@@ -124,6 +124,25 @@ impl Metrics {
                 "Instances whose host name does not resolve (down until it does; an extension).",
             ),
         );
+        let build_info = register(
+            &r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "weir_build_info",
+                    "1, labelled with the running weir's version.",
+                ),
+                &["version"],
+            ),
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, …
+        if let Err(e) = r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        )) {
+            log::warn!("process metrics: {e}");
+        }
         Metrics {
             unresolved,
             requests: counter(
@@ -137,7 +156,7 @@ impl Metrics {
                 &r,
                 "weir_upstream_errors_total",
                 "Failed upstream connections and exchanges.",
-                &["gateway", "route", "instance", "kind"],
+                &["gateway", "route", "upstream", "kind"],
             ),
             bytes_sent: counter(
                 &r,

@@ -364,7 +364,10 @@ impl ProxyHttp for Weir {
         // The idle timeout, for connections that stay open: an HTTP/1.0 request without
         // keep-alive, or one framed by both Transfer-Encoding and Content-Length, closes
         // its connection after the response (Pingora has decided that already).
-        if session.get_keepalive().is_some() {
+        // A stopping process closes each connection after its response.
+        if crate::lifecycle::draining() {
+            session.set_keepalive(None);
+        } else if session.get_keepalive().is_some() {
             session.set_keepalive(Some(defaults.idle_timeout.as_secs().max(1)));
         }
         session.set_read_timeout(Some(defaults.request_header_timeout));
@@ -385,16 +388,12 @@ impl ProxyHttp for Weir {
         let req = session.req_header();
         if req.method == http::Method::CONNECT {
             // weir is a reverse proxy: a tunnel through it is nothing it offers.
-            session
-                .respond_error_with_body(405, Bytes::from_static(b"CONNECT is not served\n"))
-                .await?;
+            answer::plain(session, 405, b"CONNECT is not served\n").await?;
             return Ok(true);
         }
         if req.version == http::Version::HTTP_11 && request_host(req).is_empty() {
             // RFC 9112 §3.2: an HTTP/1.1 request without Host is a client error.
-            session
-                .respond_error_with_body(400, Bytes::from_static(b"missing Host header\n"))
-                .await?;
+            answer::plain(session, 400, b"missing Host header\n").await?;
             return Ok(true);
         }
         let view = request_view(req, client_ip(session));
@@ -413,9 +412,7 @@ impl ProxyHttp for Weir {
             return Ok(true);
         }
         if self.body_too_large(session, ctx) {
-            session
-                .respond_error_with_body(413, Bytes::from_static(b"request body too large\n"))
-                .await?;
+            answer::plain(session, 413, b"request body too large\n").await?;
             return Ok(true);
         }
         Ok(false)

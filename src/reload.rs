@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -54,6 +54,14 @@ fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// Loads and builds a config once, as `weir check` and the master do (no live state).
+pub fn load_once(path: &Path) -> Result<(Loaded, Snapshot), Diagnostics> {
+    let loaded = load(path)?;
+    let inputs = Caches::default().prepare(&loaded.config);
+    let snapshot = build(&loaded, &inputs)?;
+    Ok((loaded, snapshot))
 }
 
 /// The outcome of one reload.
@@ -242,10 +250,18 @@ impl Reloader {
     }
 
     /// `reload`, with the outcome logged and counted.
+    /// A supervisor hears `RELOADING=1` and `READY=1` around it once weir is ready.
     pub fn reload_logged(&self, force: bool, why: &str) -> Result<Outcome, Diagnostics> {
         let started = Instant::now();
+        let ready = self.status.ready.load(Ordering::Relaxed);
+        if ready {
+            crate::sdnotify::notify("RELOADING=1");
+        }
         let result = self.reload(force);
         record(&result, why, started);
+        if ready {
+            crate::sdnotify::notify("READY=1");
+        }
         result
     }
 

@@ -13,21 +13,24 @@ use pingora::apps::HttpServerOptions;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::prelude::Opt;
 use pingora::server::configuration::ServerConf;
-use pingora::server::{Server, ShutdownWatch};
+use pingora::server::{RunArgs, Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 
 use crate::accept::{Accept, Port};
 use crate::accesslog::{self, AccessLog};
 use crate::admin::Admin;
+use crate::lifecycle::{Finisher, Signals};
 use crate::probe::Checker;
 use crate::proxy::Weir;
 use crate::reload::{ReloadService, Reloader};
 
-/// Seconds between SIGTERM and shutting the runtimes down (Pingora's default is 300).
-const GRACE_PERIOD_SECONDS: u64 = 3;
-/// Longest wait for in-flight requests once the runtimes shut down.
-const SHUTDOWN_TIMEOUT_SECONDS: u64 = 10;
+/// Pingora's own wait between stopping accepting and shutting the runtimes down. It is
+/// a backstop only: `lifecycle::Finisher` ends the process once the last connection
+/// closes or `defaults.shutdown.grace` (at most 1h) is over.
+const GRACE_PERIOD_SECONDS: u64 = 3600 + 5;
+/// Tasks still running when the runtimes shut down get this long.
+const SHUTDOWN_TIMEOUT_SECONDS: u64 = 1;
 
 /// How `weir run` was asked to start.
 #[derive(Debug, Clone, Default)]
@@ -88,7 +91,7 @@ impl BackgroundService for Readiness {
             let all = addrs.iter().all(|a| is_listening(*a));
             if all {
                 self.reloader.status.ready.store(true, Ordering::Relaxed);
-                notify_systemd_ready();
+                crate::sdnotify::notify("READY=1");
                 log::info!("ready: {} listener address(es) bound", addrs.len());
                 return;
             }
@@ -119,29 +122,6 @@ impl BackgroundService for RateSweeper {
                 limit.sweep();
             }
         }
-    }
-}
-
-/// `sd_notify(READY=1)` when started by systemd with `Type=notify`.
-fn notify_systemd_ready() {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let path = path.to_string_lossy().into_owned();
-    let socket = match std::os::unix::net::UnixDatagram::unbound() {
-        Ok(s) => s,
-        Err(e) => return log::warn!("sd_notify: {e}"),
-    };
-    // Abstract sockets are written with a leading '@'.
-    let sent = if let Some(name) = path.strip_prefix('@') {
-        use std::os::linux::net::SocketAddrExt;
-        std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
-            .and_then(|addr| socket.send_to_addr(b"READY=1", &addr))
-    } else {
-        socket.send_to(b"READY=1", &path)
-    };
-    if let Err(e) = sent {
-        log::warn!("sd_notify READY=1 to {path}: {e}");
     }
 }
 
@@ -254,13 +234,31 @@ pub fn run(config_path: &Path, options: RunOptions) -> Result<(), String> {
             current: current.clone(),
         },
     ));
-    server.add_service(background_service("health", Checker { current }));
+    server.add_service(background_service(
+        "health",
+        Checker {
+            current: current.clone(),
+        },
+    ));
     server.add_service(background_service(
         "reload",
         ReloadService {
             reloader: reloader.clone(),
         },
     ));
+    server.add_service(background_service(
+        "stop",
+        Finisher {
+            current: current.clone(),
+        },
+    ));
+    let signals = Signals {
+        current,
+        status: reloader.status.clone(),
+    };
     server.add_service(background_service("readiness", Readiness { reloader }));
-    server.run_forever();
+    server.run(RunArgs {
+        shutdown_signal: Box::new(signals),
+    });
+    Ok(())
 }

@@ -442,7 +442,7 @@ gateways:
     let m = scrape(admin);
     assert_eq!(m.get("weir_instances_unresolved"), Some(&1.0));
     assert_eq!(
-        m.get(r#"weir_instance_healthy{gateway="g",instance="nowhere.invalid:80",route="r"}"#),
+        m.get(r#"weir_instance_healthy{gateway="g",route="r",upstream="nowhere.invalid:80"}"#),
         Some(&0.0),
         "{m:?}"
     );

@@ -71,10 +71,22 @@ fn metrics_count_what_was_served_and_forget_removed_routes() {
         0.0
     );
     let inst = format!(
-        r#"weir_instance_healthy{{gateway="g",instance="{}",route="a"}}"#,
+        r#"weir_instance_healthy{{gateway="g",route="a",upstream="{}"}}"#,
         up.addr()
     );
     assert_eq!(v(&inst), 1.0);
+    assert!(
+        !m.keys().any(|k| k.contains("instance=")),
+        "`instance` is the scrape target's label in Prometheus"
+    );
+    let build = format!(
+        r#"weir_build_info{{version="{}"}}"#,
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(v(&build), 1.0);
+    assert!(v("process_resident_memory_bytes") > 1e6);
+    assert!(v("process_open_fds") > 0.0);
+    assert!(v("process_start_time_seconds") > 1.7e9);
     assert_eq!(v(r#"weir_route_weight_ratio{gateway="g",route="a"}"#), 1.0);
     assert_eq!(v(r#"weir_route_weight_ratio{gateway="g",route="b"}"#), 0.0);
     // The kept-alive client (the 404's connection closes on its own time).
@@ -107,7 +119,7 @@ fn metrics_count_what_was_served_and_forget_removed_routes() {
     assert!([502, 503].contains(&get(port, "g.test", "/").status));
     let m = scrape(admin);
     let err = format!(
-        r#"weir_upstream_errors_total{{gateway="g",instance="127.0.0.1:{dead}",kind="connect",route="b"}}"#
+        r#"weir_upstream_errors_total{{gateway="g",kind="connect",route="b",upstream="127.0.0.1:{dead}"}}"#
     );
     assert!(m.get(&err).is_some_and(|v| *v >= 1.0), "{m:?}");
     std::fs::write(&weir.config, config(port, admin, &up, "", "")).unwrap();

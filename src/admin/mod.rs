@@ -29,6 +29,8 @@ use crate::snapshot::{Gateway, Target};
 /// Largest request body the API reads.
 const MAX_BODY: usize = 1 << 20;
 const API: &str = "/api/v1/gateways";
+/// `weir reload` asks here.
+const RELOAD: &str = "/api/v1/reload";
 
 pub struct Admin {
     pub reloader: Arc<Reloader>,
@@ -202,8 +204,39 @@ async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, Response<Vec<
 }
 
 impl Admin {
+    /// Reloads the files now and answers with the outcome: 200, or 400 with every error.
+    /// It changes nothing the operator did not write, so it needs the write token only
+    /// when one is configured.
+    async fn reload(&self, session: &ServerSession) -> Response<Vec<u8>> {
+        if self.reloader.current.load().admin_token_file.is_some() {
+            if let Err(denied) = self.authorize(session, Access::Write) {
+                return denied;
+            }
+        }
+        let reloader = self.reloader.clone();
+        let outcome =
+            tokio::task::spawn_blocking(move || reloader.reload_logged(true, "weir reload")).await;
+        match outcome {
+            Ok(Ok(crate::reload::Outcome::Applied { gateways, routes })) => message(
+                StatusCode::OK,
+                format!("reloaded: {gateways} gateway(s), {routes} route(s)"),
+            ),
+            Ok(Ok(crate::reload::Outcome::Unchanged)) => {
+                message(StatusCode::OK, "reloaded: the files are unchanged")
+            }
+            Ok(Err(errors)) => message(
+                StatusCode::BAD_REQUEST,
+                format!("reload refused; the running config stays:\n{errors}"),
+            ),
+            Err(e) => message(StatusCode::INTERNAL_SERVER_ERROR, format!("reload: {e}")),
+        }
+    }
+
     fn readyz(&self) -> Response<Vec<u8>> {
         let status = &self.reloader.status;
+        if crate::lifecycle::draining() {
+            return text(StatusCode::SERVICE_UNAVAILABLE, "not ready: stopping\n");
+        }
         if !status.ready.load(Ordering::Relaxed) {
             return text(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -313,6 +346,8 @@ impl ServeHttp for Admin {
                 let body = crate::exposition::render(&self.reloader.current.load());
                 bytes(StatusCode::OK, "text/plain; version=0.0.4", body)
             }
+            RELOAD if method == Method::POST => self.reload(session).await,
+            RELOAD => message(StatusCode::METHOD_NOT_ALLOWED, "use POST"),
             p if p == API || p.starts_with(API) && p[API.len()..].starts_with('/') => {
                 let name = p.get(API.len() + 1..).filter(|n| !n.is_empty());
                 if name.is_some_and(|n| n.contains('/')) {

@@ -169,6 +169,8 @@ pub struct Defaults {
     pub trusted_proxies: Vec<String>,
     #[serde(default)]
     pub limits: HttpLimits,
+    #[serde(default)]
+    pub shutdown: Shutdown,
 }
 
 impl Default for Defaults {
@@ -178,6 +180,28 @@ impl Default for Defaults {
             retries: default_retries(),
             trusted_proxies: Vec::new(),
             limits: HttpLimits::default(),
+            shutdown: Shutdown::default(),
+        }
+    }
+}
+
+/// `defaults.shutdown`: how a stop (SIGTERM) ends.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Shutdown {
+    /// `/readyz` fails and listeners keep accepting for this long.
+    #[serde(default = "secs::<5>")]
+    pub drain: ConfigDuration,
+    /// Then accepting stops and in-flight requests get up to this long.
+    #[serde(default = "secs::<30>")]
+    pub grace: ConfigDuration,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Shutdown {
+            drain: secs::<5>(),
+            grace: secs::<30>(),
         }
     }
 }

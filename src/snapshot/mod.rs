@@ -92,6 +92,10 @@ pub struct Defaults {
     pub request_header_timeout: Duration,
     pub upstream_read_timeout: Duration,
     pub idle_timeout: Duration,
+    /// `defaults.shutdown`: accept for `drain` after SIGTERM, then give in-flight
+    /// requests up to `grace`.
+    pub drain: Duration,
+    pub grace: Duration,
     /// For dedicated gateway ports, and what listeners override.
     pub limits: ClientLimits,
 }

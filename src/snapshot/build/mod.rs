@@ -217,6 +217,8 @@ fn valid_name(name: &str) -> bool {
 
 /// The longest timeout weir takes.
 const MAX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+/// A stop that takes longer than this is a stuck process to a supervisor.
+const MAX_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(3600);
 
 fn is_tcp(gw: &GatewayConfig) -> bool {
     gw.port.is_some_and(|p| p.kind == PortKind::Tcp)
@@ -322,6 +324,14 @@ impl Builder<'_> {
                 );
             }
         }
+        for (key, value) in [("drain", d.shutdown.drain), ("grace", d.shutdown.grace)] {
+            if value.0 > MAX_SHUTDOWN {
+                self.main_error(
+                    &format!("defaults.shutdown.{key}"),
+                    "a shutdown phase must be at most 1h",
+                );
+            }
+        }
         if d.retries > 16 {
             self.main_error("defaults.retries", "retries must be 16 or fewer");
         }
@@ -334,6 +344,8 @@ impl Builder<'_> {
             request_header_timeout: d.timeouts.request_header.0,
             upstream_read_timeout: d.timeouts.upstream_read.0,
             idle_timeout: d.timeouts.idle.0,
+            drain: d.shutdown.drain.0,
+            grace: d.shutdown.grace.0,
         }
     }
 
