@@ -84,7 +84,8 @@ impl ShutdownSignalWatch for Signals {
             _ = term.recv() => self.current.load().defaults.drain,
             _ = winch.recv() => {
                 log::info!("retiring: a new worker serves; finishing what is in flight");
-                Duration::ZERO
+                self.stopping();
+                return ShutdownSignal::GracefulTerminate;
             }
             _ = quit.recv() => {
                 self.stopping();
@@ -97,7 +98,9 @@ impl ShutdownSignalWatch for Signals {
             }
         };
         self.stopping();
-        if !drain.is_zero() {
+        if drain.is_zero() {
+            log::info!("stopping");
+        } else {
             log::info!("stopping: draining for {drain:?} (/readyz fails, listeners accept)");
             tokio::select! {
                 _ = tokio::time::sleep(drain) => {}

@@ -72,10 +72,21 @@ fn worker_threads() -> usize {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
 }
 
-/// Whether something listens on `addr`: binding it fails as taken. (Connecting would
-/// do too, but a TLS listener would log every probe as a failed handshake.)
+/// Whether something listens on `addr`: a connection to it succeeds. (Binding it to
+/// see whether it is taken could race Pingora's own bind and make it fail.) The probe
+/// closes before sending a byte, which weir's listeners take for a port check: nothing
+/// is logged or counted as a failed handshake.
 fn is_listening(addr: SocketAddr) -> bool {
-    matches!(TcpListener::bind(addr), Err(e) if e.kind() == std::io::ErrorKind::AddrInUse)
+    let target = match addr {
+        SocketAddr::V4(a) if a.ip().is_unspecified() => {
+            SocketAddr::from(([127, 0, 0, 1], a.port()))
+        }
+        SocketAddr::V6(a) if a.ip().is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, a.port()))
+        }
+        a => a,
+    };
+    std::net::TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_ok()
 }
 
 /// Marks weir ready once every listener accepts connections, and tells systemd.
@@ -185,6 +196,9 @@ pub fn run(config_path: &Path, options: RunOptions) -> Result<(), String> {
     // keeps it forever). Pingora reads this once: a reload does not change it.
     let mut options = HttpServerOptions::default();
     options.h2_idle_timeout = Some(startup.h2_idle_timeout);
+    // CONNECT reaches weir's request filter, which answers 405 itself and closes
+    // (Pingora's own 405 would say `Server: Pingora`). Nothing is ever tunnelled.
+    options.allow_connect_method_proxying = true;
     proxy.server_options = Some(options);
     let mut ports = Vec::new();
     let mut endpoints = Vec::new();

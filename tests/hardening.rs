@@ -191,6 +191,7 @@ fn request_targets_must_be_one_clean_token() {
     let connect: &[u8] = b"CONNECT g.test:443 HTTP/1.1\r\nHost: g.test:443\r\n\r\n";
     let (resp, _) = exchange(port, &[connect]);
     assert_eq!(status_of(&resp), 405, "{resp}");
+    assert!(!resp.to_ascii_lowercase().contains("server:"), "{resp}");
     assert!(!up.received().contains("CONNECT"));
 }
 

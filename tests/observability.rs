@@ -116,7 +116,11 @@ fn metrics_count_what_was_served_and_forget_removed_routes() {
         || scrape(admin)[r#"weir_config_reloads_total{result="ok"}"#] == 1.0
     ));
     // The only weighted route's instance refuses: 502 or, once it is marked down, 503.
-    assert!([502, 503].contains(&get(port, "g.test", "/").status));
+    let failed = get(port, "g.test", "/");
+    assert!([502, 503].contains(&failed.status));
+    // weir's own answers carry no `Server: Pingora` (nor any Server header).
+    assert_eq!(failed.header("server"), None);
+    assert_eq!(get(port, "nobody.test", "/").header("server"), None);
     let m = scrape(admin);
     let err = format!(
         r#"weir_upstream_errors_total{{gateway="g",kind="connect",route="b",upstream="127.0.0.1:{dead}"}}"#

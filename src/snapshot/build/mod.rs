@@ -497,6 +497,27 @@ mod tests {
             e.contains("defaults.timeouts.request_header: a timeout must be at most 24h"),
             "{e}"
         );
+        let e = errors(&format!(
+            "{LISTENER}defaults: {{ shutdown: {{ drain: 2h, grace: 61m }} }}\n"
+        ));
+        assert!(
+            e.contains("defaults.shutdown.drain: a shutdown phase must be at most 1h"),
+            "{e}"
+        );
+        assert!(e.contains("defaults.shutdown.grace"), "{e}");
+        let ok = crate::config::load::load_from_str(
+            std::path::Path::new("t.yaml"),
+            &format!("{LISTENER}defaults: {{ shutdown: {{ drain: 0s }} }}\ngateways: []\n"),
+        )
+        .unwrap();
+        let d = build(&ok, &Default::default()).unwrap().defaults;
+        assert_eq!(
+            (d.drain, d.grace),
+            (
+                std::time::Duration::ZERO,
+                std::time::Duration::from_secs(30)
+            )
+        );
     }
 
     #[test]
