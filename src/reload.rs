@@ -250,10 +250,11 @@ impl Reloader {
     }
 
     /// `reload`, with the outcome logged and counted.
-    /// A supervisor hears `RELOADING=1` and `READY=1` around it once weir is ready.
+    /// A supervisor hears `RELOADING=1` and `READY=1` around a reload someone asked for
+    /// (`force`: SIGHUP, `weir reload`) once weir is ready.
     pub fn reload_logged(&self, force: bool, why: &str) -> Result<Outcome, Diagnostics> {
         let started = Instant::now();
-        let ready = self.status.ready.load(Ordering::Relaxed);
+        let ready = force && self.status.ready.load(Ordering::Relaxed);
         if ready {
             crate::sdnotify::notify("RELOADING=1");
         }

@@ -92,18 +92,23 @@ fn is_listening(addr: SocketAddr) -> bool {
 /// Marks weir ready once every listener accepts connections, and tells systemd.
 struct Readiness {
     reloader: Arc<Reloader>,
+    /// The addresses to connect to: the HTTP ones, bound after the TCP gateways' (one
+    /// Pingora service binds its endpoints in order, before it accepts on any). A probe
+    /// to a TCP gateway would be proxied and logged; only a config of TCP gateways
+    /// alone is probed there.
+    probe: Vec<SocketAddr>,
 }
 
 #[async_trait]
 impl BackgroundService for Readiness {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let addrs: Vec<SocketAddr> = self.reloader.startup.binds.iter().map(|b| b.addr).collect();
+        let bound = self.reloader.startup.binds.len();
         loop {
-            let all = addrs.iter().all(|a| is_listening(*a));
+            let all = self.probe.iter().all(|a| is_listening(*a));
             if all {
                 self.reloader.status.ready.store(true, Ordering::Relaxed);
                 crate::sdnotify::notify("READY=1");
-                log::info!("ready: {} listener address(es) bound", addrs.len());
+                log::info!("ready: {bound} listener address(es) bound");
                 return;
             }
             tokio::select! {
@@ -202,7 +207,22 @@ pub fn run(config_path: &Path, options: RunOptions) -> Result<(), String> {
     proxy.server_options = Some(options);
     let mut ports = Vec::new();
     let mut endpoints = Vec::new();
-    for b in &startup.binds {
+    // TCP gateways' ports first: see `Readiness`.
+    let is_tcp = |addr: SocketAddr| {
+        let snapshot = current.load();
+        matches!(snapshot.entry(addr.port()), Some(crate::snapshot::Entry::Dedicated(g)) if snapshot.gateways[g].tcp)
+    };
+    let mut binds = startup.binds.clone();
+    binds.sort_by_key(|b| !is_tcp(b.addr));
+    let mut probe: Vec<SocketAddr> = binds
+        .iter()
+        .map(|b| b.addr)
+        .filter(|a| !is_tcp(*a))
+        .collect();
+    if probe.is_empty() {
+        probe = binds.iter().map(|b| b.addr).collect();
+    }
+    for b in &binds {
         let snapshot = current.load();
         let listener = snapshot.listeners.iter().find(|l| l.bind == b.addr);
         let tls = listener
@@ -270,7 +290,10 @@ pub fn run(config_path: &Path, options: RunOptions) -> Result<(), String> {
         current,
         status: reloader.status.clone(),
     };
-    server.add_service(background_service("readiness", Readiness { reloader }));
+    server.add_service(background_service(
+        "readiness",
+        Readiness { reloader, probe },
+    ));
     server.run(RunArgs {
         shutdown_signal: Box::new(signals),
     });
