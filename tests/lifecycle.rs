@@ -152,10 +152,10 @@ gateways:
     };
     std::fs::write(&config, yaml("one")).unwrap();
     let cfg = path_str(&config).to_string();
-    let _weir = Weir::spawn(
+    let weir = Weir::spawn(
         tempfile::tempdir().unwrap(),
         config.clone(),
-        &[("NOTIFY_SOCKET", &notify_path)],
+        &[("NOTIFY_SOCKET", &notify_path), ("WEIR_LOG_FORMAT", "json")],
         &[port, admin],
     );
     assert_eq!(next_state(&notify), "READY=1");
@@ -183,6 +183,23 @@ gateways:
     assert_eq!(next_state(&notify), "RELOADING=1");
     assert_eq!(next_state(&notify), "READY=1");
     assert_eq!(get(port, "g.test", "/").body, "two");
+
+    // Process logs as JSON lines, the refused reload among them.
+    let log = weir.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(lines
+        .iter()
+        .all(|l| l["ts"].is_string() && l["level"].is_string()));
+    assert!(
+        lines.iter().any(|l| l["level"] == "ERROR"
+            && l["msg"]
+                .as_str()
+                .is_some_and(|m| m.contains("running config kept"))),
+        "{log}"
+    );
 
     // No admin listener there: a clear error.
     let out = weir_with(
