@@ -164,7 +164,7 @@ gateways:
 
 #[test]
 fn request_targets_must_be_one_clean_token() {
-    let (_weir, up, port, _) = start();
+    let (_weir, up, port, admin) = start();
     for bad in [
         &b"GET /a b HTTP/1.1\r\nHost: g.test\r\n\r\n"[..],
         b"GET  /x HTTP/1.1\r\nHost: g.test\r\n\r\n",
@@ -186,6 +186,10 @@ fn request_targets_must_be_one_clean_token() {
         got.matches("GET ").count(),
         1,
         "only the good request went upstream: {got}"
+    );
+    assert_eq!(
+        scrape(admin).get("weir_requests_refused_total{code=\"400\",listener=\"http\"}"),
+        Some(&6.0)
     );
     // weir is no forward proxy.
     let connect: &[u8] = b"CONNECT g.test:443 HTTP/1.1\r\nHost: g.test:443\r\n\r\n";
@@ -275,7 +279,7 @@ fn framing_that_cannot_be_trusted_closes_the_connection() {
 
 #[test]
 fn a_head_trickled_past_the_deadline_is_cut_while_others_are_served() {
-    let (weir, up, port, _) = start_with("  timeouts: { request_header: 2s }", "", Answer::Ok);
+    let (weir, up, port, admin) = start_with("  timeouts: { request_header: 2s }", "", Answer::Ok);
     let mut slow = TcpStream::connect(("127.0.0.1", port)).unwrap();
     slow.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
@@ -303,6 +307,12 @@ fn a_head_trickled_past_the_deadline_is_cut_while_others_are_served() {
     assert!(resp.is_empty() || status_of(&resp) == 408, "{resp}");
     assert!(sent < 10, "the trickle went on for {sent} lines");
     assert!(!up.received().contains("/slow"));
+    // The 408 may be lost to the client in the reset of a connection it still wrote
+    // to; weir answered and counted it.
+    assert_eq!(
+        scrape(admin).get("weir_requests_refused_total{code=\"408\",listener=\"http\"}"),
+        Some(&1.0)
+    );
     // A client that connects and sends nothing is closed too.
     let mut idle = TcpStream::connect(("127.0.0.1", port)).unwrap();
     idle.set_read_timeout(Some(Duration::from_secs(10)))
@@ -465,6 +475,51 @@ gateways:
         .unwrap();
     let (resp, _) = read_to_close(&mut waiting);
     assert_eq!(status_of(&resp), 200, "{resp}");
+}
+
+#[test]
+fn a_client_waiting_on_a_full_listener_past_the_head_deadline_is_closed_and_counted() {
+    let (port, admin) = (free_port(), free_port());
+    let up = RawUpstream::start(Answer::Ok);
+    let yaml = format!(
+        "admin: {{ bind: \"127.0.0.1:{admin}\" }}
+defaults: {{ timeouts: {{ request_header: 1s }} }}
+listeners:
+  http: {{ bind: \"127.0.0.1:{port}\", limits: {{ max_connections: 1 }} }}
+gateways:
+  - name: g
+    virtual_hosts: [g.test]
+    routes: {{ r: {{ instances: [\"{}\"] }} }}
+",
+        up.addr()
+    );
+    let _weir = Weir::start(&yaml, &[port, admin]);
+    // Once ready, weir's own readiness probe has come and gone.
+    assert!(within(Duration::from_secs(10), || get(
+        admin,
+        "localhost",
+        "/readyz"
+    )
+    .status
+        == 200));
+    let mut holder = Client::connect(port);
+    assert_eq!(holder.get("g.test", "/", &[]).status, 200);
+    let mut waiting = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    waiting
+        .write_all(b"GET /late HTTP/1.1\r\nHost: g.test\r\n\r\n")
+        .unwrap();
+    waiting
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let (resp, closed) = read_to_close(&mut waiting);
+    assert!(closed && resp.is_empty(), "{resp}");
+    assert!(!up.received().contains("/late"));
+    assert_eq!(
+        scrape(admin).get("weir_connections_refused_total{listener=\"http\",reason=\"limit\"}"),
+        Some(&1.0)
+    );
+    // The holder was never disturbed.
+    assert_eq!(holder.get("g.test", "/", &[]).status, 200);
 }
 
 #[test]
