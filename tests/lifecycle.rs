@@ -482,3 +482,31 @@ fn master_keeps_the_old_worker_when_the_upgrade_cannot_check_the_config() {
     assert!(TcpStream::connect(("127.0.0.1", edge.http)).is_err());
     assert!(!Path::new(&edge.control).exists());
 }
+
+/// The PID of the master's serving worker, from `weir status`.
+fn serving_worker(edge: &Edge) -> Option<u32> {
+    let status = text(&ask(edge, "status"));
+    let (before, _) = status.split_once(" (Serving")?;
+    before.rsplit([' ', ',']).next()?.parse().ok()
+}
+
+#[test]
+fn master_replaces_a_worker_that_dies() {
+    let edge = master_edge();
+    let first = serving_worker(&edge).expect("a serving worker");
+    // A worker that dies within 10 s of starting stops the master instead (a crash loop).
+    thread::sleep(Duration::from_millis(10_500));
+    signal(first, "KILL");
+    assert!(
+        within(Duration::from_secs(20), || serving_worker(&edge)
+            .is_some_and(|w| w != first)),
+        "{}",
+        edge.weir.log()
+    );
+    assert_eq!(get(edge.http, "g.test", "/").body, "ok");
+    let log = edge.weir.log();
+    assert!(
+        log.contains(&format!("worker {first} was killed by signal 9")),
+        "{log}"
+    );
+}
