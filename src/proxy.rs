@@ -131,8 +131,15 @@ fn request_host(req: &RequestHeader) -> &[u8] {
     }
 }
 
-/// Identical repeated Content-Length values (the only kind that gets this far) go
-/// upstream as one.
+/// The request's Content-Length. The guard has let through only identical repeated
+/// values (as lines, or as a comma list), so the first one stands for all.
+fn declared_length(req: &RequestHeader) -> Option<u64> {
+    let first = req.headers.get(http::header::CONTENT_LENGTH)?;
+    let text = first.to_str().ok()?;
+    text.split(',').next()?.trim().parse().ok()
+}
+
+/// Identical repeated Content-Length values go upstream as one.
 fn one_content_length(req: &mut RequestHeader) -> Result<()> {
     let mut values = req.headers.get_all(http::header::CONTENT_LENGTH).iter();
     let (Some(first), second) = (values.next(), values.next()) else {
@@ -141,12 +148,7 @@ fn one_content_length(req: &mut RequestHeader) -> Result<()> {
     if second.is_none() && !first.as_bytes().contains(&b',') {
         return Ok(());
     }
-    let n = first
-        .to_str()
-        .ok()
-        .and_then(|v| v.split(',').next())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    match n {
+    match declared_length(req) {
         Some(n) => req.insert_header(http::header::CONTENT_LENGTH, n),
         None => Error::e_explain(HTTPStatus(400), "invalid Content-Length"),
     }
@@ -281,14 +283,7 @@ impl Weir {
     /// The request says its body is longer than the route takes.
     fn body_too_large(&self, session: &Session, ctx: &Ctx) -> bool {
         let max = ctx.max_body();
-        max > 0
-            && session
-                .req_header()
-                .headers
-                .get(http::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .is_some_and(|n| n > max)
+        max > 0 && declared_length(session.req_header()).is_some_and(|n| n > max)
     }
 
     /// Writes a `respond:` route's answer.

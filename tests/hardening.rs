@@ -353,8 +353,8 @@ fn bodies_over_max_body_bytes_get_413() {
     virtual_hosts: [g.test]
     max_body_bytes: 10
     routes:
-      small: {{ condition: \"path ~ ^/small\", instances: [\"{up}\"] }}
-      big: {{ max_body_bytes: 1KiB, instances: [\"{up}\"] }}
+      small: {{ weight: 0%, condition: \"path prefix /small\", instances: [\"{up}\"] }}
+      big: {{ weight: 100%, max_body_bytes: 1KiB, instances: [\"{up}\"] }}
 ",
         http_listener(port),
         up = up.addr()
@@ -362,6 +362,11 @@ fn bodies_over_max_body_bytes_get_413() {
     let _weir = Weir::start(&yaml, &[port]);
     let over = b"POST /small HTTP/1.1\r\nHost: g.test\r\nContent-Length: 11\r\n\r\nhello world";
     let (resp, _) = exchange(port, &[over]);
+    assert_eq!(status_of(&resp), 413, "{resp}");
+    // The same length said twice, as a list: still one length, still too long.
+    let listed =
+        b"POST /small HTTP/1.1\r\nHost: g.test\r\nContent-Length: 11, 11\r\n\r\nhello world";
+    let (resp, _) = exchange(port, &[listed]);
     assert_eq!(status_of(&resp), 413, "{resp}");
     let fits = b"POST /big HTTP/1.1\r\nHost: g.test\r\nContent-Length: 11\r\nConnection: close\r\n\r\nhello world";
     let (resp, _) = exchange(port, &[fits]);
