@@ -343,6 +343,11 @@ mod tests {
         assert_eq!(lint("path /a /b"), None);
         assert_eq!(lint("path_beg /v1"), None);
         assert_eq!(lint("user-agent == Firefox"), None);
+        // A regular expression given to the exact-match `path` ACL never matches as one.
+        let hint = lint("path ~ ^/small").unwrap();
+        assert!(hint.contains("did you mean `path_reg ^/small`"), "{hint}");
+        assert!(lint("path ^/api/.*$").is_some());
+        assert_eq!(lint("path_reg ^/small"), None);
     }
 
     #[test]

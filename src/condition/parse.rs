@@ -180,6 +180,18 @@ pub fn lint(text: &str) -> Option<String> {
     let mut words = text.split_whitespace();
     let (fetch, second) = (words.next()?, words.next()?);
     let rest: Vec<&str> = words.collect();
+    if fetch.eq_ignore_ascii_case("path") {
+        let values = std::iter::once(second).chain(rest.iter().copied());
+        if let Some(re) = values
+            .into_iter()
+            .find(|v| v.starts_with('^') || v.ends_with('$'))
+        {
+            let re = re.to_string();
+            return Some(format!(
+                "`{re}` looks like a regular expression, but the raw ACL `path` compares whole paths exactly; did you mean `path_reg {re}`?"
+            ));
+        }
+    }
     if rest.is_empty() {
         return None;
     }
