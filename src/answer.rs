@@ -15,6 +15,7 @@ fn refusal_response(r: Refusal) -> (u16, &'static [u8]) {
         Refusal::UnknownHost => (404, b"no gateway for this host\n"),
         Refusal::Misdirected => (421, b"this host is not served on this listener\n"),
         Refusal::NoRoute => (503, b"no route available\n"),
+        Refusal::Forbidden => (403, b"forbidden\n"),
     }
 }
 

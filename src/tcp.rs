@@ -38,6 +38,12 @@ pub async fn serve(snapshot: Arc<Snapshot>, g: usize, mut client: Stream, record
         .get_socket_digest()
         .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
     let gateway = &snapshot.gateways[g];
+    if let Some(access) = &gateway.access {
+        if !access.admits(peer.map(|p| p.ip())) {
+            log::debug!("gateway {:?}: {peer:?} not admitted", gateway.name);
+            return;
+        }
+    }
     let Some(r) = gateway.schedule.load().pick() else {
         log::warn!(
             "gateway {:?}: no route available for {peer:?}",

@@ -453,3 +453,55 @@ fn websocket_upgrade_passes_through() {
         assert_eq!(echo, msg, "bytes after the upgrade flow both ways");
     }
 }
+
+#[test]
+fn allow_and_deny_lists_admit_clients_by_address_and_reload_live() {
+    let port = free_port();
+    let yaml = |allow: &str| {
+        format!(
+            "{}gateways:
+  - name: inner
+    virtual_hosts: [inner.test]
+    allow: [{allow}]
+    routes: {{ r: {{ respond: {{ status: 200, body: inner }} }} }}
+  - name: open
+    virtual_hosts: [open.test]
+    deny: [127.0.0.3, 127.0.4.0/24]
+    routes: {{ r: {{ respond: {{ status: 200, body: open }} }} }}
+",
+            http_listener(port)
+        )
+    };
+    let weir = Weir::start(&yaml("127.0.0.2/32"), &[port]);
+    let from = |source: &str, host: &str| Client::connect_from(source, port).get(host, "/", &[]);
+    assert_eq!(from("127.0.0.2", "inner.test").body, "inner");
+    let refused = from("127.0.0.1", "inner.test");
+    assert_eq!(refused.status, 403);
+    assert_eq!(refused.header("server"), None);
+    assert_eq!(from("127.0.0.1", "open.test").body, "open");
+    assert_eq!(from("127.0.0.3", "open.test").status, 403);
+    assert_eq!(from("127.0.4.9", "open.test").status, 403);
+    assert_eq!(from("127.0.5.9", "open.test").status, 200);
+
+    // A new allow list applies on reload; a bad one is refused and the old one stays.
+    std::fs::write(&weir.config, yaml("127.0.0.0/8")).unwrap();
+    assert!(within(Duration::from_secs(10), || from(
+        "127.0.0.1",
+        "inner.test"
+    )
+    .status
+        == 200));
+    std::fs::write(&weir.config, yaml("127.0.0.300")).unwrap();
+    let out = weir_cmd(&["check", "-c", path_str(&weir.config)]);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("allow: invalid CIDR \"127.0.0.300\""),
+        "{text}"
+    );
+    thread_sleep_ms(500);
+    assert_eq!(from("127.0.0.1", "inner.test").status, 200);
+}
+
+fn thread_sleep_ms(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+}

@@ -268,6 +268,12 @@ pub struct GatewayConfig {
     pub max_body_bytes: Option<ByteSize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimitConfig>,
+    /// Client addresses (CIDRs or IPs) admitted; any other gets 403. Empty: every one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    /// Client addresses refused with 403 (before `allow`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
     #[serde(default)]
     pub routes: IndexMap<String, RouteConfig>,
     /// The file this gateway was read from; set by the loader, never by YAML.

@@ -132,6 +132,8 @@ pub struct Gateway {
     pub hsts: Option<http::HeaderValue>,
     /// The gateway's own `rate_limit` (routes may have theirs too).
     pub rate: Option<Arc<crate::ratelimit::RateLimit>>,
+    /// `allow` / `deny`: checked before a route is chosen.
+    pub access: Option<Box<Access>>,
 }
 
 #[derive(Debug)]
@@ -272,6 +274,8 @@ pub enum Refusal {
     Misdirected,
     /// The gateway has no route with weight left: 503.
     NoRoute,
+    /// The gateway's `allow`/`deny` lists refuse the client: 403.
+    Forbidden,
 }
 
 /// The outcome of routing: the gateway and route that take the request.
@@ -371,6 +375,9 @@ impl Snapshot {
         let mut gateway = self.gateway_for(entry, host)?;
         for _ in 0..=MAX_CHAIN_DEPTH {
             let g = &self.gateways[gateway];
+            if g.access.as_ref().is_some_and(|a| !a.admits(req.client)) {
+                return Err(Refusal::Forbidden);
+            }
             let (route, pinned) = match g.stuck_route(req) {
                 Some(found) => found,
                 None => {
@@ -603,6 +610,28 @@ pub struct GatewayParts {
     pub port: Option<u16>,
     pub tcp: bool,
     pub rate: Option<Arc<crate::ratelimit::RateLimit>>,
+    pub access: Option<Box<Access>>,
+}
+
+/// A gateway's `allow` and `deny` lists of client addresses.
+#[derive(Debug, Default)]
+pub struct Access {
+    pub allow: Vec<IpNet>,
+    pub deny: Vec<IpNet>,
+}
+
+impl Access {
+    /// Whether `client` may use the gateway: not denied, and allowed when there is an
+    /// allow list. A client of unknown address is admitted only without an allow list.
+    pub fn admits(&self, client: Option<IpAddr>) -> bool {
+        match client {
+            Some(ip) => {
+                !self.deny.iter().any(|n| n.contains(&ip))
+                    && (self.allow.is_empty() || self.allow.iter().any(|n| n.contains(&ip)))
+            }
+            None => self.allow.is_empty(),
+        }
+    }
 }
 
 impl Gateway {
@@ -626,6 +655,7 @@ impl Gateway {
             tcp: parts.tcp,
             hsts: parts.hsts,
             rate: parts.rate,
+            access: parts.access,
         }
     }
 
@@ -704,6 +734,30 @@ mod tests {
     use super::*;
     use crate::config::load::load_from_str;
     use crate::prepare::Inputs;
+
+    #[test]
+    fn access_lists() {
+        let net = |s: &str| s.parse::<IpNet>().unwrap();
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        let allow = Access {
+            allow: vec![net("10.0.0.0/8")],
+            deny: vec![net("10.9.0.0/16")],
+        };
+        assert!(allow.admits(ip("10.1.2.3")));
+        assert!(!allow.admits(ip("10.9.2.3")), "deny comes first");
+        assert!(!allow.admits(ip("192.0.2.1")));
+        assert!(
+            !allow.admits(None),
+            "an unknown client is not on an allow list"
+        );
+        let deny = Access {
+            allow: vec![],
+            deny: vec![net("::1/128")],
+        };
+        assert!(!deny.admits(ip("::1")));
+        assert!(deny.admits(ip("127.0.0.1")));
+        assert!(deny.admits(None));
+    }
 
     /// A snapshot built in memory: two shared listeners; gateway `shop` on both with a
     /// canary route for a header, `intra` on the second only, `front` chaining to `shop`.

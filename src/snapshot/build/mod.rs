@@ -16,7 +16,8 @@ use pingora::upstreams::peer::HttpPeer;
 use rustc_hash::FxHashMap;
 
 use super::{
-    ClientLimits, Defaults, Entry, Gateway, GatewayParts, Listener, Snapshot, MAX_CHAIN_DEPTH,
+    Access, ClientLimits, Defaults, Entry, Gateway, GatewayParts, Listener, Snapshot,
+    MAX_CHAIN_DEPTH,
 };
 use crate::config::load::Loaded;
 use crate::config::{Config, GatewayConfig, PortKind};
@@ -109,6 +110,7 @@ pub fn build(loaded: &Loaded, inputs: &Inputs) -> Result<Snapshot, Diagnostics> 
                     http::HeaderValue::from_str(&v).ok()
                 }),
                 rate: b.rate_limit(gw, &scope, gw.rate_limit.as_ref()),
+                access: b.access(gw, &scope),
                 config: Arc::new(gw.clone()),
                 name: gw.name.as_str().into(),
                 source: gw.source.clone(),
@@ -217,6 +219,13 @@ fn valid_name(name: &str) -> bool {
 
 /// The longest timeout weir takes.
 const MAX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+/// A CIDR, or one address as a /32 or /128.
+fn parse_net(text: &str) -> Option<IpNet> {
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .ok()
+}
+
 /// A stop that takes longer than this is a stuck process to a supervisor.
 const MAX_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(3600);
 
@@ -244,6 +253,30 @@ impl Builder<'_> {
     }
 
     /// A `rate_limit:` compiled, or an error naming it.
+    /// A gateway's `allow` and `deny` lists, each entry a CIDR or an address.
+    fn access(&mut self, gw: &GatewayConfig, scope: &str) -> Option<Box<Access>> {
+        if gw.allow.is_empty() && gw.deny.is_empty() {
+            return None;
+        }
+        let mut lists = [Vec::new(), Vec::new()];
+        for (key, given, list) in [("allow", &gw.allow, 0), ("deny", &gw.deny, 1)] {
+            for cidr in given {
+                match parse_net(cidr) {
+                    Some(net) => lists[list].push(net),
+                    None => self.error(
+                        gw,
+                        scope,
+                        format!(
+                            "{key}: invalid CIDR {cidr:?}: expected e.g. 10.0.0.0/8 or 127.0.0.1"
+                        ),
+                    ),
+                }
+            }
+        }
+        let [allow, deny] = lists;
+        Some(Box::new(Access { allow, deny }))
+    }
+
     fn rate_limit(
         &mut self,
         gw: &GatewayConfig,
@@ -298,12 +331,9 @@ impl Builder<'_> {
         let d = &config.defaults;
         let mut trusted = Vec::new();
         for cidr in &d.trusted_proxies {
-            let parsed = cidr
-                .parse::<IpNet>()
-                .or_else(|_| cidr.parse::<IpAddr>().map(IpNet::from));
-            match parsed {
-                Ok(net) => trusted.push(net),
-                Err(_) => self.main_error(
+            match parse_net(cidr) {
+                Some(net) => trusted.push(net),
+                None => self.main_error(
                     "defaults.trusted_proxies",
                     format!("invalid CIDR {cidr:?}: expected e.g. 10.0.0.0/8 or 127.0.0.1"),
                 ),
