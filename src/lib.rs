@@ -18,7 +18,7 @@
 //!    connections through `guard`, which holds each request to `framing`; `proxy` is
 //!    the `ProxyHttp` implementation reading one snapshot per request, with `answer` for
 //!    what weir answers itself, `ratelimit`, `forward` for forwarding headers and
-//!    `accesslog`; `tcp` serves TCP gateways.
+//!    `accesslog`; `tcp` serves TCP gateways; `access` holds gateways' allow/deny lists.
 //! 6. **Around it.** `probe` runs active health checks; `admin` serves health, metrics
 //!    (`exposition`) and the gateway API; `cli` is the command line; `lifecycle` is how
 //!    a serving process drains and stops, `sdnotify` what it tells systemd; `master` supervises
@@ -26,6 +26,7 @@
 //!    `weir reload`, `weir healthcheck` and `weir upgrade`.
 
 pub(crate) mod accept;
+pub(crate) mod access;
 pub(crate) mod accesslog;
 pub(crate) mod admin;
 pub(crate) mod answer;

@@ -84,6 +84,33 @@ impl SetCookie {
     }
 }
 
+/// Gateways along the routing path whose sticky cookie must be (re)written, with the
+/// route chosen there. Fixed size: routing allocates nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StickyWrites {
+    hops: [(u16, u16); 4],
+    len: u8,
+}
+
+impl StickyWrites {
+    pub(crate) fn push(&mut self, gateway: usize, route: usize) {
+        if (self.len as usize) < self.hops.len() {
+            self.hops[self.len as usize] = (gateway as u16, route as u16);
+            self.len += 1;
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.hops[..self.len as usize]
+            .iter()
+            .map(|(g, r)| (*g as usize, *r as usize))
+    }
+
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

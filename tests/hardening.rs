@@ -444,12 +444,23 @@ gateways:
     drop(second);
 }
 
-#[test]
-fn a_full_listener_holds_new_clients_until_a_place_frees() {
-    let port = free_port();
+/// weir on a listener with `max_connections: 1`, held by a kept-alive client, and a
+/// second client that has sent `head` and waits for a place.
+struct FullListener {
+    _weir: Weir,
+    up: RawUpstream,
+    admin: u16,
+    holder: Client,
+    waiting: TcpStream,
+}
+
+fn full_listener(defaults: &str, head: &[u8]) -> FullListener {
+    let (port, admin) = (free_port(), free_port());
     let up = RawUpstream::start(Answer::Ok);
     let yaml = format!(
-        "listeners:
+        "admin: {{ bind: \"127.0.0.1:{admin}\" }}
+defaults: {{ {defaults} }}
+listeners:
   http: {{ bind: \"127.0.0.1:{port}\", limits: {{ max_connections: 1 }} }}
 gateways:
   - name: g
@@ -458,13 +469,33 @@ gateways:
 ",
         up.addr()
     );
-    let _weir = Weir::start(&yaml, &[port]);
+    let weir = Weir::start(&yaml, &[port, admin]);
+    // Once ready, weir's own readiness probe has come and gone.
+    let ready = || get(admin, "localhost", "/readyz").status == 200;
+    assert!(within(Duration::from_secs(10), ready));
     let mut holder = Client::connect(port);
     assert_eq!(holder.get("g.test", "/", &[]).status, 200);
     let mut waiting = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    waiting
-        .write_all(b"GET /queued HTTP/1.1\r\nHost: g.test\r\nConnection: close\r\n\r\n")
-        .unwrap();
+    waiting.write_all(head).unwrap();
+    FullListener {
+        _weir: weir,
+        up,
+        admin,
+        holder,
+        waiting,
+    }
+}
+
+#[test]
+fn a_full_listener_holds_new_clients_until_a_place_frees() {
+    let head = b"GET /queued HTTP/1.1\r\nHost: g.test\r\nConnection: close\r\n\r\n";
+    let FullListener {
+        up,
+        holder,
+        mut waiting,
+        _weir: _running,
+        ..
+    } = full_listener("", head);
     waiting
         .set_read_timeout(Some(Duration::from_millis(700)))
         .unwrap();
@@ -484,35 +515,15 @@ gateways:
 
 #[test]
 fn a_client_waiting_on_a_full_listener_past_the_head_deadline_is_closed_and_counted() {
-    let (port, admin) = (free_port(), free_port());
-    let up = RawUpstream::start(Answer::Ok);
-    let yaml = format!(
-        "admin: {{ bind: \"127.0.0.1:{admin}\" }}
-defaults: {{ timeouts: {{ request_header: 1s }} }}
-listeners:
-  http: {{ bind: \"127.0.0.1:{port}\", limits: {{ max_connections: 1 }} }}
-gateways:
-  - name: g
-    virtual_hosts: [g.test]
-    routes: {{ r: {{ instances: [\"{}\"] }} }}
-",
-        up.addr()
-    );
-    let _weir = Weir::start(&yaml, &[port, admin]);
-    // Once ready, weir's own readiness probe has come and gone.
-    assert!(within(Duration::from_secs(10), || get(
+    let head = b"GET /late HTTP/1.1\r\nHost: g.test\r\n\r\n";
+    let FullListener {
+        up,
         admin,
-        "localhost",
-        "/readyz"
-    )
-    .status
-        == 200));
-    let mut holder = Client::connect(port);
-    assert_eq!(holder.get("g.test", "/", &[]).status, 200);
-    let mut waiting = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    waiting
-        .write_all(b"GET /late HTTP/1.1\r\nHost: g.test\r\n\r\n")
-        .unwrap();
+        mut holder,
+        mut waiting,
+        _weir: _running,
+        ..
+    } = full_listener("timeouts: { request_header: 1s }", head);
     waiting
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();

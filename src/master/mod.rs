@@ -102,8 +102,6 @@ struct Master {
     signals: Signals,
     /// Set once the master is stopping: no new worker, exit when none is left.
     stopping: bool,
-    /// Whether systemd has been told READY=1.
-    told_ready: bool,
 }
 
 /// Runs the master until it and its workers stop; returns the exit code.
@@ -154,7 +152,6 @@ impl Master {
             workers: Vec::new(),
             signals: Signals::register()?,
             stopping: false,
-            told_ready: false,
         };
         Ok((master, true))
     }
@@ -291,7 +288,6 @@ impl Master {
         }
         log::info!("master: worker {pid} (generation {generation}) serves");
         notify(&format!("READY=1\nMAINPID={}", std::process::id()));
-        self.told_ready = true;
         self.answer(&format!(
             "ok: weir {} serves (worker {pid}, generation {generation})",
             env!("CARGO_PKG_VERSION")

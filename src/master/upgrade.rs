@@ -106,7 +106,6 @@ impl Master {
             workers,
             signals: Signals::register()?,
             stopping: false,
-            told_ready: true,
         };
         log::info!(
             "master {} re-executed from {} ({})",

@@ -133,7 +133,7 @@ pub struct Gateway {
     /// The gateway's own `rate_limit` (routes may have theirs too).
     pub rate: Option<Arc<crate::ratelimit::RateLimit>>,
     /// `allow` / `deny`: checked before a route is chosen.
-    pub access: Option<Box<Access>>,
+    pub access: Option<Box<crate::access::Access>>,
 }
 
 #[derive(Debug)]
@@ -287,32 +287,7 @@ pub struct Selected {
     pub pinned: Option<usize>,
 }
 
-/// Gateways along the routing path whose sticky cookie must be (re)written, with the
-/// route chosen there. Fixed size: routing allocates nothing.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct StickyWrites {
-    hops: [(u16, u16); 4],
-    len: u8,
-}
-
-impl StickyWrites {
-    fn push(&mut self, gateway: usize, route: usize) {
-        if (self.len as usize) < self.hops.len() {
-            self.hops[self.len as usize] = (gateway as u16, route as u16);
-            self.len += 1;
-        }
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
-        self.hops[..self.len as usize]
-            .iter()
-            .map(|(g, r)| (*g as usize, *r as usize))
-    }
-
-    pub fn clear(&mut self) {
-        self.len = 0;
-    }
-}
+pub use crate::sticky::StickyWrites;
 
 #[derive(Debug)]
 pub struct Snapshot {
@@ -610,28 +585,7 @@ pub struct GatewayParts {
     pub port: Option<u16>,
     pub tcp: bool,
     pub rate: Option<Arc<crate::ratelimit::RateLimit>>,
-    pub access: Option<Box<Access>>,
-}
-
-/// A gateway's `allow` and `deny` lists of client addresses.
-#[derive(Debug, Default)]
-pub struct Access {
-    pub allow: Vec<IpNet>,
-    pub deny: Vec<IpNet>,
-}
-
-impl Access {
-    /// Whether `client` may use the gateway: not denied, and allowed when there is an
-    /// allow list. A client of unknown address is admitted only without an allow list.
-    pub fn admits(&self, client: Option<IpAddr>) -> bool {
-        match client {
-            Some(ip) => {
-                !self.deny.iter().any(|n| n.contains(&ip))
-                    && (self.allow.is_empty() || self.allow.iter().any(|n| n.contains(&ip)))
-            }
-            None => self.allow.is_empty(),
-        }
-    }
+    pub access: Option<Box<crate::access::Access>>,
 }
 
 impl Gateway {
@@ -734,30 +688,6 @@ mod tests {
     use super::*;
     use crate::config::load::load_from_str;
     use crate::prepare::Inputs;
-
-    #[test]
-    fn access_lists() {
-        let net = |s: &str| s.parse::<IpNet>().unwrap();
-        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
-        let allow = Access {
-            allow: vec![net("10.0.0.0/8")],
-            deny: vec![net("10.9.0.0/16")],
-        };
-        assert!(allow.admits(ip("10.1.2.3")));
-        assert!(!allow.admits(ip("10.9.2.3")), "deny comes first");
-        assert!(!allow.admits(ip("192.0.2.1")));
-        assert!(
-            !allow.admits(None),
-            "an unknown client is not on an allow list"
-        );
-        let deny = Access {
-            allow: vec![],
-            deny: vec![net("::1/128")],
-        };
-        assert!(!deny.admits(ip("::1")));
-        assert!(deny.admits(ip("127.0.0.1")));
-        assert!(deny.admits(None));
-    }
 
     /// A snapshot built in memory: two shared listeners; gateway `shop` on both with a
     /// canary route for a header, `intra` on the second only, `front` chaining to `shop`.

@@ -16,9 +16,9 @@ use pingora::upstreams::peer::HttpPeer;
 use rustc_hash::FxHashMap;
 
 use super::{
-    Access, ClientLimits, Defaults, Entry, Gateway, GatewayParts, Listener, Snapshot,
-    MAX_CHAIN_DEPTH,
+    ClientLimits, Defaults, Entry, Gateway, GatewayParts, Listener, Snapshot, MAX_CHAIN_DEPTH,
 };
+use crate::access::Access;
 use crate::config::load::Loaded;
 use crate::config::{Config, GatewayConfig, PortKind};
 use crate::diag::{Diagnostic, Diagnostics};
