@@ -43,11 +43,16 @@ pub async fn plain(session: &mut Session, code: u16, body: &'static [u8]) -> Res
 }
 
 /// Writes a `respond:` route's answer; returns its status.
-pub async fn respond(session: &mut Session, respond: &Respond) -> Result<u16> {
+/// `edit` adds what the gateway puts on every response (HSTS, header rules).
+pub async fn respond(
+    session: &mut Session,
+    respond: &Respond,
+    edit: impl FnOnce(&Session, &mut pingora::http::ResponseHeader),
+) -> Result<u16> {
     let head_only = session.req_header().method == http::Method::HEAD;
-    session
-        .write_response_header(Box::new(respond.header.clone()), head_only)
-        .await?;
+    let mut header = Box::new(respond.header.clone());
+    edit(session, &mut header);
+    session.write_response_header(header, head_only).await?;
     if !head_only {
         session
             .write_response_body(Some(respond.body.clone()), true)

@@ -52,6 +52,11 @@ pub fn apply(req: &mut RequestHeader, f: &Forwarding) -> Result<()> {
     }
     let port = format_into(&mut buf, format_args!("{}", f.port));
     set_unless_trusted(req, f.trusted, X_FORWARDED_PORT, port)?;
+    ensure_request_id(req)
+}
+
+/// Gives the request an `X-Request-Id` unless it has one.
+pub fn ensure_request_id(req: &mut RequestHeader) -> Result<()> {
     if req.headers.get(X_REQUEST_ID).is_none() {
         req.insert_header(X_REQUEST_ID, &request_id()[..])?;
     }

@@ -17,8 +17,8 @@
 //!    (`connlimit`, PROXY header via `proxy_protocol`, TLS via `tls`) and runs HTTP/1
 //!    connections through `guard`, which holds each request to `framing`; `proxy` is
 //!    the `ProxyHttp` implementation reading one snapshot per request, with `answer` for
-//!    what weir answers itself, `ratelimit`, `forward` for forwarding headers and
-//!    `accesslog`; `tcp` serves TCP gateways; `access` holds gateways' allow/deny lists.
+//!    what weir answers itself, `ratelimit`, `forward` for forwarding headers, `headers` for
+//!    header rules and `accesslog`; `tcp` serves TCP gateways; `access` holds gateways' allow/deny lists.
 //! 6. **Around it.** `probe` runs active health checks; `admin` serves health, metrics
 //!    (`exposition`) and the gateway API; `cli` is the command line; `lifecycle` is how
 //!    a serving process drains and stops, `sdnotify` what it tells systemd; `master` supervises
@@ -41,6 +41,7 @@ pub(crate) mod exposition;
 pub(crate) mod forward;
 pub(crate) mod framing;
 pub(crate) mod guard;
+pub(crate) mod headers;
 pub(crate) mod health;
 pub(crate) mod lifecycle;
 pub(crate) mod master;

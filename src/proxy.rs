@@ -23,6 +23,7 @@ use crate::accesslog::{self, AccessLog};
 use crate::answer;
 use crate::condition::Request;
 use crate::forward::{self, Forwarding};
+use crate::headers::{self, Headers as _};
 use crate::health::InstanceHealth;
 use crate::metrics;
 use crate::rewrite;
@@ -82,7 +83,11 @@ impl Ctx {
     }
 
     fn target(&self) -> Option<&Target> {
-        Some(&self.snapshot.as_ref()?.route(self.selected?).target)
+        Some(&self.route()?.target)
+    }
+
+    fn route(&self) -> Option<&crate::snapshot::Route> {
+        Some(self.snapshot.as_ref()?.route(self.selected?))
     }
 
     /// The health of the instance last handed to Pingora, with whether its route has
@@ -154,6 +159,49 @@ fn one_content_length(req: &mut RequestHeader) -> Result<()> {
     }
 }
 
+/// The TLS version and SNI name of the connection, if it is TLS.
+fn tls_names(session: &Session) -> (Option<&str>, Option<&str>) {
+    let tls = session.digest().and_then(|d| d.ssl_digest.as_deref());
+    (
+        tls.map(|d| &*d.version),
+        tls.and_then(|d| d.extension.get::<crate::tls::Sni>())
+            .map(|s| s.0.as_str()),
+    )
+}
+
+/// What header rules' templates read, for this request.
+fn template_vars<'a>(session: &'a Session, request_id: Option<&'a str>) -> headers::Vars<'a> {
+    let (tls_version, sni) = tls_names(session);
+    let req = session.req_header();
+    headers::Vars {
+        req,
+        client: client_ip(session),
+        request_id: request_id.or_else(|| {
+            req.headers
+                .get(forward::X_REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+        }),
+        sni,
+        tls_version,
+    }
+}
+
+/// What weir adds to every response of a route: HSTS over TLS, then header rules
+/// (rules first on upstream responses, so that weir's own headers stand).
+fn gateway_headers(session: &Session, ctx: &Ctx, response: &mut pingora::http::ResponseHeader) {
+    let (Some(snapshot), Some(sel)) = (&ctx.snapshot, ctx.selected) else {
+        return;
+    };
+    if let Some(rules) = &snapshot.route(sel).response_headers {
+        rules.apply(response, &template_vars(session, ctx.request_id.as_deref()));
+    }
+    if ctx.tls {
+        if let Some(hsts) = snapshot.hsts(sel) {
+            response.set(&http::header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+        }
+    }
+}
+
 fn local_port(session: &Session) -> u16 {
     session
         .server_addr()
@@ -177,17 +225,15 @@ impl Weir {
             .headers
             .get(forward::X_REQUEST_ID)
             .and_then(|v| v.to_str().ok());
-        let tls = session.digest().and_then(|d| d.ssl_digest.as_deref());
+        let (tls_version, sni) = tls_names(session);
         let entry = accesslog::Entry {
             gateway,
             route,
             instance: ctx.instance.as_deref(),
             upstream_status: ctx.upstream_status,
             request_id: ctx.request_id.as_deref().or(incoming_id),
-            tls_version: tls.map(|d| &*d.version),
-            sni: tls
-                .and_then(|d| d.extension.get::<crate::tls::Sni>())
-                .map(|s| s.0.as_str()),
+            tls_version,
+            sni,
             ..accesslog::Entry::http(
                 req,
                 request_host(req),
@@ -289,7 +335,9 @@ impl Weir {
     /// Writes a `respond:` route's answer.
     async fn respond(&self, session: &mut Session, ctx: &Ctx) -> Result<u16> {
         match ctx.target() {
-            Some(Target::Respond(respond)) => answer::respond(session, respond).await,
+            Some(Target::Respond(respond)) => {
+                answer::respond(session, respond, |s, h| gateway_headers(s, ctx, h)).await
+            }
             _ => Ok(0),
         }
     }
@@ -525,19 +573,15 @@ impl ProxyHttp for Weir {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         response: &mut pingora::http::ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        gateway_headers(session, ctx, response);
         let Some(snapshot) = &ctx.snapshot else {
             return Ok(());
         };
         let tls = ctx.tls;
-        if tls {
-            if let Some(hsts) = ctx.selected.and_then(|s| snapshot.hsts(s)) {
-                response.insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone())?;
-            }
-        }
         for (g, r) in ctx.writes.iter() {
             if let Some(c) = snapshot.route_cookie(g, r) {
                 response.append_header(http::header::SET_COOKIE, c.get(tls).clone())?;
@@ -628,6 +672,25 @@ impl ProxyHttp for Weir {
         let client = client_ip(session);
         self.rewrite(session, upstream_request, ctx, client)?;
         one_content_length(upstream_request)?;
+        let route = ctx.route();
+        let (request_rules, response_rules) = route.map_or((None, None), |r| {
+            (r.request_headers.as_deref(), r.response_headers.as_deref())
+        });
+        if let Some(rules) = request_rules {
+            // The id is copied only when a template reads it.
+            let mut id = None;
+            if rules.uses_request_id() {
+                forward::ensure_request_id(upstream_request)?;
+                id = upstream_request
+                    .headers
+                    .get(forward::X_REQUEST_ID)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+            }
+            rules.apply(upstream_request, &template_vars(session, id.as_deref()));
+        }
+        let keep_id =
+            self.access_log.is_some() || response_rules.is_some_and(|r| r.uses_request_id());
         let trusted = match (client, &ctx.snapshot) {
             (Some(ip), Some(s)) => s.defaults.is_trusted(ip),
             _ => false,
@@ -643,7 +706,7 @@ impl ProxyHttp for Weir {
             port: ctx.local_port,
         };
         forward::apply(upstream_request, &fwd)?;
-        if self.access_log.is_some() {
+        if keep_id {
             ctx.request_id = upstream_request
                 .headers
                 .get(forward::X_REQUEST_ID)

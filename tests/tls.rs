@@ -145,7 +145,9 @@ listeners:
     virtual_hosts: [a.test, \"*.wild.test\", fallback.test]
     hsts: {{ max_age: 600, include_subdomains: true }}
     sticky: route
-    routes: {{ r: {{ instances: [\"{}\"] }} }}
+    routes:
+      r: {{ instances: [\"{}\"] }}
+      hello: {{ weight: 0%, condition: \"path == /hello\", respond: {{ status: 200, body: hello }} }}
   - name: plain
     virtual_hosts: [plain.test]
     listeners: [http]
@@ -480,6 +482,21 @@ fn redirect_to_https_and_hsts() {
     assert!(
         headers.contains("strict-transport-security: max-age=600; includesubdomains"),
         "{headers}"
+    );
+    // weir's own answers (respond routes) carry HSTS too.
+    let (text, status) = curl(
+        e.https,
+        "a.test",
+        "/hello",
+        &e.dir.path().join("ca.pem"),
+        &["-D", "-"],
+    );
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("strict-transport-security: max-age=600; includesubdomains")
+            && text.ends_with("hello")
+            && status.starts_with("200"),
+        "{text} {status}"
     );
     assert!(
         !acme.headers.contains_key("strict-transport-security"),

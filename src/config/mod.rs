@@ -274,6 +274,12 @@ pub struct GatewayConfig {
     /// Client addresses refused with 403 (before `allow`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deny: Vec<String>,
+    /// Header rules on the request to the upstream (routes add their own after).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_headers: Option<HeaderRulesConfig>,
+    /// Header rules on the response to the client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_headers: Option<HeaderRulesConfig>,
     #[serde(default)]
     pub routes: IndexMap<String, RouteConfig>,
     /// The file this gateway was read from; set by the loader, never by YAML.
@@ -314,6 +320,22 @@ pub struct RouteConfig {
     pub max_body_bytes: Option<ByteSize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimitConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_headers: Option<HeaderRulesConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_headers: Option<HeaderRulesConfig>,
+}
+
+/// `request_headers:` / `response_headers:`: header names to values (templates).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderRulesConfig {
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub set: IndexMap<String, String>,
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub add: IndexMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

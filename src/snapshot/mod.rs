@@ -154,6 +154,9 @@ pub struct Route {
     /// Largest request body, from the route or its gateway (0 = unlimited).
     pub max_body: u64,
     pub rate: Option<Arc<crate::ratelimit::RateLimit>>,
+    /// `request_headers` / `response_headers`: the gateway's, then the route's.
+    pub request_headers: Option<Box<crate::headers::Rules>>,
+    pub response_headers: Option<Box<crate::headers::Rules>>,
 }
 
 #[derive(Debug)]

@@ -26,11 +26,35 @@ impl Seen {
     }
 }
 
-/// A real HTTP/1.1 upstream on 127.0.0.1 that answers `200` with its name as the body
-/// and records every request. Keep-alive, one thread per connection.
+/// What an upstream answers; changeable while it runs. By default `200`, its name as
+/// the body, and `x-upstream: NAME`.
+#[derive(Debug, Default)]
+pub struct Reply {
+    status: std::sync::atomic::AtomicU16,
+    /// Extra header lines, each ending in CRLF.
+    headers: Mutex<String>,
+    body: Mutex<Option<Vec<u8>>>,
+}
+
+impl Reply {
+    pub fn set_status(&self, status: u16) {
+        self.status.store(status, Ordering::Relaxed);
+    }
+    pub fn set_headers(&self, lines: &[(&str, &str)]) {
+        *self.headers.lock().unwrap() =
+            lines.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    }
+    pub fn set_body(&self, body: &[u8]) {
+        *self.body.lock().unwrap() = Some(body.to_vec());
+    }
+}
+
+/// A real HTTP/1.1 upstream on 127.0.0.1 that answers as its [`Reply`] says and records
+/// every request. Keep-alive, one thread per connection.
 pub struct Upstream {
     pub name: String,
     pub port: u16,
+    pub reply: Arc<Reply>,
     seen: Arc<Mutex<Vec<Seen>>>,
     stop: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<TcpStream>>>,
@@ -57,6 +81,9 @@ impl Upstream {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
+        let reply = Arc::new(Reply::default());
+        reply.set_status(200);
+        let r = reply.clone();
         let (s, st, n, c) = (seen.clone(), stop.clone(), name.to_string(), conns.clone());
         thread::spawn(move || {
             for conn in listener.incoming() {
@@ -67,13 +94,14 @@ impl Upstream {
                 if let Ok(clone) = conn.try_clone() {
                     c.lock().unwrap().push(clone);
                 }
-                let (s, n) = (s.clone(), n.clone());
-                thread::spawn(move || serve_upstream(conn, &n, &s, delay));
+                let (s, n, r) = (s.clone(), n.clone(), r.clone());
+                thread::spawn(move || serve_upstream(conn, &n, &s, delay, &r));
             }
         });
         Upstream {
             name: name.to_string(),
             port,
+            reply,
             seen,
             stop,
             conns,
@@ -121,7 +149,13 @@ impl Drop for Upstream {
     }
 }
 
-fn serve_upstream(conn: TcpStream, name: &str, seen: &Mutex<Vec<Seen>>, delay: Duration) {
+fn serve_upstream(
+    conn: TcpStream,
+    name: &str,
+    seen: &Mutex<Vec<Seen>>,
+    delay: Duration,
+    reply: &Reply,
+) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
     let mut writer = conn.try_clone().unwrap();
     let mut reader = BufReader::new(conn);
@@ -133,6 +167,7 @@ fn serve_upstream(conn: TcpStream, name: &str, seen: &Mutex<Vec<Seen>>, delay: D
         }
         let mut parts = line.split_whitespace();
         let method = parts.next().unwrap_or("").to_string();
+        let head = method == "HEAD";
         let target = parts.next().unwrap_or("").to_string();
         let mut headers = Vec::new();
         loop {
@@ -165,11 +200,23 @@ fn serve_upstream(conn: TcpStream, name: &str, seen: &Mutex<Vec<Seen>>, delay: D
         if !delay.is_zero() {
             thread::sleep(delay);
         }
-        let response = format!(
-            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nx-upstream: {name}\r\n\r\n{name}",
-            name.len()
-        );
-        if writer.write_all(response.as_bytes()).is_err() {
+        let body = reply
+            .body
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap_or_else(|| name.as_bytes().to_vec());
+        let mut response = format!(
+            "HTTP/1.1 {} X\r\ncontent-length: {}\r\nx-upstream: {name}\r\n{}\r\n",
+            reply.status.load(Ordering::Relaxed),
+            body.len(),
+            reply.headers.lock().unwrap()
+        )
+        .into_bytes();
+        if !head {
+            response.extend_from_slice(&body);
+        }
+        if writer.write_all(&response).is_err() {
             return;
         }
     }

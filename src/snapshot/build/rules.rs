@@ -39,6 +39,9 @@ impl Builder<'_> {
         if gw.hsts.is_some() {
             refuse(self, "hsts");
         }
+        if gw.request_headers.is_some() || gw.response_headers.is_some() {
+            refuse(self, "header rules (request_headers, response_headers)");
+        }
         let hashed = |b: &Option<Balance>| {
             matches!(
                 b,
@@ -65,6 +68,9 @@ impl Builder<'_> {
             }
             if r.respond.is_some() {
                 refuse("respond routes");
+            }
+            if r.request_headers.is_some() || r.response_headers.is_some() {
+                refuse("header rules (request_headers, response_headers)");
             }
             if hashed(&r.balance) {
                 refuse("balance hash(...) (use source_ip)");
