@@ -7,7 +7,7 @@ use std::collections::HashSet;
 
 use prometheus::{Encoder, TextEncoder};
 
-use crate::metrics::{metrics, ERROR_KINDS};
+use crate::metrics::{metrics, ERROR_KINDS, RETRY_REASONS};
 use crate::snapshot::{Snapshot, Target};
 
 /// Every (gateway, route) of a snapshot, borrowed.
@@ -44,12 +44,18 @@ pub fn forget_removed(old: &Snapshot, new: &Snapshot) {
         let _ = m.duration.remove_label_values(&[g, r]);
         let _ = m.bytes_sent.remove_label_values(&[g, r]);
         let _ = m.bytes_received.remove_label_values(&[g, r]);
+        let _ = m.rate_limited.remove_label_values(&[g, r]);
+        let _ = m.retries_over_budget.remove_label_values(&[g, r]);
+        for reason in RETRY_REASONS {
+            let _ = m.retries.remove_label_values(&[g, r, reason]);
+        }
     }
     let keep = instance_labels(new);
     for (g, r, i) in instance_labels(old).difference(&keep) {
         for kind in ERROR_KINDS {
             let _ = m.upstream_errors.remove_label_values(&[g, r, i, kind]);
         }
+        let _ = m.ejections.remove_label_values(&[g, r, i]);
     }
 }
 

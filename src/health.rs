@@ -46,6 +46,14 @@ pub struct InstanceHealth {
     pub(crate) probing: AtomicBool,
     /// Requests in flight to this instance.
     pub inflight: AtomicUsize,
+    /// Outlier detection (`outlier:`): failed responses in a row.
+    pub(crate) consecutive_5xx: AtomicU32,
+    /// Ejected by outlier detection until `retry_at_ms`.
+    ejected: AtomicBool,
+    /// How many ejections the next one counts as (decays while the instance serves).
+    ejections: AtomicU32,
+    /// When the last ejection ended (or will).
+    eject_end_ms: AtomicU64,
 }
 
 /// What a health state means to a reader (admin API, metrics, logs).
@@ -54,11 +62,14 @@ pub enum HealthState {
     Unknown,
     Up,
     Down,
+    /// Down because outlier detection ejected it.
+    Ejected,
 }
 
 impl HealthState {
     pub fn as_str(self) -> &'static str {
         match self {
+            HealthState::Ejected => "ejected",
             HealthState::Unknown => "unknown",
             HealthState::Up => "up",
             HealthState::Down => "down",
@@ -76,6 +87,7 @@ impl InstanceHealth {
     pub fn state(&self) -> HealthState {
         match self.state.load(Ordering::Relaxed) {
             UP => HealthState::Up,
+            DOWN if self.ejected() => HealthState::Ejected,
             DOWN => HealthState::Down,
             _ => HealthState::Unknown,
         }
@@ -118,11 +130,17 @@ impl InstanceHealth {
         if ok {
             self.fail_streak.store(0, Ordering::Relaxed);
             let streak = self.ok_streak.fetch_add(1, Ordering::Relaxed) + 1;
-            match state {
+            let up = match state {
                 UNKNOWN => self.set(UP),
                 DOWN if streak >= successes => self.set(UP),
                 _ => false,
+            };
+            if up {
+                // The check brings an ejected instance back early.
+                self.ejected.store(false, Ordering::Relaxed);
+                self.retry_at_ms.store(0, Ordering::Relaxed);
             }
+            up
         } else {
             self.ok_streak.store(0, Ordering::Relaxed);
             let streak = self.fail_streak.fetch_add(1, Ordering::Relaxed) + 1;
@@ -134,14 +152,46 @@ impl InstanceHealth {
         }
     }
 
-    /// A passive back-off ran out: the instance gets traffic again (half-open).
+    /// A passive back-off or an ejection ran out: the instance gets traffic again
+    /// (half-open).
     pub(crate) fn expire_backoff(&self, now: u64) -> bool {
         let at = self.retry_at_ms.load(Ordering::Relaxed);
         if at != 0 && now >= at && self.state.load(Ordering::Relaxed) == DOWN {
             self.retry_at_ms.store(0, Ordering::Relaxed);
+            self.ejected.store(false, Ordering::Relaxed);
             return self.set(UNKNOWN);
         }
         false
+    }
+
+    /// Whether outlier detection has this instance out now.
+    pub fn ejected(&self) -> bool {
+        self.ejected.load(Ordering::Relaxed)
+    }
+
+    /// Ejects the instance for `base_ms` times how many ejections it has had lately:
+    /// one more than the last, less one for each `base_ms` it has served since. Returns
+    /// the ejection's length, or `None` if it was out already.
+    pub(crate) fn eject(&self, base_ms: u64, max_ms: u64, now: u64) -> Option<u64> {
+        if !self.available() {
+            return None;
+        }
+        let last_end = self.eject_end_ms.load(Ordering::Relaxed);
+        let served = now.saturating_sub(last_end) / base_ms.max(1);
+        let before = u64::from(self.ejections.load(Ordering::Relaxed));
+        let n = (before + 1)
+            .saturating_sub(if last_end == 0 { 0 } else { served })
+            .max(1);
+        let length = base_ms.saturating_mul(n).min(max_ms.max(base_ms));
+        self.ejections
+            .store(u32::try_from(n).unwrap_or(u32::MAX), Ordering::Relaxed);
+        self.eject_end_ms.store(now + length, Ordering::Relaxed);
+        self.consecutive_5xx.store(0, Ordering::Relaxed);
+        self.ok_streak.store(0, Ordering::Relaxed);
+        self.ejected.store(true, Ordering::Relaxed);
+        self.retry_at_ms.store(now + length, Ordering::Relaxed);
+        self.set(DOWN);
+        Some(length)
     }
 }
 

@@ -18,7 +18,8 @@
 //!    connections through `guard`, which holds each request to `framing`; `proxy` is
 //!    the `ProxyHttp` implementation reading one snapshot per request, with `answer` for
 //!    what weir answers itself, `ratelimit`, `forward` for forwarding headers, `headers` for
-//!    header rules and `accesslog`; `tcp` serves TCP gateways; `access` holds gateways' allow/deny lists.
+//!    header rules, `retry` for retries and their budget, `outlier` for
+//!    ejecting failing instances, and `accesslog`; `tcp` serves TCP gateways; `access` holds gateways' allow/deny lists.
 //! 6. **Around it.** `probe` runs active health checks; `admin` serves health, metrics
 //!    (`exposition`) and the gateway API; `cli` is the command line; `lifecycle` is how
 //!    a serving process drains and stops, `sdnotify` what it tells systemd; `master` supervises
@@ -46,6 +47,7 @@ pub(crate) mod health;
 pub(crate) mod lifecycle;
 pub(crate) mod master;
 pub(crate) mod metrics;
+pub(crate) mod outlier;
 pub mod prepare;
 pub(crate) mod probe;
 pub(crate) mod proxy;
@@ -53,6 +55,7 @@ pub(crate) mod proxy_protocol;
 pub(crate) mod ratelimit;
 pub(crate) mod reload;
 pub mod request;
+pub(crate) mod retry;
 pub(crate) mod rewrite;
 pub(crate) mod schedule;
 pub(crate) mod sdnotify;

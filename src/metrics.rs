@@ -17,6 +17,9 @@ use prometheus::{
 /// Kinds of upstream error counted in `weir_upstream_errors_total`.
 pub const ERROR_KINDS: [&str; 5] = ["connect", "connect_timeout", "timeout", "closed", "other"];
 
+/// Reasons counted in `weir_retries_total` (as `retry::Failure::reason` names them).
+pub const RETRY_REASONS: [&str; 4] = ["connect", "reset", "timeout", "status"];
+
 /// Edge-sized latency buckets: 0.5 ms to 30 s.
 const BUCKETS: [f64; 16] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0,
@@ -37,6 +40,9 @@ pub struct Metrics {
     pub(crate) requests_refused: IntCounterVec,
     pub(crate) connections_refused: IntCounterVec,
     pub(crate) rate_limited: IntCounterVec,
+    pub(crate) retries: IntCounterVec,
+    pub(crate) retries_over_budget: IntCounterVec,
+    pub(crate) ejections: IntCounterVec,
     pub(crate) client_aborts: IntCounter,
     pub(crate) cert_expiry: GaugeVec,
     pub(crate) reloads: IntCounterVec,
@@ -197,6 +203,24 @@ impl Metrics {
                 "Requests answered 429 by a rate limit.",
                 &["gateway", "route"],
             ),
+            retries: counter(
+                &r,
+                "weir_retries_total",
+                "Tries sent again to another instance, by what failed.",
+                &["gateway", "route", "reason"],
+            ),
+            retries_over_budget: counter(
+                &r,
+                "weir_retries_over_budget_total",
+                "Retries not made because the route's retry budget was spent.",
+                &["gateway", "route"],
+            ),
+            ejections: counter(
+                &r,
+                "weir_outlier_ejections_total",
+                "Instances ejected by outlier detection.",
+                &["gateway", "route", "upstream"],
+            ),
             client_aborts: register(
                 &r,
                 IntCounter::new(
@@ -300,6 +324,26 @@ pub fn rate_limited(gateway: &str, route: &str) {
     metrics()
         .rate_limited
         .with_label_values(&[gateway, route])
+        .inc();
+}
+
+/// Counts a retry (a failure path), or one the budget refused (`reason` None).
+pub fn retry(gateway: &str, route: &str, reason: Option<&str>) {
+    let m = metrics();
+    match reason {
+        Some(reason) => m.retries.with_label_values(&[gateway, route, reason]).inc(),
+        None => m
+            .retries_over_budget
+            .with_label_values(&[gateway, route])
+            .inc(),
+    }
+}
+
+/// Counts an outlier ejection.
+pub fn ejected(gateway: &str, route: &str, upstream: &str) {
+    metrics()
+        .ejections
+        .with_label_values(&[gateway, route, upstream])
         .inc();
 }
 

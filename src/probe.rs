@@ -35,9 +35,11 @@ impl Checker {
                     continue;
                 };
                 for u in pool.instances.iter().filter(|u| u.resolved) {
-                    match &pool.check {
-                        Some(check) => self.maybe_probe(g, r, u, check, now),
-                        None => changed |= u.health.expire_backoff(now),
+                    // Without a check: passive back-offs and ejections end by time.
+                    // With one: only ejections have an end set; probes do the rest.
+                    changed |= u.health.expire_backoff(now);
+                    if let Some(check) = &pool.check {
+                        self.maybe_probe(g, r, u, check, now);
                     }
                 }
             }

@@ -91,3 +91,214 @@ fn header_rules_set_add_and_remove_on_requests_and_responses() {
     assert_eq!(up.last().header("x-env"), Some("staging"));
     assert_eq!(up.last().header("content-length"), None);
 }
+
+/// A gateway `g` on vhost `h.test` with one route `r` over `instances`, and `extra`
+/// lines of the route (indented for it).
+fn one_route(port: u16, admin: u16, instances: &[String], extra: &str) -> String {
+    let list: Vec<String> = instances.iter().map(|i| format!("\"{i}\"")).collect();
+    format!(
+        "{}admin: {{ bind: \"127.0.0.1:{admin}\" }}
+gateways:
+  - name: g
+    virtual_hosts: [h.test]
+    routes:
+      r:
+        instances: [{}]
+{extra}",
+        http_listener(port),
+        list.join(", ")
+    )
+}
+
+fn request(port: u16, method: &str) -> Response {
+    Client::connect(port).request(method, "h.test", "/", &[])
+}
+
+#[test]
+fn retries_on_status_go_to_another_instance_for_idempotent_methods_only() {
+    let (port, admin) = (free_port(), free_port());
+    let (bad, good) = (Upstream::start("bad"), Upstream::start("good"));
+    bad.reply.set_status(503);
+    let yaml = one_route(
+        port,
+        admin,
+        &[bad.addr(), good.addr()],
+        "        retries: { attempts: 1, on: [502, 503], methods: idempotent, budget: 100% }\n",
+    );
+    let _weir = Weir::start(&yaml, &[port, admin]);
+    for _ in 0..20 {
+        let r = request(port, "GET");
+        assert_eq!((r.status, r.body.as_str()), (200, "good"));
+    }
+    assert!(
+        bad.count() >= 5,
+        "round robin sent some to bad: {}",
+        bad.count()
+    );
+    assert_eq!(good.count(), 20);
+    // POST is not idempotent: a 503 goes to the client as it came.
+    let statuses: Vec<u16> = (0..6).map(|_| request(port, "POST").status).collect();
+    assert!(statuses.contains(&503), "{statuses:?}");
+    let m = scrape(admin);
+    let retried = m["weir_retries_total{gateway=\"g\",reason=\"status\",route=\"r\"}"];
+    assert_eq!(
+        retried as usize,
+        bad.count() - statuses.iter().filter(|s| **s == 503).count()
+    );
+}
+
+#[test]
+fn the_retry_budget_bounds_retries_when_every_instance_fails() {
+    let (port, admin) = (free_port(), free_port());
+    let (a, b, c) = (
+        Upstream::start("a"),
+        Upstream::start("b"),
+        Upstream::start("c"),
+    );
+    for u in [&a, &b, &c] {
+        u.reply.set_status(502);
+    }
+    let yaml = one_route(
+        port,
+        admin,
+        &[a.addr(), b.addr(), c.addr()],
+        "        retries: { attempts: 2, on: [5xx], budget: 20% }\n",
+    );
+    let _weir = Weir::start(&yaml, &[port, admin]);
+    let n = 200;
+    for _ in 0..n {
+        assert_eq!(request(port, "GET").status, 502);
+    }
+    let tries = a.count() + b.count() + c.count();
+    // Without a budget: 3 tries each (600). With it: 20% of requests, plus the ten a
+    // full budget starts with.
+    assert!(tries > n + 10, "retries happened: {tries}");
+    assert!(tries <= n + n / 5 + 10, "within the budget: {tries}");
+    let m = scrape(admin);
+    assert!(m["weir_retries_over_budget_total{gateway=\"g\",route=\"r\"}"] > 100.0);
+}
+
+#[test]
+fn timeouts_per_route_retry_slow_instances_and_bound_the_whole_request() {
+    let (port, admin) = (free_port(), free_port());
+    let slow = Upstream::start_slow("slow", Duration::from_secs(3));
+    let fast = Upstream::start("fast");
+    let yaml = format!(
+        "{}      only_slow:
+        weight: 0%
+        condition: path_beg /slow
+        instances: [\"{}\"]
+        timeouts: {{ upstream_read: 10s, request: 500ms }}
+",
+        one_route(
+            port,
+            admin,
+            &[slow.addr(), fast.addr()],
+            "        timeouts: { connect: 1s, upstream_read: 300ms }\n        retries: { attempts: 1, on: [timeout] }\n",
+        ),
+        slow.addr()
+    );
+    let _weir = Weir::start(&yaml, &[port, admin]);
+    for _ in 0..4 {
+        let r = request(port, "GET");
+        assert_eq!((r.status, r.body.as_str()), (200, "fast"));
+    }
+    assert!(slow.count() >= 1);
+    // The total deadline ends a request whose upstream is slower, whatever upstream_read.
+    let r = Client::connect(port).get("h.test", "/slow", &[]);
+    assert_eq!(r.status, 504);
+    let m = scrape(admin);
+    assert!(m["weir_retries_total{gateway=\"g\",reason=\"timeout\",route=\"r\"}"] >= 1.0);
+}
+
+#[test]
+fn an_idempotent_request_reset_before_any_response_byte_is_retried_by_default() {
+    let (port, admin) = (free_port(), free_port());
+    let reset = RawUpstream::start(Answer::Reset);
+    let good = Upstream::start("good");
+    let yaml = one_route(port, admin, &[reset.addr(), good.addr()], "");
+    let _weir = Weir::start(&yaml, &[port, admin]);
+    for _ in 0..10 {
+        let r = request(port, "GET");
+        assert_eq!((r.status, r.body.as_str()), (200, "good"));
+    }
+    assert!(reset.received().matches("GET / ").count() >= 3);
+    // A POST may have had effects: it is not sent again.
+    let statuses: Vec<u16> = (0..6).map(|_| request(port, "POST").status).collect();
+    assert!(statuses.contains(&502), "{statuses:?}");
+}
+
+fn instance_health(admin: u16) -> Vec<String> {
+    let r = get(admin, "localhost", "/api/v1/gateways/g");
+    let g: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    g["routes"][0]["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["health"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn outlier_detection_ejects_a_failing_instance_and_brings_it_back() {
+    let (port, admin) = (free_port(), free_port());
+    let (bad, good) = (Upstream::start("bad"), Upstream::start("good"));
+    bad.reply.set_status(500);
+    let yaml = one_route(
+        port,
+        admin,
+        &[bad.addr(), good.addr()],
+        "        outlier: { consecutive_5xx: 3, base_ejection: 1s, max_ejected: 50% }\n",
+    );
+    let _weir = Weir::start(&yaml, &[port, admin]);
+    let statuses: Vec<u16> = (0..20).map(|_| request(port, "GET").status).collect();
+    // Three 500s in a row from `bad` (round robin alternates), then only `good`.
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 500).count(),
+        3,
+        "{statuses:?}"
+    );
+    assert_eq!(bad.count(), 3);
+    assert_eq!(instance_health(admin), ["ejected", "unknown"]);
+    let m = scrape(admin);
+    let key = format!(
+        "weir_outlier_ejections_total{{gateway=\"g\",route=\"r\",upstream=\"{}\"}}",
+        bad.addr()
+    );
+    assert_eq!(m[&key], 1.0);
+    assert_eq!(
+        m[&format!(
+            "weir_instance_healthy{{gateway=\"g\",route=\"r\",upstream=\"{}\"}}",
+            bad.addr()
+        )],
+        0.0
+    );
+    // Mended, it returns after the ejection and takes traffic again.
+    bad.reply.set_status(200);
+    assert!(within(Duration::from_secs(10), || {
+        request(port, "GET");
+        bad.count() > 3
+    }));
+    assert_ne!(instance_health(admin)[0], "ejected");
+}
+
+#[test]
+fn outlier_detection_never_ejects_more_than_max_ejected() {
+    let (port, admin) = (free_port(), free_port());
+    let (a, b) = (Upstream::start("a"), Upstream::start("b"));
+    a.reply.set_status(503);
+    b.reply.set_status(503);
+    let yaml = one_route(
+        port,
+        admin,
+        &[a.addr(), b.addr()],
+        "        outlier: { consecutive_5xx: 2, base_ejection: 30s, max_ejected: 50% }\n",
+    );
+    let _weir = Weir::start(&yaml, &[port, admin]);
+    for _ in 0..12 {
+        assert_eq!(request(port, "GET").status, 503);
+    }
+    let mut health = instance_health(admin);
+    health.sort();
+    assert_eq!(health, ["ejected", "unknown"]);
+}

@@ -324,6 +324,85 @@ pub struct RouteConfig {
     pub request_headers: Option<HeaderRulesConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_headers: Option<HeaderRulesConfig>,
+    /// Overrides `defaults.timeouts` for this route, and adds a total deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<RouteTimeouts>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<RetriesConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier: Option<OutlierConfig>,
+}
+
+/// A route's `outlier:`: instances that keep failing are ejected for a while.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierConfig {
+    /// 5xx responses (or resets and timeouts) in a row that eject an instance.
+    #[serde(default = "default_consecutive_5xx")]
+    pub consecutive_5xx: u32,
+    /// The first ejection's length; each ejection soon after another is one longer.
+    #[serde(default = "secs::<30>")]
+    pub base_ejection: ConfigDuration,
+    /// The most of a route's instances that may be ejected at once.
+    #[serde(default = "default_max_ejected")]
+    pub max_ejected: Percent,
+}
+
+fn default_consecutive_5xx() -> u32 {
+    5
+}
+
+fn default_max_ejected() -> Percent {
+    Percent(5_000)
+}
+
+/// A route's `timeouts:`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteTimeouts {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect: Option<ConfigDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_read: Option<ConfigDuration>,
+    /// The whole request, retries included, until its response has been read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<ConfigDuration>,
+}
+
+/// A route's `retries:`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetriesConfig {
+    /// Retries after the first try.
+    pub attempts: u32,
+    /// What is retried: `connect`, `reset`, `timeout`, `5xx` or a status 500-599.
+    #[serde(default = "default_retry_on")]
+    pub on: Vec<String>,
+    #[serde(default)]
+    pub methods: RetryMethods,
+    /// Retries allowed as a share of the route's requests.
+    #[serde(default = "default_retry_budget")]
+    pub budget: Percent,
+}
+
+fn default_retry_on() -> Vec<String> {
+    vec!["connect".into(), "reset".into()]
+}
+
+/// The budget's default share.
+pub const DEFAULT_RETRY_BUDGET: Percent = Percent(2_000);
+
+fn default_retry_budget() -> Percent {
+    DEFAULT_RETRY_BUDGET
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryMethods {
+    /// GET, HEAD, OPTIONS, TRACE, PUT, DELETE.
+    #[default]
+    Idempotent,
+    All,
 }
 
 /// `request_headers:` / `response_headers:`: header names to values (templates).

@@ -157,6 +157,12 @@ pub struct Route {
     /// `request_headers` / `response_headers`: the gateway's, then the route's.
     pub request_headers: Option<Box<crate::headers::Rules>>,
     pub response_headers: Option<Box<crate::headers::Rules>>,
+    /// What is tried again, and the route's retry budget.
+    pub retry: crate::retry::RetryPolicy,
+    /// `timeouts.request`: the whole request, retries included.
+    pub deadline: Option<Duration>,
+    /// `outlier:` (instance pools only).
+    pub outlier: Option<crate::outlier::Outlier>,
 }
 
 #[derive(Debug)]
@@ -191,6 +197,13 @@ impl Pool {
         (!tried.contains(index) && u.health.available()).then_some(u)
     }
 
+    /// Whether an instance other than `last`, not yet tried, may take the request.
+    pub fn another(&self, last: Option<usize>, tried: Tried) -> bool {
+        self.instances
+            .iter()
+            .any(|u| Some(u.index) != last && !tried.contains(u.index) && u.health.available())
+    }
+
     /// Whether any instance may take traffic.
     pub fn any_available(&self) -> bool {
         self.instances.iter().any(|u| u.health.available())
@@ -220,6 +233,14 @@ impl External {
             }
         }
         None
+    }
+
+    /// Whether an address other than `last`, not yet tried, is there.
+    pub fn another(&self, last: Option<usize>, tried: Tried) -> bool {
+        self.peers
+            .load()
+            .iter()
+            .any(|u| Some(u.index) != last && !tried.contains(u.index))
     }
 
     /// Replaces the resolved addresses (kept in a stable order so picks stay fair).

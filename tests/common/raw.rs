@@ -16,6 +16,8 @@ pub enum Answer {
     Silent,
     /// `101 Switching Protocols`, whatever was asked.
     SwitchProtocols,
+    /// Reads a request head, then resets the connection without a byte back.
+    Reset,
 }
 
 /// A raw upstream on 127.0.0.1.
@@ -35,8 +37,11 @@ impl RawUpstream {
         thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { return };
-                if let Ok(clone) = conn.try_clone() {
-                    c.lock().unwrap().push(clone);
+                // A kept clone would hold a reset connection open.
+                if !matches!(answer, Answer::Reset) {
+                    if let Ok(clone) = conn.try_clone() {
+                        c.lock().unwrap().push(clone);
+                    }
                 }
                 let b = b.clone();
                 thread::spawn(move || serve(conn, &b, answer));
@@ -82,6 +87,11 @@ fn serve(mut conn: TcpStream, record: &Mutex<Vec<u8>>, answer: Answer) {
             let reply: &[u8] = match answer {
                 Answer::Ok => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
                 Answer::Silent => continue,
+                Answer::Reset => {
+                    // SO_LINGER 0: close sends RST, as a crashed process's socket does.
+                    let _ = socket2::SockRef::from(&conn).set_linger(Some(Duration::ZERO));
+                    return;
+                }
                 Answer::SwitchProtocols => {
                     b"HTTP/1.1 101 Switching Protocols\r\nupgrade: evil\r\nconnection: upgrade\r\n\r\n"
                 }

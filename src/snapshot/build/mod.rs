@@ -4,6 +4,7 @@
 //! whole config; `listeners`, `routes` and `rules` hold the rest, by concern.
 
 mod listeners;
+mod policy;
 mod routes;
 mod rules;
 

@@ -58,7 +58,8 @@ impl Builder<'_> {
             let scope = format!("{scope}, route {key:?}");
             self.check_route_fields(gw, route, &scope);
             let (condition, strength, rewrites) = self.route_logic(gw, route, &scope);
-            if let Some(target) = self.target(gw, key, route, &scope, names, template) {
+            let policy = self.route_policy(gw, route, &scope, template);
+            if let Some(target) = self.target(gw, key, route, &scope, names, &policy.peer) {
                 if let Target::External(e) = &target {
                     externals.push(e.clone());
                 }
@@ -82,41 +83,15 @@ impl Builder<'_> {
                         .or(gw.max_body_bytes)
                         .map_or(0, |b| b.0),
                     rate: self.rate_limit(gw, &scope, route.rate_limit.as_ref()),
-                    request_headers: self.header_rules(
-                        gw,
-                        &scope,
-                        "request_headers",
-                        [gw.request_headers.as_ref(), route.request_headers.as_ref()],
-                    ),
-                    response_headers: self.header_rules(
-                        gw,
-                        &scope,
-                        "response_headers",
-                        [
-                            gw.response_headers.as_ref(),
-                            route.response_headers.as_ref(),
-                        ],
-                    ),
+                    request_headers: policy.request_headers,
+                    response_headers: policy.response_headers,
+                    retry: policy.retry,
+                    deadline: policy.deadline,
+                    outlier: policy.outlier,
                 });
             }
         }
         routes
-    }
-
-    /// A route's header rules in one direction, its gateway's first; errors name it.
-    fn header_rules(
-        &mut self,
-        gw: &GatewayConfig,
-        scope: &str,
-        which: &str,
-        blocks: [Option<&crate::config::HeaderRulesConfig>; 2],
-    ) -> Option<Box<crate::headers::Rules>> {
-        let mut errors = Vec::new();
-        let rules = crate::headers::Rules::compile(which, &blocks, &mut errors);
-        for e in errors {
-            self.error(gw, scope, e);
-        }
-        rules
     }
 
     pub(super) fn check_route_fields(&mut self, gw: &GatewayConfig, r: &RouteConfig, scope: &str) {

@@ -72,6 +72,9 @@ impl Builder<'_> {
             if r.request_headers.is_some() || r.response_headers.is_some() {
                 refuse("header rules (request_headers, response_headers)");
             }
+            if r.timeouts.is_some() || r.retries.is_some() || r.outlier.is_some() {
+                refuse("timeouts, retries or outlier (defaults.timeouts.connect applies)");
+            }
             if hashed(&r.balance) {
                 refuse("balance hash(...) (use source_ip)");
             }

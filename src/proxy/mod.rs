@@ -2,9 +2,12 @@
 //!
 //! `request_filter` loads the current snapshot once, routes the request (or answers it:
 //! 400, 404, 421, 503, `respond:` routes), and keeps the decision in the context;
-//! `upstream_peer` picks the instance; `fail_to_connect` marks the instance down
-//! (passive health) and retries another instance, or another route when the chosen one
-//! has none left; `upstream_request_filter` sets the forwarding headers.
+//! `upstream_peer` picks the instance (within the route's deadline); `fail_to_connect`
+//! marks the instance down (passive health) and retries another instance, or another
+//! route when the chosen one has none left; `error_while_proxy` and
+//! `upstream_response_filter` retry resets, timeouts and statuses as the route's
+//! `retries` allow; `upstream_request_filter` applies header rules and sets the
+//! forwarding headers. `view` reads the request, `steps` holds the work between phases.
 
 use std::sync::Arc;
 
@@ -19,14 +22,15 @@ use pingora::upstreams::peer::HttpPeer;
 
 use std::time::Instant;
 
-use crate::accesslog::{self, AccessLog};
+mod steps;
+mod view;
+
+use crate::accesslog::AccessLog;
 use crate::answer;
-use crate::condition::Request;
 use crate::forward::{self, Forwarding};
-use crate::headers::{self, Headers as _};
 use crate::health::InstanceHealth;
 use crate::metrics;
-use crate::rewrite;
+use crate::retry::Failure;
 use crate::snapshot::{Entry, Refusal, Selected, Snapshot, StickyWrites, Target};
 use crate::upstream::{InFlight, Tried, Upstream};
 
@@ -63,6 +67,10 @@ pub struct Ctx {
     tls: bool,
     /// Request body bytes read so far.
     body_read: u64,
+    /// The route's `timeouts.request` ends here.
+    deadline: Option<Instant>,
+    /// `upstream_response_filter` refused a response to try another instance.
+    status_retry: Option<u16>,
     pub instance: Option<Arc<str>>,
 }
 
@@ -106,273 +114,7 @@ impl Ctx {
     }
 }
 
-fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
-    session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip())
-}
-
-/// What conditions read of the request.
-fn request_view<'a>(req: &'a RequestHeader, client: Option<std::net::IpAddr>) -> Request<'a> {
-    Request::new(
-        request_host(req),
-        req.uri.path(),
-        req.method.as_str(),
-        &req.headers,
-        client,
-    )
-}
-
-/// The Host a request is for: the URI authority (HTTP/2, absolute-form) or `Host`.
-fn request_host(req: &RequestHeader) -> &[u8] {
-    match req.uri.authority() {
-        Some(a) => a.as_str().as_bytes(),
-        None => req
-            .headers
-            .get(http::header::HOST)
-            .map(|v| v.as_bytes())
-            .unwrap_or(b""),
-    }
-}
-
-/// The request's Content-Length. The guard has let through only identical repeated
-/// values (as lines, or as a comma list), so the first one stands for all.
-fn declared_length(req: &RequestHeader) -> Option<u64> {
-    let first = req.headers.get(http::header::CONTENT_LENGTH)?;
-    let text = first.to_str().ok()?;
-    text.split(',').next()?.trim().parse().ok()
-}
-
-/// Identical repeated Content-Length values go upstream as one.
-fn one_content_length(req: &mut RequestHeader) -> Result<()> {
-    let mut values = req.headers.get_all(http::header::CONTENT_LENGTH).iter();
-    let (Some(first), second) = (values.next(), values.next()) else {
-        return Ok(());
-    };
-    if second.is_none() && !first.as_bytes().contains(&b',') {
-        return Ok(());
-    }
-    match declared_length(req) {
-        Some(n) => req.insert_header(http::header::CONTENT_LENGTH, n),
-        None => Error::e_explain(HTTPStatus(400), "invalid Content-Length"),
-    }
-}
-
-/// The TLS version and SNI name of the connection, if it is TLS.
-fn tls_names(session: &Session) -> (Option<&str>, Option<&str>) {
-    let tls = session.digest().and_then(|d| d.ssl_digest.as_deref());
-    (
-        tls.map(|d| &*d.version),
-        tls.and_then(|d| d.extension.get::<crate::tls::Sni>())
-            .map(|s| s.0.as_str()),
-    )
-}
-
-/// What header rules' templates read, for this request.
-fn template_vars<'a>(session: &'a Session, request_id: Option<&'a str>) -> headers::Vars<'a> {
-    let (tls_version, sni) = tls_names(session);
-    let req = session.req_header();
-    headers::Vars {
-        req,
-        client: client_ip(session),
-        request_id: request_id.or_else(|| {
-            req.headers
-                .get(forward::X_REQUEST_ID)
-                .and_then(|v| v.to_str().ok())
-        }),
-        sni,
-        tls_version,
-    }
-}
-
-/// What weir adds to every response of a route: HSTS over TLS, then header rules
-/// (rules first on upstream responses, so that weir's own headers stand).
-fn gateway_headers(session: &Session, ctx: &Ctx, response: &mut pingora::http::ResponseHeader) {
-    let (Some(snapshot), Some(sel)) = (&ctx.snapshot, ctx.selected) else {
-        return;
-    };
-    if let Some(rules) = &snapshot.route(sel).response_headers {
-        rules.apply(response, &template_vars(session, ctx.request_id.as_deref()));
-    }
-    if ctx.tls {
-        if let Some(hsts) = snapshot.hsts(sel) {
-            response.set(&http::header::STRICT_TRANSPORT_SECURITY, hsts.clone());
-        }
-    }
-}
-
-fn local_port(session: &Session) -> u16 {
-    session
-        .server_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.port())
-        .unwrap_or(0)
-}
-
-impl Weir {
-    fn write_access_log(
-        &self,
-        log: &AccessLog,
-        session: &Session,
-        ctx: &Ctx,
-        status: u16,
-        elapsed: std::time::Duration,
-    ) {
-        let req = session.req_header();
-        let (gateway, route) = ctx.gateway_and_route().unzip();
-        let incoming_id = req
-            .headers
-            .get(forward::X_REQUEST_ID)
-            .and_then(|v| v.to_str().ok());
-        let (tls_version, sni) = tls_names(session);
-        let entry = accesslog::Entry {
-            gateway,
-            route,
-            instance: ctx.instance.as_deref(),
-            upstream_status: ctx.upstream_status,
-            request_id: ctx.request_id.as_deref().or(incoming_id),
-            tls_version,
-            sni,
-            ..accesslog::Entry::http(
-                req,
-                request_host(req),
-                client_ip(session),
-                status,
-                session.body_bytes_sent(),
-                elapsed,
-            )
-        };
-        log.log(&entry);
-    }
-
-    /// Applies the selected route's rewrites to the upstream request.
-    fn rewrite(
-        &self,
-        session: &Session,
-        upstream_request: &mut RequestHeader,
-        ctx: &Ctx,
-        client: Option<std::net::IpAddr>,
-    ) -> Result<()> {
-        let Some(snapshot) = &ctx.snapshot else {
-            return Ok(());
-        };
-        let Some(sel) = ctx.selected else {
-            return Ok(());
-        };
-        let rewrites = &snapshot.route(sel).rewrites;
-        if rewrites.is_empty() {
-            return Ok(());
-        }
-        let req = session.req_header();
-        let view = request_view(req, client);
-        if let Some(pq) = rewrite::apply_all(rewrites, &view, req.uri.path(), req.uri.query()) {
-            match pq.parse::<http::Uri>() {
-                Ok(uri) => upstream_request.set_uri(uri),
-                Err(e) => {
-                    return Error::e_explain(
-                        HTTPStatus(500),
-                        format!("rewrite gave an invalid path {pq:?}: {e}"),
-                    )
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// `redirect_https`: a 308 to the same host and path on the TLS listener,
-    /// for hosts that listener serves. ACME HTTP-01 challenges are left to the routes.
-    async fn redirect(
-        &self,
-        session: &mut Session,
-        snapshot: &Snapshot,
-        to: usize,
-        tls_port: u16,
-    ) -> Result<bool> {
-        let req = session.req_header();
-        if req.uri.path().starts_with("/.well-known/acme-challenge/") {
-            return Ok(false);
-        }
-        let host = request_host(req);
-        // Only hosts the TLS listener serves are redirected.
-        if snapshot.gateway_for(Entry::Shared(to), host).is_err() {
-            return Ok(false);
-        }
-        let name = std::str::from_utf8(crate::vhost::strip_port(host)).unwrap_or("");
-        let port = if tls_port == 443 {
-            String::new()
-        } else {
-            format!(":{tls_port}")
-        };
-        let pq = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        let location = format!("https://{name}{port}{pq}");
-        let mut resp = pingora::http::ResponseHeader::build(308, Some(2))?;
-        resp.insert_header(http::header::LOCATION, location)?;
-        resp.insert_header(http::header::CONTENT_LENGTH, 0)?;
-        session.write_response_header(Box::new(resp), true).await?;
-        Ok(true)
-    }
-
-    /// 429, with when to come back, counted for the route.
-    async fn too_many(
-        &self,
-        session: &mut Session,
-        ctx: &Ctx,
-        wait: std::time::Duration,
-    ) -> Result<bool> {
-        if let (true, Some((g, r))) = (self.metrics, ctx.gateway_and_route()) {
-            metrics::rate_limited(g, r);
-        }
-        answer::too_many(session, wait).await
-    }
-
-    /// The request says its body is longer than the route takes.
-    fn body_too_large(&self, session: &Session, ctx: &Ctx) -> bool {
-        let max = ctx.max_body();
-        max > 0 && declared_length(session.req_header()).is_some_and(|n| n > max)
-    }
-
-    /// Writes a `respond:` route's answer.
-    async fn respond(&self, session: &mut Session, ctx: &Ctx) -> Result<u16> {
-        match ctx.target() {
-            Some(Target::Respond(respond)) => {
-                answer::respond(session, respond, |s, h| gateway_headers(s, ctx, h)).await
-            }
-            _ => Ok(0),
-        }
-    }
-
-    fn pick(session: &Session, ctx: &Ctx) -> Option<Upstream> {
-        match ctx.target()? {
-            Target::Pool(pool) => {
-                let pinned = ctx.selected?.pinned.and_then(|i| pool.pinned(i, ctx.tried));
-                let view = request_view(session.req_header(), client_ip(session));
-                pinned.or_else(|| pool.pick(ctx.tried, &view)).cloned()
-            }
-            Target::External(ext) => ext.pick(ctx.tried),
-            Target::Respond(_) | Target::Chain(_) => None,
-        }
-    }
-
-    /// After a failed connect left the chosen route with no instance to try, routes the
-    /// request again: the dead route is out of the schedule by now.
-    fn reroute(session: &Session, ctx: &mut Ctx) -> bool {
-        let (Some(snapshot), Some(entry)) = (&ctx.snapshot, ctx.entry) else {
-            return false;
-        };
-        let req = session.req_header();
-        let view = request_view(req, client_ip(session));
-        ctx.writes.clear();
-        match snapshot.select(entry, request_host(req), &view, &mut ctx.writes) {
-            Ok(s) if Some(s) != ctx.selected => {
-                ctx.selected = Some(s);
-                ctx.tried = Tried::default();
-                true
-            }
-            _ => false,
-        }
-    }
-}
+use view::*;
 
 #[async_trait]
 impl ProxyHttp for Weir {
@@ -395,6 +137,8 @@ impl ProxyHttp for Weir {
             writes: StickyWrites::default(),
             tls: false,
             body_read: 0,
+            deadline: None,
+            status_retry: None,
             instance: None,
         }
     }
@@ -414,7 +158,6 @@ impl ProxyHttp for Weir {
             session.set_keepalive(Some(defaults.idle_timeout.as_secs().max(1)));
         }
         session.set_read_timeout(Some(defaults.request_header_timeout));
-        ctx.retries_left = defaults.retries;
         ctx.local_port = port;
         let Some(entry) = snapshot.entry(port) else {
             return answer::refuse(session, Refusal::UnknownHost).await;
@@ -447,6 +190,10 @@ impl ProxyHttp for Weir {
         };
         ctx.entry = Some(entry);
         ctx.selected = Some(selected);
+        let route = snapshot.route(selected);
+        ctx.retries_left = route.retry.attempts;
+        route.retry.budget().deposit();
+        ctx.deadline = route.deadline.map(|d| ctx.start + d);
         if let Some(wait) = snapshot.rate_limited(selected, &view) {
             return self.too_many(session, ctx, wait).await;
         }
@@ -494,7 +241,23 @@ impl ProxyHttp for Weir {
         ctx.inflight = Some(InFlight::new(&upstream));
         ctx.last = Some(upstream.index);
         ctx.instance = Some(upstream.name.clone());
-        Ok(Box::new(upstream.peer))
+        let mut peer = upstream.peer;
+        if let Some(deadline) = ctx.deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Error::e_explain(HTTPStatus(504), "timeouts.request passed");
+            }
+            // No try may outlast the request's deadline.
+            let o = &mut peer.options;
+            for t in [
+                &mut o.connection_timeout,
+                &mut o.read_timeout,
+                &mut o.write_timeout,
+            ] {
+                *t = Some(t.map_or(left, |t| t.min(left)));
+            }
+        }
+        Ok(Box::new(peer))
     }
 
     async fn connected_to_upstream(
@@ -515,7 +278,7 @@ impl ProxyHttp for Weir {
 
     fn fail_to_connect(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         peer: &HttpPeer,
         ctx: &mut Ctx,
         mut e: Box<Error>,
@@ -543,9 +306,51 @@ impl ProxyHttp for Weir {
         if let Some(i) = ctx.last {
             ctx.tried.add(i);
         }
-        if ctx.retries_left > 0 {
+        let method = session.req_header().method.clone();
+        let retry = ctx.retries_left > 0 && Self::may_retry(ctx, Failure::Connect, &method);
+        if retry {
             ctx.retries_left -= 1;
+        }
+        e.set_retry(retry);
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if ctx.status_retry.take().is_some() {
+            // Decided and paid for in upstream_response_filter.
+            Self::retry_elsewhere(ctx);
             e.set_retry(true);
+            return e;
+        }
+        // Only a try of which the client has seen nothing, and whose body weir still
+        // holds whole, can be made again.
+        let untouched = ctx.upstream_status.is_none()
+            && session.response_written().is_none()
+            && !session.as_ref().retry_buffer_truncated();
+        let method = session.req_header().method.clone();
+        let failure = Failure::of(&e);
+        if failure.is_some() {
+            Self::outcome(ctx, true);
+        }
+        if let (Some(failure), true) = (failure, untouched) {
+            if ctx.retries_left > 0 && Self::may_retry(ctx, failure, &method) {
+                Self::retry_elsewhere(ctx);
+                e.set_retry(true);
+                return e;
+            }
+        }
+        // Pingora's rule: an idempotent request that failed on a reused connection (a
+        // keep-alive race) is tried once more.
+        if untouched && method.is_idempotent() {
+            e.retry.decide_reuse(client_reused);
         } else {
             e.set_retry(false);
         }
@@ -605,12 +410,35 @@ impl ProxyHttp for Weir {
         ctx: &mut Ctx,
     ) -> Result<()> {
         let status = upstream_response.status.as_u16();
-        ctx.upstream_status = Some(status);
         if status == 101 && !session.is_upgrade_req() {
             // A switch nobody asked for would turn the connection into a raw tunnel.
             return Error::e_explain(HTTPStatus(502), "upstream switched protocols unasked");
         }
+        Self::outcome(ctx, status >= 500);
+        if ctx.retries_left > 0
+            && ctx.route().is_some_and(|r| r.retry.retries_status(status))
+            && !session.as_ref().retry_buffer_truncated()
+            && Self::may_retry(ctx, Failure::Status(status), &session.req_header().method)
+        {
+            // Nothing of this response has gone to the client: drop it, try elsewhere.
+            ctx.status_retry = Some(status);
+            return Error::e_explain(HTTPStatus(status), "retried on another instance");
+        }
+        ctx.upstream_status = Some(status);
         Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<std::time::Duration>> {
+        if ctx.deadline.is_some_and(|d| Instant::now() > d) {
+            return Error::e_explain(HTTPStatus(504), "timeouts.request passed");
+        }
+        Ok(None)
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
@@ -648,6 +476,19 @@ impl ProxyHttp for Weir {
         if let Some(log) = &self.access_log {
             self.write_access_log(log, session, ctx, status, elapsed);
         }
+    }
+
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        _ctx: &Ctx,
+        error: &Error,
+        _context: pingora::proxy::ProxyWarnLogContext,
+    ) -> bool {
+        // Retries are counted (weir_retries_total); one warning each would flood the
+        // log while an instance fails.
+        log::debug!("retrying: {error}");
+        true
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, error: &Error) -> bool {
