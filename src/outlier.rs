@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use crate::config::OutlierConfig;
 use crate::health::now_ms;
-use crate::snapshot::Pool;
 use crate::upstream::Upstream;
 
 /// The longest ejection, however often an instance fails (unless `base_ejection` is
@@ -44,10 +43,10 @@ impl Outlier {
         })
     }
 
-    /// Records one outcome of `u`. Returns the ejection's length if this failure
+    /// Records one outcome of `u`, one of `route`'s instances. Returns the ejection's length if this failure
     /// ejected it.
     #[inline]
-    pub fn record(&self, pool: &Pool, u: &Upstream, failed: bool) -> Option<Duration> {
+    pub fn record(&self, route: &[Upstream], u: &Upstream, failed: bool) -> Option<Duration> {
         let streak = &u.health.consecutive_5xx;
         if !failed {
             // Usually zero already: read before writing a shared line.
@@ -59,7 +58,7 @@ impl Outlier {
         if streak.fetch_add(1, Ordering::Relaxed) + 1 < self.consecutive {
             return None;
         }
-        if !self.room_for_one_more(pool) {
+        if !self.room_for_one_more(route) {
             return None;
         }
         u.health
@@ -68,9 +67,9 @@ impl Outlier {
     }
 
     /// Whether ejecting one more instance keeps within `max_ejected`.
-    fn room_for_one_more(&self, pool: &Pool) -> bool {
-        let out = pool.instances.iter().filter(|i| i.health.ejected()).count() as u64;
-        let all = pool.instances.len() as u64;
+    fn room_for_one_more(&self, route: &[Upstream]) -> bool {
+        let out = route.iter().filter(|i| i.health.ejected()).count() as u64;
+        let all = route.len() as u64;
         (out + 1) * u64::from(crate::config::units::FULL) <= u64::from(self.max_ejected) * all
     }
 }

@@ -194,7 +194,7 @@ impl Weir {
         let Some(u) = ctx.last.and_then(|i| pool.instances.get(i)) else {
             return;
         };
-        if let Some(length) = outlier.record(pool, u, failed) {
+        if let Some(length) = outlier.record(&pool.instances, u, failed) {
             let gateway = &snapshot.gateways[sel.gateway].name;
             log::warn!(
                 "gateway {gateway:?}, route {:?}: instance {} ejected for {:?}: it kept failing",
