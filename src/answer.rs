@@ -42,6 +42,20 @@ pub async fn plain(session: &mut Session, code: u16, body: &'static [u8]) -> Res
         .await
 }
 
+/// 401 with the basic auth challenge.
+pub async fn unauthorized(session: &mut Session, challenge: &http::HeaderValue) -> Result<bool> {
+    let body: &'static [u8] = b"authentication required\n";
+    let mut resp = pingora::http::ResponseHeader::build(401, Some(5))?;
+    resp.insert_header(http::header::WWW_AUTHENTICATE, challenge.clone())?;
+    resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+    resp.insert_header(http::header::CACHE_CONTROL, "private, no-store")?;
+    session
+        .write_error_response(resp, Bytes::from_static(body))
+        .await?;
+    Ok(true)
+}
+
 /// Writes a `respond:` route's answer; returns its status.
 /// `edit` adds what the gateway puts on every response (HSTS, header rules).
 pub async fn respond(

@@ -19,7 +19,8 @@
 //!    the `ProxyHttp` implementation reading one snapshot per request, with `answer` for
 //!    what weir answers itself, `ratelimit`, `forward` for forwarding headers, `headers` for
 //!    header rules, `retry` for retries and their budget, `outlier` for
-//!    ejecting failing instances, and `accesslog`; `tcp` serves TCP gateways; `access` holds gateways' allow/deny lists.
+//!    ejecting failing instances, and `accesslog`; `tcp` serves TCP gateways; `access` holds gateways' allow/deny lists, `auth`
+//!    basic auth.
 //! 6. **Around it.** `probe` runs active health checks; `admin` serves health, metrics
 //!    (`exposition`) and the gateway API; `cli` is the command line; `lifecycle` is how
 //!    a serving process drains and stops, `sdnotify` what it tells systemd; `master` supervises
@@ -31,6 +32,7 @@ pub(crate) mod access;
 pub(crate) mod accesslog;
 pub(crate) mod admin;
 pub(crate) mod answer;
+pub(crate) mod auth;
 pub(crate) mod balance;
 pub mod cli;
 pub(crate) mod condition;

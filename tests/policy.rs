@@ -302,3 +302,91 @@ fn outlier_detection_never_ejects_more_than_max_ejected() {
     health.sort();
     assert_eq!(health, ["ejected", "unknown"]);
 }
+
+fn basic(user_pass: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(user_pass)
+    )
+}
+
+#[test]
+fn basic_auth_challenges_checks_bcrypt_users_and_reloads_the_file() {
+    let port = free_port();
+    let up = Upstream::start("up");
+    let line = |user: &str, pass: &str| format!("{user}:{}\n", bcrypt::hash(pass, 4).unwrap());
+    let yaml = format!(
+        "{}gateways:
+  - name: g
+    virtual_hosts: [h.test]
+    basic_auth: {{ users_file: users.htpasswd }}
+    routes:
+      staff:
+        weight: 0%
+        condition: path_beg /staff
+        basic_auth: {{ users_file: staff.htpasswd, realm: Staff only }}
+        respond: {{ status: 200, body: staff }}
+      app:
+        weight: 100%
+        instances: [\"{}\"]
+",
+        http_listener(port),
+        up.addr()
+    );
+    let dir = config_dir(&[
+        ("weir.yaml", &yaml),
+        (
+            "users.htpasswd",
+            &format!("# users\n{}", line("alice", "wonder")),
+        ),
+        ("staff.htpasswd", &line("bob", "builder")),
+    ]);
+    let users = dir.path().join("users.htpasswd");
+    let cfg = dir.path().join("weir.yaml");
+    let weir = Weir::start_in(dir, cfg, &[port]);
+    let ask = |path: &str, auth: Option<&str>| {
+        let headers: Vec<(&str, &str)> = auth.map(|a| ("authorization", a)).into_iter().collect();
+        Client::connect(port).get("h.test", path, &headers)
+    };
+    let r = ask("/", None);
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Basic realm=\"g\", charset=\"UTF-8\"")
+    );
+    assert_eq!(ask("/", Some(&basic("alice:nope"))).status, 401);
+    assert_eq!(ask("/", Some(&basic("mallory:wonder"))).status, 401);
+    assert_eq!(up.count(), 0, "nothing reached the upstream");
+    let ok = ask("/", Some(&basic("alice:wonder")));
+    assert_eq!((ok.status, ok.body.as_str()), (200, "up"));
+    // Remembered, and again.
+    assert_eq!(ask("/", Some(&basic("alice:wonder"))).status, 200);
+    // The route's own file and realm replace the gateway's.
+    let staff = ask("/staff", Some(&basic("alice:wonder")));
+    assert_eq!(staff.status, 401);
+    assert_eq!(
+        staff.header("www-authenticate"),
+        Some("Basic realm=\"Staff only\", charset=\"UTF-8\"")
+    );
+    assert_eq!(ask("/staff", Some(&basic("bob:builder"))).body, "staff");
+
+    // The file hot-reloads: a new user, then a file weir cannot take (the old stays).
+    std::fs::write(&users, line("carol", "singer")).unwrap();
+    assert!(within(Duration::from_secs(10), || ask(
+        "/",
+        Some(&basic("carol:singer"))
+    )
+    .status
+        == 200));
+    assert_eq!(ask("/", Some(&basic("alice:wonder"))).status, 401);
+    std::fs::write(&users, "carol:$apr1$x$y\n").unwrap();
+    let out = weir_cmd(&["check", "-c", path_str(&weir.config)]);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("users.htpasswd: line 1: user \"carol\": only bcrypt hashes"),
+        "{text}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(ask("/", Some(&basic("carol:singer"))).status, 200);
+}

@@ -58,7 +58,8 @@ pub struct Loaded {
     pub includes: Vec<glob::Pattern>,
     /// Directories whose entries can change the config.
     pub watch_dirs: Vec<PathBuf>,
-    /// Certificate and key files, by resolved path: content, or why it cannot be read.
+    /// Certificate, key and htpasswd files, by resolved path: content, or why it cannot
+    /// be read.
     pub blobs: BTreeMap<PathBuf, Result<Arc<[u8]>, String>>,
     /// Token files that exist and can be read.
     pub tokens_readable: HashSet<PathBuf>,
@@ -134,6 +135,8 @@ impl Loaded {
         if let Some(d) = counts.add(file, &next.config.gateways) {
             return Err(d.into());
         }
+        // A gateway in the new text may name an htpasswd file not read yet.
+        read_blobs(&mut next);
         next.fingerprint = next.compute_fingerprint();
         Ok(next)
     }
@@ -412,6 +415,13 @@ fn read_blobs(loaded: &mut Loaded) {
         for c in &tls.certificates {
             paths.push(loaded.resolve(&c.cert));
             paths.push(loaded.resolve(&c.key));
+        }
+    }
+    // htpasswd files of `basic_auth`, read (and watched) like certificates.
+    for g in &loaded.config.gateways {
+        let routes = g.routes.values().filter_map(|r| r.basic_auth.as_ref());
+        for auth in g.basic_auth.iter().chain(routes) {
+            paths.push(loaded.resolve(&auth.users_file));
         }
     }
     for path in paths {

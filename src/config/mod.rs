@@ -274,6 +274,9 @@ pub struct GatewayConfig {
     /// Client addresses refused with 403 (before `allow`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deny: Vec<String>,
+    /// HTTP basic auth for the gateway's routes (a route may have its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic_auth: Option<BasicAuthConfig>,
     /// Header rules on the request to the upstream (routes add their own after).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_headers: Option<HeaderRulesConfig>,
@@ -331,6 +334,17 @@ pub struct RouteConfig {
     pub retries: Option<RetriesConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier: Option<OutlierConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic_auth: Option<BasicAuthConfig>,
+}
+
+/// `basic_auth:`: users and bcrypt hashes in an htpasswd file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuthConfig {
+    pub users_file: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub realm: Option<String>,
 }
 
 /// A route's `outlier:`: instances that keep failing are ejected for a while.

@@ -27,6 +27,7 @@ mod view;
 
 use crate::accesslog::AccessLog;
 use crate::answer;
+use crate::auth::Verdict;
 use crate::forward::{self, Forwarding};
 use crate::health::InstanceHealth;
 use crate::metrics;
@@ -196,6 +197,20 @@ impl ProxyHttp for Weir {
         ctx.deadline = route.deadline.map(|d| ctx.start + d);
         if let Some(wait) = snapshot.rate_limited(selected, &view) {
             return self.too_many(session, ctx, wait).await;
+        }
+        if let Some(auth) = ctx.route().and_then(|r| r.auth.clone()) {
+            let given = session
+                .req_header()
+                .headers
+                .get(http::header::AUTHORIZATION);
+            match auth.check(given).await {
+                Verdict::Allowed => {}
+                Verdict::Denied => return answer::unauthorized(session, &auth.challenge).await,
+                Verdict::Busy => {
+                    answer::plain(session, 503, b"authentication is busy, try again\n").await?;
+                    return Ok(true);
+                }
+            }
         }
         if matches!(ctx.target(), Some(Target::Respond(_))) {
             self.respond(session, ctx).await?;

@@ -164,6 +164,8 @@ pub struct Route {
     pub deadline: Option<Duration>,
     /// `outlier:` (instance pools only).
     pub outlier: Option<crate::outlier::Outlier>,
+    /// `basic_auth:`, the route's or its gateway's.
+    pub auth: Option<Arc<crate::auth::BasicAuth>>,
 }
 
 #[derive(Debug)]

@@ -44,6 +44,7 @@ pub fn build(loaded: &Loaded, inputs: &Inputs) -> Result<Snapshot, Diagnostics> 
         warnings: loaded.warnings.clone(),
         loaded,
         inputs,
+        auths: FxHashMap::default(),
     };
     let config = &loaded.config;
     b.refuse_unsupported_globals(config);
@@ -190,6 +191,8 @@ struct Builder<'a> {
     warnings: Diagnostics,
     loaded: &'a Loaded,
     inputs: &'a Inputs,
+    /// htpasswd files compiled once per (file, realm) however many routes use them.
+    auths: FxHashMap<(std::path::PathBuf, String), Option<Arc<crate::auth::BasicAuth>>>,
 }
 
 /// Names the gateway and, when the scope names one, the route a diagnostic concerns.

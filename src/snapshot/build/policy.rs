@@ -1,12 +1,14 @@
 //! A route's traffic policy: header rules, timeouts (as the route's own peer template)
 //! and its total deadline, and what is retried.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use pingora::upstreams::peer::HttpPeer;
 
 use super::{Builder, MAX_TIMEOUT};
-use crate::config::{GatewayConfig, HeaderRulesConfig, RouteConfig};
+use crate::auth::BasicAuth;
+use crate::config::{BasicAuthConfig, GatewayConfig, HeaderRulesConfig, RouteConfig};
 use crate::headers::Rules;
 use crate::outlier::Outlier;
 use crate::retry::RetryPolicy;
@@ -19,6 +21,7 @@ pub(super) struct RoutePolicy {
     pub retry: RetryPolicy,
     pub deadline: Option<Duration>,
     pub outlier: Option<Outlier>,
+    pub auth: Option<Arc<BasicAuth>>,
 }
 
 impl Builder<'_> {
@@ -75,7 +78,13 @@ impl Builder<'_> {
                     None
                 }
             });
+        let auth = route
+            .basic_auth
+            .as_ref()
+            .or(gw.basic_auth.as_ref())
+            .and_then(|c| self.basic_auth(gw, scope, c));
         RoutePolicy {
+            auth,
             outlier,
             peer,
             request_headers: self.header_rules(
@@ -96,6 +105,39 @@ impl Builder<'_> {
             retry,
             deadline,
         }
+    }
+
+    /// A `basic_auth:` compiled from its htpasswd file (read with the config).
+    fn basic_auth(
+        &mut self,
+        gw: &GatewayConfig,
+        scope: &str,
+        c: &BasicAuthConfig,
+    ) -> Option<Arc<BasicAuth>> {
+        let path = self.loaded.resolve(&c.users_file);
+        let realm = c.realm.clone().unwrap_or_else(|| gw.name.clone());
+        let key = (path, realm);
+        if let Some(done) = self.auths.get(&key) {
+            return done.clone();
+        }
+        let parsed = match self.loaded.blobs.get(&key.0) {
+            Some(Ok(text)) => BasicAuth::parse(text, &key.1),
+            Some(Err(e)) => Err(e.clone()),
+            None => Err("was not read".into()),
+        };
+        let auth = match parsed {
+            Ok(a) => Some(Arc::new(a)),
+            Err(e) => {
+                self.error(
+                    gw,
+                    scope,
+                    format!("basic_auth.users_file {}: {e}", key.0.display()),
+                );
+                None
+            }
+        };
+        self.auths.insert(key, auth.clone());
+        auth
     }
 
     /// A route's header rules in one direction, its gateway's first; errors name it.

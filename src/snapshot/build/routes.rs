@@ -88,6 +88,7 @@ impl Builder<'_> {
                     retry: policy.retry,
                     deadline: policy.deadline,
                     outlier: policy.outlier,
+                    auth: policy.auth,
                 });
             }
         }
