@@ -20,7 +20,7 @@
 //!    what weir answers itself, `ratelimit`, `forward` for forwarding headers, `headers` for
 //!    header rules, `retry` for retries and their budget, `outlier` for
 //!    ejecting failing instances, and `accesslog`; `tcp` serves TCP gateways; `access` holds gateways' allow/deny lists, `auth`
-//!    basic auth.
+//!    basic auth, `compress` response compression.
 //! 6. **Around it.** `probe` runs active health checks; `admin` serves health, metrics
 //!    (`exposition`) and the gateway API; `cli` is the command line; `lifecycle` is how
 //!    a serving process drains and stops, `sdnotify` what it tells systemd; `master` supervises
@@ -35,6 +35,7 @@ pub(crate) mod answer;
 pub(crate) mod auth;
 pub(crate) mod balance;
 pub mod cli;
+pub(crate) mod compress;
 pub(crate) mod condition;
 pub mod config;
 pub(crate) mod connlimit;

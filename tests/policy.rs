@@ -390,3 +390,79 @@ fn basic_auth_challenges_checks_bcrypt_users_and_reloads_the_file() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(ask("/", Some(&basic("carol:singer"))).status, 200);
 }
+
+#[test]
+fn compression_honours_accept_encoding_types_sizes_and_no_transform() {
+    use std::io::Read as _;
+    let port = free_port();
+    let up = Upstream::start("up");
+    let text = "weir compresses text. ".repeat(200);
+    up.reply.set_body(text.as_bytes());
+    up.reply.set_headers(&[
+        ("content-type", "text/plain; charset=utf-8"),
+        ("etag", "\"v1\""),
+    ]);
+    let yaml = format!(
+        "{}gateways:
+  - name: g
+    virtual_hosts: [h.test]
+    compression: {{ algorithms: [zstd, br, gzip], min_bytes: 1KiB, types: [text/*] }}
+    routes:
+      r: {{ instances: [\"{}\"] }}
+",
+        http_listener(port),
+        up.addr()
+    );
+    let _weir = Weir::start(&yaml, &[port]);
+    let mut c = Client::connect(port);
+    let mut fetch = |accept: &str| c.get("h.test", "/", &[("accept-encoding", accept)]);
+
+    let r = fetch("gzip");
+    assert_eq!(r.header("content-encoding"), Some("gzip"));
+    assert_eq!(r.header("vary"), Some("Accept-Encoding"));
+    assert_eq!(r.header("etag"), Some("W/\"v1\""));
+    assert!(
+        r.bytes.len() < text.len() / 4,
+        "compressed: {}",
+        r.bytes.len()
+    );
+    let mut plain = String::new();
+    flate2::read::GzDecoder::new(&r.bytes[..])
+        .read_to_string(&mut plain)
+        .unwrap();
+    assert_eq!(plain, text);
+
+    let r = fetch("gzip, br");
+    assert_eq!(r.header("content-encoding"), Some("br"));
+    let mut plain = String::new();
+    brotli::Decompressor::new(&r.bytes[..], 4096)
+        .read_to_string(&mut plain)
+        .unwrap();
+    assert_eq!(plain, text);
+
+    // On the same kept-alive connection, one more: zstd is the operator's first choice.
+    let r = fetch("br;q=0.9, zstd, gzip");
+    assert_eq!(r.header("content-encoding"), Some("zstd"));
+    assert_eq!(zstd::decode_all(&r.bytes[..]).unwrap(), text.as_bytes());
+
+    // Not asked for: as it came.
+    let r = fetch("identity");
+    assert_eq!(r.header("content-encoding"), None);
+    assert_eq!(r.body, text);
+
+    // The upstream forbids transformation, or the type is not listed, or too short.
+    up.reply.set_headers(&[
+        ("content-type", "text/plain"),
+        ("cache-control", "no-transform"),
+    ]);
+    assert_eq!(fetch("gzip").header("content-encoding"), None);
+    up.reply.set_headers(&[("content-type", "image/png")]);
+    assert_eq!(fetch("gzip").header("content-encoding"), None);
+    up.reply.set_headers(&[("content-type", "text/plain")]);
+    up.reply.set_body(b"short");
+    let r = fetch("gzip");
+    assert_eq!(
+        (r.header("content-encoding"), r.body.as_str()),
+        (None, "short")
+    );
+}

@@ -277,6 +277,9 @@ pub struct GatewayConfig {
     /// HTTP basic auth for the gateway's routes (a route may have its own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub basic_auth: Option<BasicAuthConfig>,
+    /// Response compression for the gateway's routes (a route may have its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<CompressionConfig>,
     /// Header rules on the request to the upstream (routes add their own after).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_headers: Option<HeaderRulesConfig>,
@@ -336,6 +339,40 @@ pub struct RouteConfig {
     pub outlier: Option<OutlierConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub basic_auth: Option<BasicAuthConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<CompressionConfig>,
+}
+
+/// `compression:`: which encodings, for which types, from which size.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompressionConfig {
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    #[serde(default = "default_min_bytes")]
+    pub min_bytes: ByteSize,
+    #[serde(default = "default_compressible")]
+    pub types: Vec<String>,
+}
+
+fn default_algorithms() -> Vec<String> {
+    ["zstd", "br", "gzip"].map(String::from).to_vec()
+}
+
+fn default_min_bytes() -> ByteSize {
+    ByteSize(1024)
+}
+
+fn default_compressible() -> Vec<String> {
+    [
+        "text/*",
+        "application/json",
+        "application/javascript",
+        "application/xml",
+        "image/svg+xml",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 /// `basic_auth:`: users and bcrypt hashes in an htpasswd file.

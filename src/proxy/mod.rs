@@ -72,6 +72,8 @@ pub struct Ctx {
     deadline: Option<Instant>,
     /// `upstream_response_filter` refused a response to try another instance.
     status_retry: Option<u16>,
+    /// Compresses the response body (`compression:`).
+    encoder: Option<crate::compress::Encoder>,
     pub instance: Option<Arc<str>>,
 }
 
@@ -140,6 +142,7 @@ impl ProxyHttp for Weir {
             body_read: 0,
             deadline: None,
             status_retry: None,
+            encoder: None,
             instance: None,
         }
     }
@@ -407,6 +410,14 @@ impl ProxyHttp for Weir {
                 response.append_header(http::header::SET_COOKIE, c.get(tls).clone())?;
             }
         }
+        if let Some(c) = ctx
+            .selected
+            .and_then(|sel| snapshot.route(sel).compression.as_ref())
+        {
+            if let Some(a) = c.choose(session.req_header(), response) {
+                ctx.encoder = crate::compress::start(response, a);
+            }
+        }
         // Instance stickiness: (re)write when the instance is not the one the cookie named.
         if let (Some(sel), Some(u)) = (ctx.selected, ctx.last_upstream()) {
             if sel.pinned != Some(u.index) {
@@ -441,6 +452,21 @@ impl ProxyHttp for Weir {
         }
         ctx.upstream_status = Some(status);
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<std::time::Duration>> {
+        if let Some(encoder) = &mut ctx.encoder {
+            let out = encoder.encode(body.as_deref().unwrap_or(&[]), end_of_stream)?;
+            // An empty chunk would end a chunked body early.
+            *body = (!out.is_empty()).then_some(out);
+        }
+        Ok(None)
     }
 
     fn upstream_response_body_filter(

@@ -166,6 +166,8 @@ pub struct Route {
     pub outlier: Option<crate::outlier::Outlier>,
     /// `basic_auth:`, the route's or its gateway's.
     pub auth: Option<Arc<crate::auth::BasicAuth>>,
+    /// `compression:`, the route's or its gateway's.
+    pub compression: Option<Box<crate::compress::Compression>>,
 }
 
 #[derive(Debug)]

@@ -12,6 +12,8 @@ pub struct Response {
     pub status: u16,
     pub headers: HashMap<String, String>,
     pub body: String,
+    /// The body as it came (for binary bodies).
+    pub bytes: Vec<u8>,
 }
 
 impl Response {
@@ -121,6 +123,7 @@ impl Client {
             status,
             headers,
             body: String::from_utf8_lossy(&body).into_owned(),
+            bytes: body,
         }
     }
 

@@ -8,6 +8,7 @@ use pingora::upstreams::peer::HttpPeer;
 
 use super::{Builder, MAX_TIMEOUT};
 use crate::auth::BasicAuth;
+use crate::compress::Compression;
 use crate::config::{BasicAuthConfig, GatewayConfig, HeaderRulesConfig, RouteConfig};
 use crate::headers::Rules;
 use crate::outlier::Outlier;
@@ -22,6 +23,7 @@ pub(super) struct RoutePolicy {
     pub deadline: Option<Duration>,
     pub outlier: Option<Outlier>,
     pub auth: Option<Arc<BasicAuth>>,
+    pub compression: Option<Box<Compression>>,
 }
 
 impl Builder<'_> {
@@ -83,7 +85,19 @@ impl Builder<'_> {
             .as_ref()
             .or(gw.basic_auth.as_ref())
             .and_then(|c| self.basic_auth(gw, scope, c));
+        let compression = route
+            .compression
+            .as_ref()
+            .or(gw.compression.as_ref())
+            .and_then(|c| match Compression::compile(c) {
+                Ok(c) => Some(Box::new(c)),
+                Err(e) => {
+                    self.error(gw, scope, e);
+                    None
+                }
+            });
         RoutePolicy {
+            compression,
             auth,
             outlier,
             peer,

@@ -89,6 +89,7 @@ impl Builder<'_> {
                     deadline: policy.deadline,
                     outlier: policy.outlier,
                     auth: policy.auth,
+                    compression: policy.compression,
                 });
             }
         }
