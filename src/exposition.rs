@@ -7,7 +7,7 @@ use std::collections::HashSet;
 
 use prometheus::{Encoder, TextEncoder};
 
-use crate::metrics::{metrics, ERROR_KINDS, RETRY_REASONS};
+use crate::metrics::{metrics, ERROR_KINDS, MIRROR_RESULTS, RETRY_REASONS};
 use crate::snapshot::{Snapshot, Target};
 
 /// Every (gateway, route) of a snapshot, borrowed.
@@ -48,6 +48,9 @@ pub fn forget_removed(old: &Snapshot, new: &Snapshot) {
         let _ = m.retries_over_budget.remove_label_values(&[g, r]);
         for reason in RETRY_REASONS {
             let _ = m.retries.remove_label_values(&[g, r, reason]);
+        }
+        for result in MIRROR_RESULTS {
+            let _ = m.mirrored.remove_label_values(&[g, r, result]);
         }
     }
     let keep = instance_labels(new);

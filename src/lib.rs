@@ -8,7 +8,7 @@
 //! 2. **Outside inputs.** `prepare`: DNS answers and generated certificates, cached.
 //! 3. **Snapshot, built by a pure function.** `snapshot` (`snapshot::build`), compiling
 //!    `vhost` tables, `schedule`s (weights), `condition`s, `rewrite`s, `sticky` cookies,
-//!    `balance` pickers over `upstream`s, `tls` certificate stores; `startup` holds the
+//!    `balance` pickers over `upstream`s (and `external` targets), `tls` certificate stores; `startup` holds the
 //!    settings only a restart applies.
 //! 4. **One apply step.** `reload`: joins live state (`health` registry, `metrics`
 //!    handles, TLS endpoints) to the new snapshot and swaps it into an `ArcSwap`; the file
@@ -20,7 +20,8 @@
 //!    what weir answers itself, `ratelimit`, `forward` for forwarding headers, `headers` for
 //!    header rules, `retry` for retries and their budget, `outlier` for
 //!    ejecting failing instances, and `accesslog`; `tcp` serves TCP gateways; `access` holds gateways' allow/deny lists, `auth`
-//!    basic auth, `compress` response compression.
+//!    basic auth, `compress` response compression, `mirror` traffic
+//!    mirroring.
 //! 6. **Around it.** `probe` runs active health checks; `admin` serves health, metrics
 //!    (`exposition`) and the gateway API; `cli` is the command line; `lifecycle` is how
 //!    a serving process drains and stops, `sdnotify` what it tells systemd; `master` supervises
@@ -42,6 +43,7 @@ pub(crate) mod connlimit;
 pub(crate) mod control;
 pub(crate) mod diag;
 pub(crate) mod exposition;
+pub(crate) mod external;
 pub(crate) mod forward;
 pub(crate) mod framing;
 pub(crate) mod guard;
@@ -50,6 +52,7 @@ pub(crate) mod health;
 pub(crate) mod lifecycle;
 pub(crate) mod master;
 pub(crate) mod metrics;
+pub(crate) mod mirror;
 pub(crate) mod outlier;
 pub mod prepare;
 pub(crate) mod probe;

@@ -43,6 +43,7 @@ pub struct Metrics {
     pub(crate) retries: IntCounterVec,
     pub(crate) retries_over_budget: IntCounterVec,
     pub(crate) ejections: IntCounterVec,
+    pub(crate) mirrored: IntCounterVec,
     pub(crate) client_aborts: IntCounter,
     pub(crate) cert_expiry: GaugeVec,
     pub(crate) reloads: IntCounterVec,
@@ -221,6 +222,12 @@ impl Metrics {
                 "Instances ejected by outlier detection.",
                 &["gateway", "route", "upstream"],
             ),
+            mirrored: counter(
+                &r,
+                "weir_mirror_requests_total",
+                "Request copies for a route's mirror, by result (sent, failed, dropped, skipped).",
+                &["gateway", "route", "result"],
+            ),
             client_aborts: register(
                 &r,
                 IntCounter::new(
@@ -346,6 +353,17 @@ pub fn ejected(gateway: &str, route: &str, upstream: &str) {
         .with_label_values(&[gateway, route, upstream])
         .inc();
 }
+
+/// Counts a mirrored copy by what became of it.
+pub fn mirrored(gateway: &str, route: &str, result: &str) {
+    metrics()
+        .mirrored
+        .with_label_values(&[gateway, route, result])
+        .inc();
+}
+
+/// Results counted in `weir_mirror_requests_total`.
+pub const MIRROR_RESULTS: [&str; 4] = ["sent", "failed", "dropped", "skipped"];
 
 /// Counts a connection closed at accept.
 pub fn connection_refused(listener: &str, reason: &str) {

@@ -44,7 +44,12 @@ pub fn dns_names(config: &Config) -> BTreeSet<String> {
             for i in &route.instances {
                 names.insert(i.0.host.clone());
             }
-            if let Some(inner) = key.strip_prefix('[').and_then(|k| k.strip_suffix(']')) {
+            let mirrored = route.mirror.as_ref().map(|m| m.route.as_str());
+            for inner in [Some(key.as_str()), mirrored]
+                .into_iter()
+                .flatten()
+                .filter_map(|k| k.strip_prefix('[').and_then(|k| k.strip_suffix(']')))
+            {
                 if let Ok((host, _)) = split_host_port(inner) {
                     names.insert(host);
                 }

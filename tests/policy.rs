@@ -466,3 +466,116 @@ fn compression_honours_accept_encoding_types_sizes_and_no_transform() {
         (None, "short")
     );
 }
+
+#[test]
+fn mirroring_copies_a_share_and_never_holds_up_the_client() {
+    let (port, admin) = (free_port(), free_port());
+    let (main, shadow) = (Upstream::start("main"), Upstream::start("shadow"));
+    let silent = RawUpstream::start(Answer::Silent);
+    let dead = dead_port();
+    let yaml = |percent: &str| {
+        format!(
+            "{}admin: {{ bind: \"127.0.0.1:{admin}\" }}
+gateways:
+  - name: g
+    virtual_hosts: [h.test]
+    routes:
+      main:
+        weight: 100%
+        instances: [\"{}\"]
+        mirror: {{ route: shadow, percent: {percent}, max_body_bytes: 16 }}
+      shadow:
+        weight: 0%
+        instances: [\"{}\"]
+  - name: s
+    virtual_hosts: [s.test]
+    routes:
+      r:
+        instances: [\"{}\"]
+        mirror: {{ route: \"[{}]\" }}
+  - name: d
+    virtual_hosts: [d.test]
+    routes:
+      r:
+        instances: [\"{}\"]
+        mirror: {{ route: \"[127.0.0.1:{dead}]\" }}
+",
+            http_listener(port),
+            main.addr(),
+            shadow.addr(),
+            main.addr(),
+            silent.addr(),
+            main.addr(),
+        )
+    };
+    let weir = Weir::start(&yaml("100%"), &[port, admin]);
+    let mut c = Client::connect(port);
+    for i in 0..10 {
+        let r = c.get("h.test", &format!("/m{i}"), &[("x-probe", "yes")]);
+        assert_eq!(r.body, "main");
+    }
+    // A body within max_body_bytes is copied with it; a longer one is not copied.
+    c.send_raw(b"POST /post HTTP/1.1\r\nHost: h.test\r\ncontent-length: 5\r\n\r\nhello");
+    assert_eq!(c.read_response(false).status, 200);
+    let long = "x".repeat(40);
+    c.send_raw(
+        format!("POST /long HTTP/1.1\r\nHost: h.test\r\ncontent-length: 40\r\n\r\n{long}")
+            .as_bytes(),
+    );
+    assert_eq!(c.read_response(false).status, 200);
+    assert!(within(Duration::from_secs(10), || shadow.count() == 11));
+    let seen = shadow.seen();
+    let first = seen.iter().find(|s| s.target == "/m0").expect("/m0 copied");
+    assert_eq!(first.header("x-probe"), Some("yes"));
+    assert_eq!(first.header("host"), Some("h.test"));
+    let post = seen
+        .iter()
+        .find(|s| s.target == "/post")
+        .expect("the POST copied");
+    assert_eq!(post.header("content-length"), Some("5"));
+    assert!(seen.iter().all(|s| s.target != "/long"));
+    assert_eq!(
+        main.count(),
+        12,
+        "the client's requests went to main once each"
+    );
+
+    // A mirror that never answers, or refuses connections: the clients see nothing of it.
+    for _ in 0..5 {
+        assert_eq!(Client::connect(port).get("s.test", "/", &[]).body, "main");
+        assert_eq!(Client::connect(port).get("d.test", "/", &[]).body, "main");
+    }
+    assert!(within(Duration::from_secs(10), || silent
+        .received()
+        .matches("GET / ")
+        .count()
+        == 5));
+    let m = scrape(admin);
+    let count = |g: &str, r: &str, result: &str| {
+        m.get(&format!(
+            "weir_mirror_requests_total{{gateway=\"{g}\",result=\"{result}\",route=\"{r}\"}}"
+        ))
+        .copied()
+        .unwrap_or(0.0)
+    };
+    assert_eq!(count("g", "main", "sent"), 11.0);
+    assert_eq!(count("g", "main", "skipped"), 1.0);
+    assert!(within(Duration::from_secs(10), || {
+        let m = scrape(admin);
+        m.get("weir_mirror_requests_total{gateway=\"d\",result=\"failed\",route=\"r\"}")
+            == Some(&5.0)
+    }));
+
+    // An exact share, changed live.
+    std::fs::write(&weir.config, yaml("10%")).unwrap();
+    assert!(within(Duration::from_secs(10), || {
+        scrape(admin).get("weir_config_reloads_total{result=\"ok\"}") == Some(&1.0)
+    }));
+    let before = shadow.count();
+    for _ in 0..50 {
+        get(port, "h.test", "/share");
+    }
+    assert!(within(Duration::from_secs(10), || shadow.count() == before + 5));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(shadow.count(), before + 5);
+}

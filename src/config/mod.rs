@@ -341,6 +341,29 @@ pub struct RouteConfig {
     pub basic_auth: Option<BasicAuthConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression: Option<CompressionConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<MirrorConfig>,
+}
+
+/// `mirror:`: a share of the route's requests copied to another route or address.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorConfig {
+    /// A route key of the same gateway, or `[host:port]`.
+    pub route: String,
+    #[serde(default = "full_percent")]
+    pub percent: Percent,
+    /// Requests with longer bodies are not mirrored.
+    #[serde(default = "default_mirror_body")]
+    pub max_body_bytes: ByteSize,
+}
+
+fn full_percent() -> Percent {
+    Percent(units::FULL)
+}
+
+fn default_mirror_body() -> ByteSize {
+    ByteSize(64 << 10)
 }
 
 /// `compression:`: which encodings, for which types, from which size.

@@ -74,6 +74,8 @@ pub struct Ctx {
     status_retry: Option<u16>,
     /// Compresses the response body (`compression:`).
     encoder: Option<crate::compress::Encoder>,
+    /// The copy of this request for the route's mirror, while it is filled.
+    mirror: Option<crate::mirror::Copy>,
     pub instance: Option<Arc<str>>,
 }
 
@@ -143,6 +145,7 @@ impl ProxyHttp for Weir {
             deadline: None,
             status_retry: None,
             encoder: None,
+            mirror: None,
             instance: None,
         }
     }
@@ -215,6 +218,11 @@ impl ProxyHttp for Weir {
                 }
             }
         }
+        if let Some(m) = ctx.route().and_then(|r| r.mirror.as_ref()) {
+            if m.take() {
+                ctx.mirror = Some(crate::mirror::Copy::new(session.req_header()));
+            }
+        }
         if matches!(ctx.target(), Some(Target::Respond(_))) {
             self.respond(session, ctx).await?;
             return Ok(true);
@@ -234,6 +242,15 @@ impl ProxyHttp for Weir {
         ctx: &mut Ctx,
     ) -> Result<()> {
         if let Some(b) = body {
+            if ctx.mirror.is_some() {
+                let max = ctx
+                    .route()
+                    .and_then(|r| r.mirror.as_ref())
+                    .map_or(0, |m| m.max_body);
+                if let Some(copy) = &mut ctx.mirror {
+                    copy.add(b, max);
+                }
+            }
             ctx.body_read += b.len() as u64;
             let max = ctx.max_body();
             if max > 0 && ctx.body_read > max {
@@ -484,6 +501,16 @@ impl ProxyHttp for Weir {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         ctx.inflight = None;
+        if let (Some(copy), Some(snapshot), Some(sel)) =
+            (ctx.mirror.take(), &ctx.snapshot, ctx.selected)
+        {
+            // Only a request weir read whole is copied.
+            if session.as_mut().is_body_done() {
+                let g = &snapshot.gateways[sel.gateway];
+                let peer = Self::mirror_peer(snapshot, sel, &copy);
+                crate::mirror::send(peer, &g.name, &g.routes[sel.route].key, copy);
+            }
+        }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let elapsed = ctx.start.elapsed();
         if let Some(snapshot) = ctx.snapshot.as_ref().filter(|_| self.metrics) {

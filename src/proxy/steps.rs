@@ -7,6 +7,7 @@ use crate::accesslog::{self, AccessLog};
 use crate::answer;
 use crate::forward;
 use crate::metrics;
+use crate::mirror::MirrorTarget;
 use crate::retry::Failure;
 use crate::rewrite;
 use crate::snapshot::{Entry, Snapshot, Target};
@@ -205,6 +206,29 @@ impl Weir {
             metrics::ejected(gateway, &route.key, &u.name);
             snapshot.refresh_health();
         }
+    }
+
+    /// Where the selected route's mirror copy goes: an instance of the mirror route
+    /// (by its balance) or an address of its `[host:port]`.
+    pub(super) fn mirror_peer(
+        snapshot: &Snapshot,
+        sel: crate::snapshot::Selected,
+        copy: &crate::mirror::Copy,
+    ) -> Option<pingora::upstreams::peer::HttpPeer> {
+        let g = &snapshot.gateways[sel.gateway];
+        let mirror = g.routes[sel.route].mirror.as_ref()?;
+        let external = match &mirror.target {
+            MirrorTarget::External(e) => e,
+            MirrorTarget::Route(i) => match &g.routes[*i].target {
+                Target::External(e) => e,
+                Target::Pool(p) => {
+                    let view = copy.view();
+                    return p.pick(Tried::default(), &view).map(|u| u.peer.clone());
+                }
+                _ => return None,
+            },
+        };
+        external.pick(Tried::default()).map(|u| u.peer)
     }
 
     /// The try failed after connecting: the next goes to another instance.

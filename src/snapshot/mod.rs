@@ -10,7 +10,6 @@
 //! nothing.
 
 mod build;
-mod external;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -37,8 +36,8 @@ use crate::vhost::VhostTable;
 
 pub use crate::startup::Startup;
 
+pub use crate::external::External;
 pub use build::build;
-pub use external::External;
 
 /// Chains deeper than this are refused at load (loops are refused outright).
 pub const MAX_CHAIN_DEPTH: usize = 16;
@@ -168,6 +167,8 @@ pub struct Route {
     pub auth: Option<Arc<crate::auth::BasicAuth>>,
     /// `compression:`, the route's or its gateway's.
     pub compression: Option<Box<crate::compress::Compression>>,
+    /// `mirror:`: where a share of requests is copied.
+    pub mirror: Option<Box<crate::mirror::Mirror>>,
 }
 
 #[derive(Debug)]

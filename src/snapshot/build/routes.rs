@@ -19,6 +19,7 @@ use crate::config::units::{split_host_port, InstanceSpec, FULL};
 use crate::config::{Balance, GatewayConfig, RouteConfig, Sticky};
 use crate::health::ActiveCheck;
 use crate::metrics::RouteMetrics;
+use crate::mirror::{Mirror, MirrorTarget};
 use crate::rewrite::{self, Rewrite};
 use crate::schedule::{effective_weights, Schedule};
 use crate::snapshot::{External, Pool, Respond, Route, Target};
@@ -90,10 +91,76 @@ impl Builder<'_> {
                     outlier: policy.outlier,
                     auth: policy.auth,
                     compression: policy.compression,
+                    mirror: None,
                 });
             }
         }
+        self.mirrors(gw, scope, template, externals, &mut routes);
         routes
+    }
+
+    /// Compiles each route's `mirror:`, once all routes of the gateway are known.
+    fn mirrors(
+        &mut self,
+        gw: &GatewayConfig,
+        scope: &str,
+        template: &HttpPeer,
+        externals: &mut Vec<Arc<External>>,
+        routes: &mut [Route],
+    ) {
+        for (key, config) in &gw.routes {
+            let Some(m) = &config.mirror else { continue };
+            let scope = format!("{scope}, route {key:?}");
+            let Some(at) = routes.iter().position(|r| &*r.key == key) else {
+                continue;
+            };
+            let named = routes.iter().position(|r| *r.key == *m.route);
+            let target = match named {
+                Some(i) if i == at => {
+                    self.error(gw, &scope, "mirror.route: a route cannot mirror itself");
+                    continue;
+                }
+                Some(i) => match routes[i].target {
+                    Target::Pool(_) | Target::External(_) => MirrorTarget::Route(i),
+                    _ => {
+                        self.error(
+                            gw,
+                            &scope,
+                            format!("mirror.route {:?} has no instances to copy to", m.route),
+                        );
+                        continue;
+                    }
+                },
+                None => match m.route.strip_prefix('[').and_then(|k| k.strip_suffix(']')) {
+                    Some(inner) => match self.external(gw, inner, &scope, template) {
+                        Some(Target::External(e)) => {
+                            externals.push(e.clone());
+                            MirrorTarget::External(e)
+                        }
+                        _ => continue,
+                    },
+                    None => {
+                        self.error(
+                            gw,
+                            &scope,
+                            format!(
+                                "mirror.route {:?} is neither a route of this gateway nor [host:port]",
+                                m.route
+                            ),
+                        );
+                        continue;
+                    }
+                },
+            };
+            if m.percent.basis_points() > crate::config::units::FULL {
+                self.error(gw, &scope, "mirror.percent must be at most 100%");
+            }
+            routes[at].mirror = Some(Box::new(Mirror::new(
+                target,
+                m.percent.basis_points(),
+                m.max_body_bytes.0,
+            )));
+        }
     }
 
     pub(super) fn check_route_fields(&mut self, gw: &GatewayConfig, r: &RouteConfig, scope: &str) {

@@ -75,8 +75,8 @@ impl Builder<'_> {
             if r.request_headers.is_some() || r.response_headers.is_some() {
                 refuse("header rules (request_headers, response_headers)");
             }
-            if r.basic_auth.is_some() || r.compression.is_some() {
-                refuse("basic_auth or compression (they are HTTP)");
+            if r.basic_auth.is_some() || r.compression.is_some() || r.mirror.is_some() {
+                refuse("basic_auth, compression or mirror (they are HTTP)");
             }
             if r.timeouts.is_some() || r.retries.is_some() || r.outlier.is_some() {
                 refuse("timeouts, retries or outlier (defaults.timeouts.connect applies)");

@@ -17,9 +17,9 @@ pub struct External {
     pub port: u16,
     pub name: Arc<str>,
     pub peers: ArcSwap<Vec<Upstream>>,
-    pub(super) cursor: AtomicUsize,
+    pub(crate) cursor: AtomicUsize,
     /// Peer options template used when the resolver builds new peers.
-    pub(super) template: HttpPeer,
+    pub(crate) template: HttpPeer,
 }
 
 impl External {
