@@ -21,7 +21,7 @@
 //!    header rules, `retry` for retries and their budget, `outlier` for
 //!    ejecting failing instances, and `accesslog`; `tcp` serves TCP gateways; `access` holds gateways' allow/deny lists, `auth`
 //!    basic auth, `compress` response compression, `mirror` traffic
-//!    mirroring.
+//!    mirroring, `trace` distributed tracing.
 //! 6. **Around it.** `probe` runs active health checks; `admin` serves health, metrics
 //!    (`exposition`) and the gateway API; `cli` is the command line; `lifecycle` is how
 //!    a serving process drains and stops, `sdnotify` what it tells systemd; `master` supervises
@@ -72,5 +72,6 @@ pub(crate) mod sticky;
 pub(crate) mod suggest;
 pub(crate) mod tcp;
 pub(crate) mod tls;
+pub(crate) mod trace;
 pub(crate) mod upstream;
 pub(crate) mod vhost;

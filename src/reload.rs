@@ -311,6 +311,27 @@ fn log_warnings(warnings: &Diagnostics) {
     }
 }
 
+/// The tracing pipeline for `settings`: the running one if they did not change.
+fn tracer_for(
+    settings: Option<&crate::trace::Settings>,
+    running: Option<&Arc<crate::trace::Tracer>>,
+) -> Option<Arc<crate::trace::Tracer>> {
+    let settings = settings?;
+    if let Some(t) = running.filter(|t| t.settings == *settings) {
+        return Some(t.clone());
+    }
+    match crate::trace::Tracer::start(settings.clone()) {
+        Ok(t) => {
+            log::info!("tracing: spans go to {}", settings.endpoint);
+            Some(Arc::new(t))
+        }
+        Err(e) => {
+            log::error!("{e}; requests are not traced");
+            None
+        }
+    }
+}
+
 /// Puts the live state into a freshly built snapshot: each resolved instance's health
 /// from the registry (kept from earlier snapshots), and metric handles (those of the
 /// same route in `old`, else bound anew).
@@ -319,6 +340,7 @@ fn join_live_state(
     old: Option<&Snapshot>,
     health: &HealthRegistry,
 ) -> Snapshot {
+    next.tracer = tracer_for(next.tracing.as_ref(), old.and_then(|o| o.tracer.as_ref()));
     health.begin_build();
     for g in &mut next.gateways {
         let before = old.and_then(|o| o.gateway_by_name(&g.name).map(|i| &o.gateways[i]));

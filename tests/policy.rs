@@ -579,3 +579,188 @@ gateways:
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(shadow.count(), before + 5);
 }
+
+/// A small OTLP/HTTP receiver: keeps the body of every POST to /v1/traces.
+fn otlp_receiver() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let g = got.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { return };
+            let g = g.clone();
+            std::thread::spawn(move || {
+                let mut w = conn.try_clone().unwrap();
+                let mut r = BufReader::new(conn);
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut len = 0;
+                    loop {
+                        let mut h = String::new();
+                        r.read_line(&mut h).unwrap();
+                        let h = h.trim_end().to_ascii_lowercase();
+                        if h.is_empty() {
+                            break;
+                        }
+                        if let Some(v) = h.strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap();
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    r.read_exact(&mut body).unwrap();
+                    if line.starts_with("POST /v1/traces") {
+                        g.lock().unwrap().push(body);
+                    }
+                    let _ = w.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+                }
+            });
+        }
+    });
+    (port, got)
+}
+
+/// One exported span: trace id, span id, parent span id (hex), name, attributes.
+type Exported = (String, String, String, String, Vec<(String, String)>);
+
+/// Every span received.
+fn spans(got: &std::sync::Mutex<Vec<Vec<u8>>>) -> Vec<Exported> {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message as _;
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let mut out = Vec::new();
+    for body in got.lock().unwrap().iter() {
+        let req = ExportTraceServiceRequest::decode(&body[..]).expect("OTLP protobuf");
+        for rs in req.resource_spans {
+            for ss in rs.scope_spans {
+                for s in ss.spans {
+                    let attrs = s
+                        .attributes
+                        .iter()
+                        .map(|kv| (kv.key.clone(), format!("{:?}", kv.value)))
+                        .collect();
+                    out.push((
+                        hex(&s.trace_id),
+                        hex(&s.span_id),
+                        hex(&s.parent_span_id),
+                        s.name,
+                        attrs,
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn tracing_continues_or_starts_traces_and_exports_spans_over_otlp() {
+    let port = free_port();
+    let up = Upstream::start("up");
+    let (collector, got) = otlp_receiver();
+    let yaml = format!(
+        "{}tracing: {{ otlp_endpoint: \"http://127.0.0.1:{collector}\", sample: 100%, service_name: edge }}
+gateways:
+  - name: g
+    virtual_hosts: [h.test]
+    routes:
+      r: {{ instances: [\"{}\"] }}
+",
+        http_listener(port),
+        up.addr()
+    );
+    let _weir = Weir::start(&yaml, &[port]);
+    // A client's trace is continued: same trace id, weir's span between.
+    let client_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent = format!("00-{client_trace}-00f067aa0ba902b7-01");
+    let r = Client::connect(port).get(
+        "h.test",
+        "/a",
+        &[("traceparent", &parent), ("tracestate", "k=v")],
+    );
+    assert_eq!(r.status, 200);
+    let seen = up.last();
+    let sent = seen
+        .header("traceparent")
+        .expect("traceparent upstream")
+        .to_string();
+    let parts: Vec<&str> = sent.split('-').collect();
+    assert_eq!(
+        (parts[0], parts[1], parts[3]),
+        ("00", client_trace, "01"),
+        "{sent}"
+    );
+    assert_ne!(
+        parts[2], "00f067aa0ba902b7",
+        "weir's own span is the parent upstream"
+    );
+    assert_eq!(seen.header("tracestate"), Some("k=v"));
+    // Without one, a new trace starts.
+    Client::connect(port).get("h.test", "/b", &[]);
+    let fresh = up
+        .last()
+        .header("traceparent")
+        .expect("traceparent")
+        .to_string();
+    assert!(!fresh.contains(client_trace));
+
+    assert!(within(Duration::from_secs(15), || spans(&got).len() >= 2));
+    let all = spans(&got);
+    let continued = all
+        .iter()
+        .find(|s| s.0 == client_trace)
+        .expect("the continued span");
+    assert_eq!(
+        continued.1, parts[2],
+        "the exported span is the one named upstream"
+    );
+    assert_eq!(
+        continued.2, "00f067aa0ba902b7",
+        "child of the client's span"
+    );
+    let attr = |s: &Exported, k: &str| {
+        s.4.iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    assert!(attr(continued, "weir.gateway").contains("\"g\""));
+    assert!(attr(continued, "weir.route").contains("\"r\""));
+    assert!(attr(continued, "weir.upstream").contains(&up.addr()));
+    assert!(attr(continued, "http.response.status_code").contains("200"));
+    let fresh_trace = fresh.split('-').nth(1).unwrap();
+    assert!(
+        all.iter().any(|s| s.0 == fresh_trace && s.2.is_empty()),
+        "a root span"
+    );
+}
+
+#[test]
+fn a_dead_collector_costs_requests_nothing() {
+    let port = free_port();
+    let up = Upstream::start("up");
+    let silent = RawUpstream::start(Answer::Silent);
+    let yaml = format!(
+        "{}tracing: {{ otlp_endpoint: \"http://{}\", sample: 100% }}
+gateways:
+  - name: g
+    virtual_hosts: [h.test]
+    routes:
+      r: {{ instances: [\"{}\"] }}
+",
+        http_listener(port),
+        silent.addr(),
+        up.addr()
+    );
+    let _weir = Weir::start(&yaml, &[port]);
+    let mut c = Client::connect(port);
+    // Many more spans than one export batch, to a collector that never answers.
+    for _ in 0..2_000 {
+        assert_eq!(c.get("h.test", "/", &[]).status, 200);
+    }
+    assert!(up.last().header("traceparent").is_some());
+}

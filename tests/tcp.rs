@@ -82,7 +82,10 @@ gateways:
     for _ in 0..50 {
         *tally.entry(open(port).instance).or_insert(0) += 1;
     }
-    assert_eq!((tally["a"], tally["b"]), (40, 10), "{tally:?}");
+    // 80/20 exactly over any 50 consecutive connections; the readiness checks' own
+    // connections (weir's probe, the harness's wait) may still take one slot among them.
+    assert_eq!(tally["a"] + tally["b"], 50);
+    assert!((39..=41).contains(&tally["a"]), "{tally:?}");
 
     // Bytes go both ways; a half-close reaches the upstream, whose close comes back.
     let mut c = open(port);

@@ -36,6 +36,29 @@ pub struct Config {
     /// Bounds on the config itself (read before the rest is trusted).
     #[serde(default)]
     pub limits: ConfigLimits,
+    /// Spans exported over OTLP/HTTP.
+    #[serde(default)]
+    pub tracing: Option<TracingConfig>,
+}
+
+/// Top-level `tracing:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingConfig {
+    pub otlp_endpoint: String,
+    /// Share of new traces recorded (a client's own sampling decision is followed).
+    #[serde(default = "default_sample")]
+    pub sample: Percent,
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+}
+
+fn default_sample() -> Percent {
+    Percent(1_000)
+}
+
+fn default_service_name() -> String {
+    "weir".into()
 }
 
 /// Top-level `limits:`: how much config weir reads.

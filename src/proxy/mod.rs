@@ -76,6 +76,8 @@ pub struct Ctx {
     encoder: Option<crate::compress::Encoder>,
     /// The copy of this request for the route's mirror, while it is filled.
     mirror: Option<crate::mirror::Copy>,
+    /// The request's span (`tracing:`), in its trace context.
+    trace: Option<opentelemetry::Context>,
     pub instance: Option<Arc<str>>,
 }
 
@@ -146,6 +148,7 @@ impl ProxyHttp for Weir {
             status_retry: None,
             encoder: None,
             mirror: None,
+            trace: None,
             instance: None,
         }
     }
@@ -153,6 +156,9 @@ impl ProxyHttp for Weir {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         // One reference count taken per request, kept in `ctx` for the later phases.
         let snapshot: &Snapshot = ctx.snapshot.insert(self.current.load_full());
+        if let Some(t) = &snapshot.tracer {
+            ctx.trace = Some(t.begin(session.req_header(), std::time::SystemTime::now()));
+        }
         let port = local_port(session);
         let defaults = &snapshot.defaults;
         // The idle timeout, for connections that stay open: an HTTP/1.0 request without
@@ -544,6 +550,18 @@ impl ProxyHttp for Weir {
         if let Some(log) = &self.access_log {
             self.write_access_log(log, session, ctx, status, elapsed);
         }
+        if let Some(cx) = ctx.trace.take() {
+            let (gateway, route) = ctx.gateway_and_route().unzip();
+            let finish = crate::trace::Finish {
+                gateway,
+                route,
+                upstream: ctx.instance.as_deref(),
+                path: session.req_header().uri.path(),
+                status,
+                upstream_status: ctx.upstream_status,
+            };
+            crate::trace::finish(&cx, finish);
+        }
     }
 
     fn suppress_proxy_warn_log(
@@ -615,6 +633,9 @@ impl ProxyHttp for Weir {
             port: ctx.local_port,
         };
         forward::apply(upstream_request, &fwd)?;
+        if let Some(cx) = &ctx.trace {
+            crate::trace::inject(cx, upstream_request);
+        }
         if keep_id {
             ctx.request_id = upstream_request
                 .headers

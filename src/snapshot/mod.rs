@@ -270,6 +270,9 @@ pub struct Snapshot {
     pub refresh: Mutex<()>,
     /// Metrics of requests that reached no route (unknown host, no route left).
     pub unrouted: RouteMetrics,
+    /// `tracing:` as checked; the apply step starts (or keeps) its pipeline in `tracer`.
+    pub tracing: Option<crate::trace::Settings>,
+    pub tracer: Option<Arc<crate::trace::Tracer>>,
 }
 
 impl Snapshot {

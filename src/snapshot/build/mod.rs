@@ -133,6 +133,16 @@ pub fn build(loaded: &Loaded, inputs: &Inputs) -> Result<Snapshot, Diagnostics> 
         ));
     }
     b.check_admin(config);
+    let tracing = config
+        .tracing
+        .as_ref()
+        .and_then(|t| match crate::trace::Settings::check(t) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                b.main_error("tracing", e);
+                None
+            }
+        });
     locate(&mut b.warnings, loaded);
     if !b.errors.is_empty() {
         locate(&mut b.errors, loaded);
@@ -147,6 +157,8 @@ pub fn build(loaded: &Loaded, inputs: &Inputs) -> Result<Snapshot, Diagnostics> 
         externals,
         refresh: std::sync::Mutex::new(()),
         unrouted: RouteMetrics::unbound(),
+        tracing,
+        tracer: None,
         startup: Startup {
             binds: Vec::new(),
             admin: admin.and_then(|a| a.bind.parse().ok()),
