@@ -109,10 +109,7 @@ impl Picker {
             return Some(&instances[i]);
         }
         // Round-robin, and the fallback of the others (no key, every candidate unusable).
-        (0..schedule.len())
-            .filter_map(|_| schedule.pick())
-            .find(|i| usable(*i))
-            .map(|i| &instances[i])
+        schedule.pick_usable(usable).map(|i| &instances[i])
     }
 }
 

@@ -49,6 +49,22 @@ impl Schedule {
         Some(self.sequence[n % len] as usize)
     }
 
+    /// The next entry that is `usable`: one step of the rotation, then on along the
+    /// sequence from there. Scanning from a single step (not one step per candidate)
+    /// matters under concurrency: other requests advance the shared cursor meanwhile,
+    /// and steps of its own could land on the same unusable entry every time.
+    #[inline]
+    pub fn pick_usable(&self, usable: impl Fn(usize) -> bool) -> Option<usize> {
+        let len = self.sequence.len();
+        if len == 0 {
+            return None;
+        }
+        let n = self.cursor.fetch_add(1, Ordering::Relaxed);
+        (0..len)
+            .map(|k| self.sequence[(n + k) % len] as usize)
+            .find(|i| usable(*i))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.sequence.is_empty()
     }
@@ -157,6 +173,19 @@ mod tests {
             c[s.pick().unwrap()] += 1;
         }
         c
+    }
+
+    #[test]
+    fn a_usable_entry_is_found_whatever_others_pick_meanwhile() {
+        let s = Schedule::new(&[1, 1, 1]);
+        for _ in 0..30 {
+            // Another request's step between ours; entry 0 is down.
+            let _ = s.pick();
+            let _ = s.pick();
+            assert!(matches!(s.pick_usable(|i| i != 0), Some(1 | 2)));
+        }
+        assert_eq!(s.pick_usable(|_| false), None);
+        assert_eq!(Schedule::new(&[0, 0]).pick_usable(|_| true), None);
     }
 
     #[test]

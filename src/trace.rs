@@ -42,21 +42,22 @@ pub struct Settings {
 
 impl Settings {
     pub fn check(c: &TracingConfig) -> Result<Settings, String> {
-        let endpoint = c.otlp_endpoint.trim_end_matches('/');
+        let endpoint = c.otlp_endpoint.trim();
         let Some(rest) = endpoint.strip_prefix("http://") else {
             return Err(format!(
                 "tracing.otlp_endpoint {endpoint:?}: expected http://HOST:PORT (an OTLP/HTTP collector; https is not supported, run a local collector)"
             ));
         };
+        let rest = rest.trim_end_matches('/');
         let authority = rest.split('/').next().unwrap_or("");
         if authority.is_empty() || authority.parse::<http::uri::Authority>().is_err() {
             return Err(format!("tracing.otlp_endpoint {endpoint:?}: no host:port"));
         }
         // A bare address gets the standard path.
         let endpoint = if rest.contains('/') {
-            endpoint.to_string()
+            format!("http://{rest}")
         } else {
-            format!("{endpoint}/v1/traces")
+            format!("http://{rest}/v1/traces")
         };
         if c.service_name.is_empty() || c.service_name.len() > 256 {
             return Err("tracing.service_name must be 1 to 256 characters".into());

@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use common::*;
@@ -763,4 +764,142 @@ gateways:
         assert_eq!(c.get("h.test", "/", &[]).status, 200);
     }
     assert!(up.last().header("traceparent").is_some());
+}
+
+/// One GET on a kept-alive connection (opened when there is none): its status, or why
+/// none came. The connection is dropped after an error or a `connection: close`.
+fn keepalive_get(
+    conn: &mut Option<std::io::BufReader<std::net::TcpStream>>,
+    port: u16,
+) -> Result<u16, String> {
+    use std::io::{BufRead, Read, Write};
+    if conn.is_none() {
+        let s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        *conn = Some(std::io::BufReader::new(s));
+    }
+    let r = conn.as_mut().unwrap();
+    let result = (|| {
+        r.get_mut()
+            .write_all(b"GET /soak HTTP/1.1\r\nHost: h.test\r\n\r\n")
+            .map_err(|e| e.to_string())?;
+        let mut line = String::new();
+        r.read_line(&mut line).map_err(|e| e.to_string())?;
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or(format!("status line {line:?}"))?;
+        let (mut len, mut close) = (0usize, false);
+        loop {
+            let mut h = String::new();
+            r.read_line(&mut h).map_err(|e| e.to_string())?;
+            let h = h.trim_end().to_ascii_lowercase();
+            if h.is_empty() {
+                break;
+            }
+            if let Some(v) = h.strip_prefix("content-length:") {
+                len = v.trim().parse().map_err(|_| "bad length")?;
+            }
+            close |= h == "connection: close";
+        }
+        let mut body = vec![0; len];
+        r.read_exact(&mut body).map_err(|e| e.to_string())?;
+        if status != 200 {
+            return Err(format!(
+                "status {status}: {}",
+                String::from_utf8_lossy(&body).trim()
+            ));
+        }
+        Ok((status, close))
+    })();
+    match result {
+        Ok((status, close)) => {
+            if close {
+                *conn = None;
+            }
+            Ok(status)
+        }
+        Err(e) => {
+            *conn = None;
+            Err(e)
+        }
+    }
+}
+
+#[test]
+fn instances_killed_under_keepalive_load_with_reloads_fail_no_request() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let port = free_port();
+    let mut ups: Vec<Upstream> = ["a", "b", "c"].iter().map(|n| Upstream::start(n)).collect();
+    let addrs: Vec<String> = ups.iter().map(|u| u.addr()).collect();
+    let yaml = |n: usize| {
+        format!(
+            "{}gateways:
+  - name: g
+    virtual_hosts: [h.test]
+    routes:
+      r: {{ instances: [{}] }}
+# reload {n}
+",
+            http_listener(port),
+            addrs
+                .iter()
+                .map(|a| format!("\"{a}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    let weir = Weir::start(&yaml(0), &[port]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (done, failed) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(Mutex::new(Vec::new())),
+    );
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, done, failed) = (stop.clone(), done.clone(), failed.clone());
+            std::thread::spawn(move || {
+                let mut conn = None;
+                // Bounded in count as well as by the stop flag.
+                for _ in 0..200_000 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    match keepalive_get(&mut conn, port) {
+                        Ok(200) => {}
+                        Ok(s) => failed.lock().unwrap().push(format!("status {s}")),
+                        Err(e) => failed.lock().unwrap().push(e),
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    // One kill at a time: a killed instance stays out for its passive back-off (1 s).
+    for round in 0..4 {
+        std::thread::sleep(Duration::from_millis(1200));
+        // Kill one instance (its open connections cut), reload, bring it back.
+        let i = round % ups.len();
+        let name = ups[i].name.clone();
+        let port_i = std::mem::replace(&mut ups[i], Upstream::start("spare")).kill();
+        std::fs::write(&weir.config, yaml(round + 1)).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        ups[i] = Upstream::start_on(&name, port_i);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let failed = failed.lock().unwrap();
+    let served = done.load(Ordering::Relaxed);
+    assert!(served > 500, "load ran: {served}");
+    assert!(
+        failed.is_empty(),
+        "{} of {served} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(10)]
+    );
 }
