@@ -33,13 +33,28 @@ CFG
 CFG
 [ "${WEIR_METRICS:-0}" = 1 ] && echo "admin: { bind: \"127.0.0.1:${WEIR_ADMIN_PORT:-19299}\" }"
 [ -n "${WEIR_ACCESS_LOG:-}" ] && echo "access_log: $WEIR_ACCESS_LOG"
+# WEIR_POLICY=1 configures the traffic policy a request pays for even when nothing
+# fails: header rules with a template, retries, outlier detection, a request deadline,
+# compression (wrk asks for none: the decision only). WEIR_TRACING=1 adds unsampled
+# tracing (spans made and propagated, none recorded or exported).
+[ "${WEIR_TRACING:-0}" = 1 ] && echo 'tracing: { otlp_endpoint: "http://127.0.0.1:4318", sample: 0% }'
 cat <<CFG
 gateways:
   - name: bench
     virtual_hosts: [127.0.0.1, localhost, bench.test]
     routes:
-      upstreams: { instances: [${instances%, }] }
+      upstreams:
+        instances: [${instances%, }]
 CFG
+[ "${WEIR_POLICY:-0}" = 1 ] && cat <<'CFG'
+        request_headers: { set: { x-client: "%[src]" }, remove: [x-debug] }
+        response_headers: { set: { x-served-by: weir } }
+        retries: { attempts: 1, on: [connect, reset, 502, 503] }
+        outlier: { consecutive_5xx: 5 }
+        timeouts: { request: 30s }
+        compression: {}
+CFG
+true
 } >"$cfg"
 
 export WEIR_THREADS=${PROXY_THREADS:-2}

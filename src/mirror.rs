@@ -153,6 +153,8 @@ async fn exchange(peer: &HttpPeer, copy: Copy) -> pingora::Result<()> {
         header.remove_header(h);
     }
     header.set_version(http::Version::HTTP_11);
+    // So that the mirror (and its logs) can tell copies from live traffic.
+    header.insert_header("x-weir-mirror", "1")?;
     // An HTTP/2 request names its host in the URI; HTTP/1 wants `Host` and a path.
     if let Some(authority) = header.uri.authority().map(|a| a.as_str().to_string()) {
         if !header.headers.contains_key(http::header::HOST) {

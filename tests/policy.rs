@@ -529,6 +529,7 @@ gateways:
     let first = seen.iter().find(|s| s.target == "/m0").expect("/m0 copied");
     assert_eq!(first.header("x-probe"), Some("yes"));
     assert_eq!(first.header("host"), Some("h.test"));
+    assert_eq!(first.header("x-weir-mirror"), Some("1"));
     let post = seen
         .iter()
         .find(|s| s.target == "/post")
