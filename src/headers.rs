@@ -88,30 +88,26 @@ pub trait Headers {
     fn remove(&mut self, name: &HeaderName);
 }
 
-impl Headers for RequestHeader {
-    fn set(&mut self, name: &HeaderName, value: HeaderValue) {
-        // Only a name over u16::MAX bytes fails, and names are bounded at load.
-        let _ = self.insert_header(name.clone(), value);
-    }
-    fn add(&mut self, name: &HeaderName, value: HeaderValue) {
-        let _ = self.append_header(name.clone(), value);
-    }
-    fn remove(&mut self, name: &HeaderName) {
-        self.remove_header(name);
-    }
+/// Pingora's request and response heads share these methods but no trait.
+macro_rules! headers_for {
+    ($head:ty) => {
+        impl Headers for $head {
+            fn set(&mut self, name: &HeaderName, value: HeaderValue) {
+                // Only a name over u16::MAX bytes fails, and names are bounded at load.
+                let _ = self.insert_header(name.clone(), value);
+            }
+            fn add(&mut self, name: &HeaderName, value: HeaderValue) {
+                let _ = self.append_header(name.clone(), value);
+            }
+            fn remove(&mut self, name: &HeaderName) {
+                self.remove_header(name);
+            }
+        }
+    };
 }
 
-impl Headers for ResponseHeader {
-    fn set(&mut self, name: &HeaderName, value: HeaderValue) {
-        let _ = self.insert_header(name.clone(), value);
-    }
-    fn add(&mut self, name: &HeaderName, value: HeaderValue) {
-        let _ = self.append_header(name.clone(), value);
-    }
-    fn remove(&mut self, name: &HeaderName) {
-        self.remove_header(name);
-    }
-}
+headers_for!(RequestHeader);
+headers_for!(ResponseHeader);
 
 impl Rules {
     /// The gateway's block, then the route's; `None` when neither has a rule. Errors

@@ -115,18 +115,36 @@ fn request(port: u16, method: &str) -> Response {
     Client::connect(port).request(method, "h.test", "/", &[])
 }
 
-#[test]
-fn retries_on_status_go_to_another_instance_for_idempotent_methods_only() {
+/// Route `r` over two instances, `bad` answering `status`, `good` 200.
+struct BadAndGood {
+    port: u16,
+    admin: u16,
+    bad: Upstream,
+    good: Upstream,
+    _weir: Weir,
+}
+
+fn bad_and_good(status: u16, route_lines: &str) -> BadAndGood {
     let (port, admin) = (free_port(), free_port());
     let (bad, good) = (Upstream::start("bad"), Upstream::start("good"));
-    bad.reply.set_status(503);
-    let yaml = one_route(
+    bad.reply.set_status(status);
+    let yaml = one_route(port, admin, &[bad.addr(), good.addr()], route_lines);
+    BadAndGood {
         port,
         admin,
-        &[bad.addr(), good.addr()],
+        bad,
+        good,
+        _weir: Weir::start(&yaml, &[port, admin]),
+    }
+}
+
+#[test]
+fn retries_on_status_go_to_another_instance_for_idempotent_methods_only() {
+    let t = bad_and_good(
+        503,
         "        retries: { attempts: 1, on: [502, 503], methods: idempotent, budget: 100% }\n",
     );
-    let _weir = Weir::start(&yaml, &[port, admin]);
+    let (port, admin, bad, good) = (t.port, t.admin, &t.bad, &t.good);
     for _ in 0..20 {
         let r = request(port, "GET");
         assert_eq!((r.status, r.body.as_str()), (200, "good"));
@@ -242,16 +260,11 @@ fn instance_health(admin: u16) -> Vec<String> {
 
 #[test]
 fn outlier_detection_ejects_a_failing_instance_and_brings_it_back() {
-    let (port, admin) = (free_port(), free_port());
-    let (bad, good) = (Upstream::start("bad"), Upstream::start("good"));
-    bad.reply.set_status(500);
-    let yaml = one_route(
-        port,
-        admin,
-        &[bad.addr(), good.addr()],
+    let t = bad_and_good(
+        500,
         "        outlier: { consecutive_5xx: 3, base_ejection: 1s, max_ejected: 50% }\n",
     );
-    let _weir = Weir::start(&yaml, &[port, admin]);
+    let (port, admin, bad) = (t.port, t.admin, &t.bad);
     let statuses: Vec<u16> = (0..20).map(|_| request(port, "GET").status).collect();
     // Three 500s in a row from `bad` (round robin alternates), then only `good`.
     assert_eq!(
