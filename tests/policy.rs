@@ -582,7 +582,8 @@ gateways:
     }));
 
     // An exact share, changed live.
-    std::fs::write(&weir.config, yaml("10%")).unwrap();
+    // SPEC writes the share as a plain number: 10 is 10%.
+    std::fs::write(&weir.config, yaml("10")).unwrap();
     assert!(within(Duration::from_secs(10), || {
         scrape(admin).get("weir_config_reloads_total{result=\"ok\"}") == Some(&1.0)
     }));

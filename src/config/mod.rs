@@ -374,11 +374,29 @@ pub struct RouteConfig {
 pub struct MirrorConfig {
     /// A route key of the same gateway, or `[host:port]`.
     pub route: String,
-    #[serde(default = "full_percent")]
+    /// `10%`, or `10` (SPEC writes the mirror's share as a plain number).
+    #[serde(default = "full_percent", deserialize_with = "percent_or_number")]
     pub percent: Percent,
     /// Requests with longer bodies are not mirrored.
     #[serde(default = "default_mirror_body")]
     pub max_body_bytes: ByteSize,
+}
+
+fn percent_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<Percent, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Number(u32),
+        Text(Percent),
+    }
+    match Either::deserialize(d) {
+        Ok(Either::Number(n)) if n <= 100 => Ok(Percent(n * 100)),
+        Ok(Either::Number(n)) => Err(de::Error::custom(format!("{n} is more than 100 (percent)"))),
+        Ok(Either::Text(p)) => Ok(p),
+        Err(_) => Err(de::Error::custom(
+            "expected a percentage such as 10 or \"12.5%\"",
+        )),
+    }
 }
 
 fn full_percent() -> Percent {
