@@ -285,7 +285,12 @@ pub fn parse_expect(text: &str) -> Result<(u16, u16), String> {
 
 impl ActiveCheck {
     /// Compiles a `health_check:`; errors are messages for the route's diagnostics.
-    pub fn compile(c: &HealthCheckConfig) -> Result<ActiveCheck, String> {
+    /// `tls`: the peer of a TLS instance of the route; HTTP probes then use its TLS
+    /// settings (name, verification, CA, client certificate).
+    pub fn compile(
+        c: &HealthCheckConfig,
+        tls: Option<&pingora::upstreams::peer::HttpPeer>,
+    ) -> Result<ActiveCheck, String> {
         let interval = c.interval.map_or(Duration::from_secs(2), |d| d.0);
         let timeout = c.timeout.map_or(Duration::from_secs(1), |d| d.0);
         if interval.is_zero() || timeout.is_zero() {
@@ -310,7 +315,15 @@ impl ActiveCheck {
                     return Err(format!("health_check: path {path:?} must start with /"));
                 }
                 let host = c.host.as_deref().unwrap_or("localhost");
-                let mut http = HttpHealthCheck::new(host, false);
+                let mut http = HttpHealthCheck::new(host, tls.is_some());
+                if let Some(p) = tls {
+                    let t = &mut http.peer_template;
+                    t.sni = p.sni.clone();
+                    t.options.verify_cert = p.options.verify_cert;
+                    t.options.verify_hostname = p.options.verify_hostname;
+                    t.options.ca = p.options.ca.clone();
+                    t.client_cert_key = p.client_cert_key.clone();
+                }
                 http.req = RequestHeader::build("GET", path.as_bytes(), None)
                     .map_err(|e| format!("health_check: {e}"))?;
                 http.req

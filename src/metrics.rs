@@ -15,7 +15,14 @@ use prometheus::{
 };
 
 /// Kinds of upstream error counted in `weir_upstream_errors_total`.
-pub const ERROR_KINDS: [&str; 5] = ["connect", "connect_timeout", "timeout", "closed", "other"];
+pub const ERROR_KINDS: [&str; 6] = [
+    "connect",
+    "connect_timeout",
+    "tls",
+    "timeout",
+    "closed",
+    "other",
+];
 
 /// Reasons counted in `weir_retries_total` (as `retry::Failure::reason` names them).
 pub const RETRY_REASONS: [&str; 4] = ["connect", "reset", "timeout", "status"];

@@ -417,6 +417,17 @@ fn read_blobs(loaded: &mut Loaded) {
             paths.push(loaded.resolve(&c.key));
         }
     }
+    // CA and client certificates for TLS to upstreams.
+    for g in &loaded.config.gateways {
+        for r in g.routes.values() {
+            for tls in r.instances.iter().filter_map(|i| i.0.tls.as_ref()) {
+                let client = tls.client_cert.iter().flat_map(|c| [&c.cert, &c.key]);
+                for f in tls.ca.iter().chain(client) {
+                    paths.push(loaded.resolve(f));
+                }
+            }
+        }
+    }
     // htpasswd files of `basic_auth`, read (and watched) like certificates.
     for g in &loaded.config.gateways {
         let routes = g.routes.values().filter_map(|r| r.basic_auth.as_ref());

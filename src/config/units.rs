@@ -302,6 +302,38 @@ pub struct InstanceSpec {
     pub weight: u32,
     #[serde(default)]
     pub h2: bool,
+    /// TLS to this instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTls>,
+}
+
+/// An instance's `tls:`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// The name sent and verified; the instance's host by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    #[serde(default = "verify_by_default")]
+    pub verify: bool,
+    /// CA certificates (PEM) the upstream's certificate must chain to; the system's
+    /// roots when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<ClientCert>,
+}
+
+/// A client certificate and key (PEM) weir presents to an upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCert {
+    pub cert: String,
+    pub key: String,
+}
+
+fn verify_by_default() -> bool {
+    true
 }
 
 fn default_instance_weight() -> u32 {
@@ -342,6 +374,7 @@ impl<'de> Deserialize<'de> for Instance {
                     port,
                     weight: 1,
                     h2: false,
+                    tls: None,
                 }))
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {

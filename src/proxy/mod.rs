@@ -324,10 +324,10 @@ impl ProxyHttp for Weir {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        let kind = if e.etype() == &ConnectTimedout {
-            "connect_timeout"
-        } else {
-            "connect"
+        let kind = match e.etype() {
+            ConnectTimedout => "connect_timeout",
+            TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert | HandshakeError => "tls",
+            _ => "connect",
         };
         if let (Some(s), Some(sel)) = (&ctx.snapshot, ctx.selected) {
             let gateway = &s.gateways[sel.gateway].name;

@@ -7,6 +7,7 @@ mod listeners;
 mod policy;
 mod routes;
 mod rules;
+mod upstream_tls;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;

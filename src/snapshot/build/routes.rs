@@ -347,8 +347,11 @@ impl Builder<'_> {
             peer._address =
                 pingora::protocols::l4::socket::SocketAddr::Inet(SocketAddr::new(ip, spec.port));
             if spec.h2 {
-                // HTTP/2 with prior knowledge (h2c): plain TCP has no ALPN to negotiate it.
+                // HTTP/2 with prior knowledge (h2c), or by ALPN over TLS.
                 peer.options.alpn = pingora::protocols::ALPN::H2;
+            }
+            if let Some(tls) = &spec.tls {
+                self.upstream_tls(gw, scope, &spec.host, tls, &mut peer);
             }
             let name = format!("{}:{}", spec.host, spec.port);
             let route_id = sticky::id(&[&gw.name, key]);
@@ -377,7 +380,15 @@ impl Builder<'_> {
         if weights.iter().all(|w| *w == 0) {
             self.error(gw, scope, "every instance has weight 0");
         }
-        let check = match route.health_check.as_ref().map(ActiveCheck::compile) {
+        let tls = instances
+            .iter()
+            .map(|u: &Upstream| &u.peer)
+            .find(|p| p.scheme == pingora::upstreams::peer::Scheme::HTTPS);
+        let check = match route
+            .health_check
+            .as_ref()
+            .map(|c| ActiveCheck::compile(c, tls))
+        {
             Some(Ok(c)) => Some(Arc::new(c)),
             Some(Err(e)) => {
                 self.error(gw, scope, e);

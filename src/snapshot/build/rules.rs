@@ -87,6 +87,9 @@ impl Builder<'_> {
             if r.instances.iter().any(|i| i.0.h2) {
                 refuse("h2 instances");
             }
+            if r.instances.iter().any(|i| i.0.tls.is_some()) {
+                refuse("tls instances (it passes bytes through)");
+            }
             if r.health_check
                 .as_ref()
                 .is_some_and(|c| c.protocol == HealthProtocol::Http)
