@@ -47,6 +47,8 @@ pub struct Mirror {
 pub struct Copy {
     header: RequestHeader,
     body: Vec<u8>,
+    /// The route's `max_body_bytes`.
+    max: u64,
     /// The body outgrew `max_body_bytes`: the copy is not sent.
     over: bool,
 }
@@ -72,27 +74,23 @@ impl Mirror {
 }
 
 impl Copy {
-    pub fn new(header: &RequestHeader) -> Copy {
+    pub fn new(header: &RequestHeader, max: u64) -> Copy {
         Copy {
             header: header.clone(),
             body: Vec::new(),
+            max,
             over: false,
         }
     }
 
-    /// What conditions and hashing balancers read of the copied request.
-    pub fn view(&self) -> crate::condition::Request<'_> {
-        let h = &self.header;
-        let host = h
-            .headers
-            .get(http::header::HOST)
-            .map_or(b"".as_slice(), |v| v.as_bytes());
-        crate::condition::Request::new(host, h.uri.path(), h.method.as_str(), &h.headers, None)
+    /// The copied request head (what balancers read to pick the mirror's instance).
+    pub fn header(&self) -> &RequestHeader {
+        &self.header
     }
 
-    /// Adds a piece of the request body, up to `max`.
-    pub fn add(&mut self, chunk: &[u8], max: u64) {
-        if self.over || (self.body.len() + chunk.len()) as u64 > max {
+    /// Adds a piece of the request body, up to `max_body_bytes`.
+    pub fn add(&mut self, chunk: &[u8]) {
+        if self.over || (self.body.len() + chunk.len()) as u64 > self.max {
             self.over = true;
             self.body = Vec::new();
         } else {
@@ -210,12 +208,12 @@ mod tests {
     #[test]
     fn bodies_over_the_limit_are_not_copied() {
         let req = RequestHeader::build("POST", b"/", None).expect("req");
-        let mut c = Copy::new(&req);
-        c.add(b"0123456789", 16);
+        let mut c = Copy::new(&req, 16);
+        c.add(b"0123456789");
         assert!(!c.over && c.body.len() == 10);
-        c.add(b"0123456789", 16);
+        c.add(b"0123456789");
         assert!(c.over && c.body.is_empty());
-        c.add(b"1", 16);
+        c.add(b"1");
         assert!(c.over);
     }
 }

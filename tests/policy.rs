@@ -673,13 +673,12 @@ fn spans(got: &std::sync::Mutex<Vec<Vec<u8>>>) -> Vec<Exported> {
     out
 }
 
-#[test]
-fn tracing_continues_or_starts_traces_and_exports_spans_over_otlp() {
+/// weir with `tracing: { SETTINGS }` and one gateway `g` on `h.test` over one upstream.
+fn traced(settings: &str) -> (u16, Upstream, Weir) {
     let port = free_port();
     let up = Upstream::start("up");
-    let (collector, got) = otlp_receiver();
     let yaml = format!(
-        "{}tracing: {{ otlp_endpoint: \"http://127.0.0.1:{collector}\", sample: 100%, service_name: edge }}
+        "{}tracing: {{ {settings} }}
 gateways:
   - name: g
     virtual_hosts: [h.test]
@@ -689,7 +688,16 @@ gateways:
         http_listener(port),
         up.addr()
     );
-    let _weir = Weir::start(&yaml, &[port]);
+    let weir = Weir::start(&yaml, &[port]);
+    (port, up, weir)
+}
+
+#[test]
+fn tracing_continues_or_starts_traces_and_exports_spans_over_otlp() {
+    let (collector, got) = otlp_receiver();
+    let (port, up, _weir) = traced(&format!(
+        "otlp_endpoint: \"http://127.0.0.1:{collector}\", sample: 100%, service_name: edge"
+    ));
     // A client's trace is continued: same trace id, weir's span between.
     let client_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let parent = format!("00-{client_trace}-00f067aa0ba902b7-01");
@@ -757,22 +765,11 @@ gateways:
 
 #[test]
 fn a_dead_collector_costs_requests_nothing() {
-    let port = free_port();
-    let up = Upstream::start("up");
     let silent = RawUpstream::start(Answer::Silent);
-    let yaml = format!(
-        "{}tracing: {{ otlp_endpoint: \"http://{}\", sample: 100% }}
-gateways:
-  - name: g
-    virtual_hosts: [h.test]
-    routes:
-      r: {{ instances: [\"{}\"] }}
-",
-        http_listener(port),
-        silent.addr(),
-        up.addr()
-    );
-    let _weir = Weir::start(&yaml, &[port]);
+    let (port, up, _weir) = traced(&format!(
+        "otlp_endpoint: \"http://{}\", sample: 100%",
+        silent.addr()
+    ));
     let mut c = Client::connect(port);
     // Many more spans than one export batch, to a collector that never answers.
     for _ in 0..2_000 {

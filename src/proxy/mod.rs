@@ -71,7 +71,7 @@ pub struct Ctx {
     /// The route's `timeouts.request` ends here.
     deadline: Option<Instant>,
     /// `upstream_response_filter` refused a response to try another instance.
-    status_retry: Option<u16>,
+    status_retry: bool,
     /// Compresses the response body (`compression:`).
     encoder: Option<crate::compress::Encoder>,
     /// The copy of this request for the route's mirror, while it is filled.
@@ -145,7 +145,7 @@ impl ProxyHttp for Weir {
             tls: false,
             body_read: 0,
             deadline: None,
-            status_retry: None,
+            status_retry: false,
             encoder: None,
             mirror: None,
             trace: None,
@@ -226,7 +226,7 @@ impl ProxyHttp for Weir {
         }
         if let Some(m) = ctx.route().and_then(|r| r.mirror.as_ref()) {
             if m.take() {
-                ctx.mirror = Some(crate::mirror::Copy::new(session.req_header()));
+                ctx.mirror = Some(crate::mirror::Copy::new(session.req_header(), m.max_body));
             }
         }
         if matches!(ctx.target(), Some(Target::Respond(_))) {
@@ -248,14 +248,8 @@ impl ProxyHttp for Weir {
         ctx: &mut Ctx,
     ) -> Result<()> {
         if let Some(b) = body {
-            if ctx.mirror.is_some() {
-                let max = ctx
-                    .route()
-                    .and_then(|r| r.mirror.as_ref())
-                    .map_or(0, |m| m.max_body);
-                if let Some(copy) = &mut ctx.mirror {
-                    copy.add(b, max);
-                }
+            if let Some(copy) = &mut ctx.mirror {
+                copy.add(b);
             }
             ctx.body_read += b.len() as u64;
             let max = ctx.max_body();
@@ -365,7 +359,7 @@ impl ProxyHttp for Weir {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
-        if ctx.status_retry.take().is_some() {
+        if std::mem::take(&mut ctx.status_retry) {
             // Decided and paid for in upstream_response_filter.
             Self::retry_elsewhere(ctx);
             e.set_retry(true);
@@ -470,7 +464,7 @@ impl ProxyHttp for Weir {
             && Self::may_retry(ctx, Failure::Status(status), &session.req_header().method)
         {
             // Nothing of this response has gone to the client: drop it, try elsewhere.
-            ctx.status_retry = Some(status);
+            ctx.status_retry = true;
             return Error::e_explain(HTTPStatus(status), "retried on another instance");
         }
         ctx.upstream_status = Some(status);

@@ -222,7 +222,7 @@ impl Weir {
             MirrorTarget::Route(i) => match &g.routes[*i].target {
                 Target::External(e) => e,
                 Target::Pool(p) => {
-                    let view = copy.view();
+                    let view = request_view(copy.header(), None);
                     return p.pick(Tried::default(), &view).map(|u| u.peer.clone());
                 }
                 _ => return None,
