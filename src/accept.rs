@@ -32,7 +32,7 @@ use crate::guard::Guarded;
 use crate::lifecycle::{Open, LINGER};
 use crate::proxy_protocol;
 use crate::snapshot::{ClientLimits, Entry, Snapshot};
-use crate::tls::{RecordSni, TlsEndpoint};
+use crate::tls::{RecordPeer, TlsEndpoint};
 
 /// One address weir listens on.
 pub struct Port {
@@ -144,7 +144,7 @@ impl<A> Accept<A> {
             // A client that closes before sending a byte is a port probe (load
             // balancers' TCP checks), not a failed handshake.
             tcp.try_peek(&mut [0u8; 1]).await.map_err(Failure::Left)?;
-            handshake_with_callback(&acceptor, tcp, &RecordSni)
+            handshake_with_callback(&acceptor, tcp, &RecordPeer)
                 .await
                 .map_err(Failure::Tls)
         };

@@ -16,6 +16,7 @@ fn refusal_response(r: Refusal) -> (u16, &'static [u8]) {
         Refusal::Misdirected => (421, b"this host is not served on this listener\n"),
         Refusal::NoRoute => (503, b"no route available\n"),
         Refusal::Forbidden => (403, b"forbidden\n"),
+        Refusal::NoClientCert => (403, b"a valid client certificate is required\n"),
     }
 }
 

@@ -14,7 +14,8 @@
 //!    handles, TLS endpoints) to the new snapshot and swaps it into an `ArcSwap`; the file
 //!    watcher, `SIGHUP`, DNS refreshes and the admin API all go through it.
 //! 5. **Requests.** `server` assembles Pingora; `accept` takes each connection
-//!    (`connlimit`, PROXY header via `proxy_protocol`, TLS via `tls`) and runs HTTP/1
+//!    (`connlimit`, PROXY header via `proxy_protocol`, TLS via `tls`, client
+//!    certificates via `client_cert`) and runs HTTP/1
 //!    connections through `guard`, which holds each request to `framing`; `proxy` is
 //!    the `ProxyHttp` implementation reading one snapshot per request, with `answer` for
 //!    what weir answers itself, `ratelimit`, `forward` for forwarding headers, `headers` for
@@ -36,6 +37,7 @@ pub(crate) mod answer;
 pub(crate) mod auth;
 pub(crate) mod balance;
 pub mod cli;
+pub(crate) mod client_cert;
 pub(crate) mod compress;
 pub(crate) mod condition;
 pub mod config;

@@ -18,6 +18,8 @@ pub struct Request<'a> {
     pub method: &'a str,
     pub headers: &'a HeaderMap,
     pub client: Option<IpAddr>,
+    /// The subject of the connection's verified client certificate (RFC 4514).
+    pub client_cert: Option<&'a str>,
     cookies: OnceCell<Cookies<'a>>,
 }
 
@@ -63,6 +65,7 @@ impl<'a> Request<'a> {
             method,
             headers,
             client,
+            client_cert: None,
             cookies: OnceCell::new(),
         }
     }
@@ -76,6 +79,7 @@ impl<'a> Request<'a> {
             method: "",
             headers: NO_HEADERS.get_or_init(HeaderMap::new),
             client,
+            client_cert: None,
             cookies: OnceCell::new(),
         }
     }

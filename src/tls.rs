@@ -30,6 +30,8 @@ use rustls::server::{
 use rustls::sign::CertifiedKey;
 use rustls::{ServerConfig, SignatureAlgorithm, SignatureScheme};
 
+use crate::client_cert::{ClientAuth, ClientCert};
+
 /// One loaded certificate chain with its key.
 #[derive(Debug, Clone)]
 pub struct Loaded {
@@ -211,21 +213,30 @@ impl CertStore {
     }
 }
 
-/// The SNI name a client sent, kept with the connection's TLS digest.
+/// What a TLS connection's handshake said of the client, kept with its TLS digest:
+/// the SNI name it sent, and its verified client certificate.
 #[derive(Debug)]
-pub struct Sni(pub String);
+pub struct Peer {
+    pub sni: Option<String>,
+    pub client_cert: Option<ClientCert>,
+}
 
-/// Records each connection's SNI name after the handshake (for the access log).
-pub struct RecordSni;
+/// Records each connection's [`Peer`] after the handshake.
+pub struct RecordPeer;
 
 #[async_trait::async_trait]
-impl pingora::listeners::TlsAccept for RecordSni {
+impl pingora::listeners::TlsAccept for RecordPeer {
     async fn handshake_complete_callback(
         &self,
         tls: &pingora::protocols::tls::TlsRef,
     ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
-        let name = tls.server_name()?;
-        Some(Arc::new(Sni(name.to_string())))
+        // The listener's verifier has checked any certificate a client sent.
+        let client_cert = tls.peer_certificate_der().and_then(ClientCert::describe);
+        let sni = tls.server_name().map(str::to_string);
+        if sni.is_none() && client_cert.is_none() {
+            return None;
+        }
+        Some(Arc::new(Peer { sni, client_cert }))
     }
 }
 
@@ -252,13 +263,15 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// The protocol side of a TLS listener: versions and ALPN.
+/// The protocol side of a TLS listener: versions, ALPN, client certificates.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsPolicy {
     /// `min_version: "1.3"`: TLS 1.2 is refused too.
     pub tls13_only: bool,
     /// ALPN protocol ids in the server's order of preference.
     pub alpn: Vec<Vec<u8>>,
+    /// `client_auth`: clients are asked for a certificate.
+    pub client_auth: Option<ClientAuth>,
 }
 
 impl Default for TlsPolicy {
@@ -266,6 +279,7 @@ impl Default for TlsPolicy {
         TlsPolicy {
             tls13_only: false,
             alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            client_auth: None,
         }
     }
 }
@@ -369,10 +383,12 @@ fn server_config(
         &[&rustls::version::TLS13, &rustls::version::TLS12]
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(versions)?
-        .with_no_client_auth()
-        .with_cert_resolver(resolver);
+    let builder = ServerConfig::builder_with_provider(provider).with_protocol_versions(versions)?;
+    let builder = match &policy.client_auth {
+        Some(auth) => builder.with_client_cert_verifier(auth.verifier.clone()),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(resolver);
     config.alpn_protocols = policy.alpn.clone();
     config.ticketer = ticketer.clone();
     config.session_storage = sessions.clone();

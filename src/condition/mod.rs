@@ -55,6 +55,10 @@ pub enum Test {
     PathPrefix(String),
     MethodIs(String),
     Source(Vec<IpNet>),
+    /// The verified client certificate's subject (RFC 4514) equals this.
+    ClientCertIs(String),
+    /// The verified client certificate's subject contains this.
+    ClientCertContains(Needle),
     Acl(Acl),
 }
 
@@ -159,6 +163,8 @@ impl Test {
             Test::Source(nets) => r
                 .client
                 .is_some_and(|ip| nets.iter().any(|n| n.contains(&ip))),
+            Test::ClientCertIs(v) => r.client_cert == Some(v.as_str()),
+            Test::ClientCertContains(v) => r.client_cert.is_some_and(|s| v.found_in(s.as_bytes())),
             Test::Acl(acl) => acl.eval(r),
         }
     }
@@ -391,6 +397,40 @@ mod tests {
         assert!(r.eval("has cookie c0"));
         assert!(r.eval("cookie c39 has v39"), "beyond the in-place jar");
         assert!(!r.eval("has cookie c40"));
+    }
+
+    #[test]
+    fn client_cert_subject() {
+        let headers = HeaderMap::new();
+        let eval = |cond: &str, subject: Option<&str>| {
+            let mut r = Request::new(b"h", "/", "GET", &headers, None);
+            r.client_cert = subject;
+            parse(cond)
+                .unwrap_or_else(|e| panic!("{cond}: {e}"))
+                .eval(&r)
+        };
+        let alice = Some("CN=alice,O=Example");
+        assert!(eval("ccs == 'CN=alice,O=Example'", alice));
+        assert!(eval("client-cert-subject is \"CN=alice,O=Example\"", alice));
+        assert!(!eval("ccs == 'CN=alice'", alice), "== is the whole subject");
+        assert!(eval("ccs contains 'O=Example'", alice));
+        assert!(eval("CCS has alice", alice));
+        assert!(!eval("ccs misses 'CN=alice'", alice));
+        assert!(eval("ccs != 'CN=bob'", alice));
+        let e = parse("ccs == CN=alice").unwrap_err();
+        assert!(e.message.contains("quote"), "{e}");
+        // No certificate: nothing matches, negations do.
+        assert!(!eval("ccs contains CN", None));
+        assert!(eval("ccs misses CN", None));
+        assert!(eval("not ccs == x", None));
+        assert!(parse("ccs ~ x")
+            .unwrap_err()
+            .message
+            .contains("expected an operator"));
+        assert!(parse("ccs ==")
+            .unwrap_err()
+            .message
+            .contains("certificate subject"));
     }
 
     fn error_column(cond: &str) -> (usize, String) {

@@ -449,10 +449,50 @@ impl Parser {
                 })?;
                 Ok(Expr::Test(Test::Source(vec![net])))
             }
+            "client-cert-subject" | "ccs" => self.client_cert(),
             _ => err(column, format!(
-                "unknown condition {w:?}: expected host, user-agent, cookie, header, path, method, source, has, misses, true, false, or a raw ACL in < >"
+                "unknown condition {w:?}: expected host, user-agent, cookie, header, path, method, source, client-cert-subject (ccs), has, misses, true, false, or a raw ACL in < >"
             )),
         }
+    }
+}
+
+impl Parser {
+    /// `ccs == V`, `ccs != V` (whole subject), `ccs contains V`, `ccs misses V`.
+    fn client_cert(&mut self) -> Result<Expr, ParseError> {
+        let column = self.column();
+        let (positive, exact) = match self.next().map(|t| t.tok) {
+            Some(Tok::Eq) => (true, true),
+            Some(Tok::NotEq) => (false, true),
+            Some(Tok::Word(w)) if w.eq_ignore_ascii_case("is") => (true, true),
+            Some(Tok::Word(w)) if w.eq_ignore_ascii_case("not") => (false, true),
+            Some(Tok::Word(w))
+                if w.eq_ignore_ascii_case("contains") || w.eq_ignore_ascii_case("has") =>
+            {
+                (true, false)
+            }
+            Some(Tok::Word(w)) if w.eq_ignore_ascii_case("misses") => (false, false),
+            _ => {
+                return err(
+                    column,
+                    "expected an operator: ==, !=, is, not, contains, has, misses",
+                )
+            }
+        };
+        let v = self.value("a certificate subject")?;
+        if let Some(t) = self.peek().filter(|t| t.tok == Tok::Eq) {
+            return err(
+                t.column,
+                "quote the subject: it contains '=' (ccs == 'CN=alice,O=Example')",
+            );
+        }
+        let test = if exact {
+            Test::ClientCertIs(v)
+        } else {
+            Test::ClientCertContains(Needle::new(&v))
+        };
+        let e = Expr::Test(test);
+        Ok(if positive { e } else { Expr::Not(Box::new(e)) })
     }
 }
 

@@ -416,6 +416,11 @@ fn read_blobs(loaded: &mut Loaded) {
             paths.push(loaded.resolve(&c.cert));
             paths.push(loaded.resolve(&c.key));
         }
+        if let Some(auth) = &tls.client_auth {
+            for f in std::iter::once(&auth.ca).chain(&auth.crl) {
+                paths.push(loaded.resolve(f));
+            }
+        }
     }
     // CA and client certificates for TLS to upstreams.
     for g in &loaded.config.gateways {

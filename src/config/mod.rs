@@ -148,6 +148,33 @@ pub struct TlsConfig {
     /// no private key on disk). An extension.
     #[serde(default)]
     pub self_signed: Vec<String>,
+    /// Client certificates (mutual TLS): the CA they must chain to, whether one is
+    /// required at the handshake, a CRL.
+    #[serde(default)]
+    pub client_auth: Option<ClientAuthConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientAuthConfig {
+    /// CA certificates (PEM) a client certificate must chain to.
+    pub ca: String,
+    #[serde(default)]
+    pub mode: ClientAuthMode,
+    /// Certificate revocation lists (PEM) from the CA.
+    #[serde(default)]
+    pub crl: Option<String>,
+}
+
+/// `required`: no handshake without a valid client certificate. `optional`: a client
+/// may send none (gateways with `client_auth: required` then answer 403); one that is
+/// sent must be valid.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuthMode {
+    #[default]
+    Required,
+    Optional,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -309,6 +336,9 @@ pub struct GatewayConfig {
     /// Header rules on the response to the client.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_headers: Option<HeaderRulesConfig>,
+    /// `required`: requests without a verified client certificate get 403.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_auth: Option<ClientAuthMode>,
     #[serde(default)]
     pub routes: IndexMap<String, RouteConfig>,
     /// The file this gateway was read from; set by the loader, never by YAML.

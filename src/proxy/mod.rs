@@ -195,7 +195,7 @@ impl ProxyHttp for Weir {
             answer::plain(session, 400, b"missing Host header\n").await?;
             return Ok(true);
         }
-        let view = request_view(req, client_ip(session));
+        let view = request_view(session);
         let selected = snapshot.select(entry, request_host(req), &view, &mut ctx.writes);
         let selected = match selected {
             Ok(s) => s,
@@ -591,7 +591,7 @@ impl ProxyHttp for Weir {
         ctx: &mut Ctx,
     ) -> Result<()> {
         let client = client_ip(session);
-        self.rewrite(session, upstream_request, ctx, client)?;
+        self.rewrite(session, upstream_request, ctx)?;
         one_content_length(upstream_request)?;
         let route = ctx.route();
         let (request_rules, response_rules) = route.map_or((None, None), |r| {
@@ -627,6 +627,7 @@ impl ProxyHttp for Weir {
             port: ctx.local_port,
         };
         forward::apply(upstream_request, &fwd)?;
+        crate::client_cert::forward(upstream_request, client_cert(session))?;
         if let Some(cx) = &ctx.trace {
             crate::trace::inject(cx, upstream_request);
         }

@@ -57,7 +57,6 @@ impl Weir {
         session: &Session,
         upstream_request: &mut RequestHeader,
         ctx: &Ctx,
-        client: Option<std::net::IpAddr>,
     ) -> Result<()> {
         let Some(snapshot) = &ctx.snapshot else {
             return Ok(());
@@ -70,7 +69,7 @@ impl Weir {
             return Ok(());
         }
         let req = session.req_header();
-        let view = request_view(req, client);
+        let view = request_view(session);
         if let Some(pq) = rewrite::apply_all(rewrites, &view, req.uri.path(), req.uri.query()) {
             match pq.parse::<http::Uri>() {
                 Ok(uri) => upstream_request.set_uri(uri),
@@ -151,7 +150,7 @@ impl Weir {
         match ctx.target()? {
             Target::Pool(pool) => {
                 let pinned = ctx.selected?.pinned.and_then(|i| pool.pinned(i, ctx.tried));
-                let view = request_view(session.req_header(), client_ip(session));
+                let view = request_view(session);
                 pinned.or_else(|| pool.pick(ctx.tried, &view)).cloned()
             }
             Target::External(ext) => ext.pick(ctx.tried),
@@ -222,7 +221,7 @@ impl Weir {
             MirrorTarget::Route(i) => match &g.routes[*i].target {
                 Target::External(e) => e,
                 Target::Pool(p) => {
-                    let view = request_view(copy.header(), None);
+                    let view = view_of(copy.header(), None);
                     return p.pick(Tried::default(), &view).map(|u| u.peer.clone());
                 }
                 _ => return None,
@@ -248,7 +247,7 @@ impl Weir {
             return false;
         };
         let req = session.req_header();
-        let view = request_view(req, client_ip(session));
+        let view = request_view(session);
         ctx.writes.clear();
         match snapshot.select(entry, request_host(req), &view, &mut ctx.writes) {
             Ok(s) if Some(s) != ctx.selected => {

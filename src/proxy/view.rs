@@ -2,6 +2,7 @@
 //! names, and the values header rules fill in; and the headers weir adds to responses.
 
 use super::Ctx;
+use crate::client_cert::ClientCert;
 use crate::condition::Request;
 use crate::forward;
 use crate::headers::{self, Headers as _};
@@ -15,11 +16,15 @@ pub(super) fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
         .map(|a| a.ip())
 }
 
-/// What conditions read of the request.
-pub(super) fn request_view<'a>(
-    req: &'a RequestHeader,
-    client: Option<std::net::IpAddr>,
-) -> Request<'a> {
+/// What routing reads of the session's request and connection.
+pub(super) fn request_view(session: &Session) -> Request<'_> {
+    let mut view = view_of(session.req_header(), client_ip(session));
+    view.client_cert = client_cert(session).map(|c| &*c.subject);
+    view
+}
+
+/// What routing reads of a request head alone.
+pub(super) fn view_of(req: &RequestHeader, client: Option<std::net::IpAddr>) -> Request<'_> {
     Request::new(
         request_host(req),
         req.uri.path(),
@@ -64,14 +69,24 @@ pub(super) fn one_content_length(req: &mut RequestHeader) -> Result<()> {
     }
 }
 
+/// What the handshake said of the client, if the connection is TLS.
+fn tls_peer(session: &Session) -> Option<&crate::tls::Peer> {
+    let tls = session.digest()?.ssl_digest.as_deref()?;
+    tls.extension.get::<crate::tls::Peer>()
+}
+
 /// The TLS version and SNI name of the connection, if it is TLS.
 pub(super) fn tls_names(session: &Session) -> (Option<&str>, Option<&str>) {
     let tls = session.digest().and_then(|d| d.ssl_digest.as_deref());
     (
         tls.map(|d| &*d.version),
-        tls.and_then(|d| d.extension.get::<crate::tls::Sni>())
-            .map(|s| s.0.as_str()),
+        tls_peer(session).and_then(|p| p.sni.as_deref()),
     )
+}
+
+/// The connection's verified client certificate, if it has one.
+pub(super) fn client_cert(session: &Session) -> Option<&ClientCert> {
+    tls_peer(session)?.client_cert.as_ref()
 }
 
 /// What header rules' templates read, for this request.

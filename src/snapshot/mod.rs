@@ -134,6 +134,8 @@ pub struct Gateway {
     pub rate: Option<Arc<crate::ratelimit::RateLimit>>,
     /// `allow` / `deny`: checked before a route is chosen.
     pub access: Option<Box<crate::access::Access>>,
+    /// `client_auth: required`: requests without a verified client certificate get 403.
+    pub client_cert: bool,
 }
 
 #[derive(Debug)]
@@ -234,6 +236,8 @@ pub enum Refusal {
     NoRoute,
     /// The gateway's `allow`/`deny` lists refuse the client: 403.
     Forbidden,
+    /// The gateway requires a verified client certificate and there is none: 403.
+    NoClientCert,
 }
 
 /// The outcome of routing: the gateway and route that take the request.
@@ -313,6 +317,9 @@ impl Snapshot {
             let g = &self.gateways[gateway];
             if g.access.as_ref().is_some_and(|a| !a.admits(req.client)) {
                 return Err(Refusal::Forbidden);
+            }
+            if g.client_cert && req.client_cert.is_none() {
+                return Err(Refusal::NoClientCert);
             }
             let (route, pinned) = match g.stuck_route(req) {
                 Some(found) => found,
@@ -547,6 +554,7 @@ pub struct GatewayParts {
     pub tcp: bool,
     pub rate: Option<Arc<crate::ratelimit::RateLimit>>,
     pub access: Option<Box<crate::access::Access>>,
+    pub client_cert: bool,
 }
 
 impl Gateway {
@@ -571,6 +579,7 @@ impl Gateway {
             hsts: parts.hsts,
             rate: parts.rate,
             access: parts.access,
+            client_cert: parts.client_cert,
         }
     }
 

@@ -154,6 +154,12 @@ impl Builder<'_> {
             }
             policy.alpn = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
         }
+        if let Some(auth) = &t.client_auth {
+            match self.client_auth(auth) {
+                Ok(compiled) => policy.client_auth = Some(compiled),
+                Err(e) => self.main_error(scope, e),
+            }
+        }
         let mut certs = Vec::new();
         for c in &t.certificates {
             match self.certificate(&c.cert, &c.key) {
@@ -188,16 +194,76 @@ impl Builder<'_> {
         })
     }
 
+    /// Whether a gateway requires a verified client certificate (`client_auth:
+    /// required`); one of the listeners that carry it must ask clients for one.
+    pub(super) fn client_cert_required(
+        &mut self,
+        gw: &crate::config::GatewayConfig,
+        listeners: &[Listener],
+        mask: u64,
+        scope: &str,
+    ) -> bool {
+        if gw.client_auth != Some(crate::config::ClientAuthMode::Required) {
+            return false;
+        }
+        let asks = listeners.iter().enumerate().any(|(i, l)| {
+            i < 64
+                && mask & (1 << i) != 0
+                && l.tls
+                    .as_ref()
+                    .is_some_and(|t| t.policy.client_auth.is_some())
+        });
+        if !asks {
+            self.error(
+                gw,
+                scope,
+                "client_auth: required, but no listener carrying this gateway asks for client certificates (set tls.client_auth on one)",
+            );
+        }
+        true
+    }
+
+    /// A file the loader read, or what kept it from being read (naming the file).
+    pub(super) fn blob(&self, path: &Path) -> Result<Arc<[u8]>, String> {
+        match self.loaded.blobs.get(path) {
+            Some(Ok(bytes)) => Ok(bytes.clone()),
+            Some(Err(e)) => Err(format!("{}: {e}", path.display())),
+            None => Err(format!("{}: not read", path.display())),
+        }
+    }
+
     /// A certificate and key from the files the loader read.
     pub(super) fn certificate(&self, cert: &str, key: &str) -> Result<crate::tls::Loaded, String> {
         let (cert_path, key_path) = (self.loaded.resolve(cert), self.loaded.resolve(key));
-        let blob = |path: &Path, what: &str| match self.loaded.blobs.get(path) {
-            Some(Ok(bytes)) => Ok(bytes.clone()),
-            Some(Err(e)) => Err(format!("{what} {}: {e}", path.display())),
-            None => Err(format!("{what} {}: not read", path.display())),
-        };
-        let cert_pem = blob(&cert_path, "certificate")?;
-        let key_pem = blob(&key_path, "key")?;
+        let cert_pem = self
+            .blob(&cert_path)
+            .map_err(|e| format!("certificate {e}"))?;
+        let key_pem = self.blob(&key_path).map_err(|e| format!("key {e}"))?;
         crate::tls::parse_pair(&cert_path, &cert_pem, &key_path, &key_pem)
+    }
+
+    /// A listener's `client_auth`: its CA (and CRL) compiled into a verifier.
+    fn client_auth(
+        &self,
+        auth: &crate::config::ClientAuthConfig,
+    ) -> Result<crate::client_cert::ClientAuth, String> {
+        let ca_path = self.loaded.resolve(&auth.ca);
+        let ca = self
+            .blob(&ca_path)
+            .map_err(|e| format!("client_auth.ca {e}"))?;
+        let crl_path = auth.crl.as_ref().map(|c| self.loaded.resolve(c));
+        let crl = match &crl_path {
+            Some(p) => Some((
+                p.as_path(),
+                self.blob(p).map_err(|e| format!("client_auth.crl {e}"))?,
+            )),
+            None => None,
+        };
+        let required = auth.mode == crate::config::ClientAuthMode::Required;
+        crate::client_cert::ClientAuth::new(
+            (&ca_path, &ca),
+            crl.as_ref().map(|(p, b)| (*p, &b[..])),
+            required,
+        )
     }
 }

@@ -66,6 +66,7 @@ pub fn build(loaded: &Loaded, inputs: &Inputs) -> Result<Snapshot, Diagnostics> 
         let scope = format!("gateway {:?}", gw.name);
         b.refuse_unsupported_gateway(gw, &scope);
         let listener_mask = b.listener_mask(gw, &listeners, &scope);
+        let client_cert = b.client_cert_required(gw, &listeners, listener_mask, &scope);
         for host in &gw.virtual_hosts {
             match normalize_pattern(host) {
                 Ok(pattern) => {
@@ -121,6 +122,7 @@ pub fn build(loaded: &Loaded, inputs: &Inputs) -> Result<Snapshot, Diagnostics> 
                 listener_mask,
                 port,
                 tcp: is_tcp(gw),
+                client_cert,
             },
             routes,
         ));

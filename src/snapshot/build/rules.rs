@@ -42,6 +42,9 @@ impl Builder<'_> {
         if gw.basic_auth.is_some() || gw.compression.is_some() {
             refuse(self, "basic_auth or compression (they are HTTP)");
         }
+        if gw.client_auth.is_some() {
+            refuse(self, "client_auth (a TCP gateway does not terminate TLS)");
+        }
         if gw.request_headers.is_some() || gw.response_headers.is_some() {
             refuse(self, "header rules (request_headers, response_headers)");
         }

@@ -49,18 +49,9 @@ impl Builder<'_> {
         }
     }
 
-    fn blob(&self, file: &str) -> Result<Arc<[u8]>, String> {
-        let path = self.loaded.resolve(file);
-        match self.loaded.blobs.get(&path) {
-            Some(Ok(b)) => Ok(b.clone()),
-            Some(Err(e)) => Err(format!("{}: {e}", path.display())),
-            None => Err(format!("{}: was not read", path.display())),
-        }
-    }
-
     /// The certificates of a PEM file, each checked to parse as X.509.
     fn pem_certs(&self, file: &str) -> Result<Vec<Vec<u8>>, String> {
-        let pem = self.blob(file)?;
+        let pem = self.blob(&self.loaded.resolve(file))?;
         let mut out = Vec::new();
         for cert in rustls_pemfile::certs(&mut &pem[..]) {
             let der = cert.map_err(|e| format!("{file}: {e}"))?;
@@ -76,7 +67,7 @@ impl Builder<'_> {
 
     /// The private key of a PEM file, in a DER form rustls recognises.
     fn pem_key(&self, file: &str) -> Result<Vec<u8>, String> {
-        let pem = self.blob(file)?;
+        let pem = self.blob(&self.loaded.resolve(file))?;
         let key = rustls_pemfile::private_key(&mut &pem[..])
             .map_err(|e| format!("{file}: {e}"))?
             .ok_or_else(|| format!("{file}: no private key in it"))?;
