@@ -15,7 +15,7 @@
 //!    watcher, `SIGHUP`, DNS refreshes and the admin API all go through it.
 //! 5. **Requests.** `server` assembles Pingora; `accept` takes each connection
 //!    (`connlimit`, PROXY header via `proxy_protocol`, TLS via `tls`, client
-//!    certificates via `client_cert`) and runs HTTP/1
+//!    certificates via `client_cert`, OCSP staples from `ocsp`) and runs HTTP/1
 //!    connections through `guard`, which holds each request to `framing`; `proxy` is
 //!    the `ProxyHttp` implementation reading one snapshot per request, with `answer` for
 //!    what weir answers itself, `ratelimit`, `forward` for forwarding headers, `headers` for
@@ -55,6 +55,7 @@ pub(crate) mod lifecycle;
 pub(crate) mod master;
 pub(crate) mod metrics;
 pub(crate) mod mirror;
+pub(crate) mod ocsp;
 pub(crate) mod outlier;
 pub mod prepare;
 pub(crate) mod probe;

@@ -55,6 +55,7 @@ pub struct Metrics {
     pub(crate) cert_expiry: GaugeVec,
     pub(crate) reloads: IntCounterVec,
     pub(crate) last_reload: Gauge,
+    pub(crate) ocsp: IntCounterVec,
     pub(crate) unresolved: IntGauge,
 }
 
@@ -250,6 +251,12 @@ impl Metrics {
                 &["result"],
             ),
             last_reload,
+            ocsp: counter(
+                &r,
+                "weir_ocsp_refreshes_total",
+                "OCSP answers fetched for stapling, by result (ok: checked and stapled).",
+                &["result"],
+            ),
             registry: r,
         }
     }
@@ -398,6 +405,14 @@ pub fn start(listeners: &[String]) {
 /// Records the time of the first successful load.
 pub fn loaded(unix_time: u64) {
     metrics().last_reload.set(unix_time as f64);
+}
+
+/// Counts an OCSP answer fetched and kept (`ok`) or not (`error`).
+pub fn ocsp(ok: bool) {
+    metrics()
+        .ocsp
+        .with_label_values(&[if ok { "ok" } else { "error" }])
+        .inc();
 }
 
 /// Counts a reload attempt.

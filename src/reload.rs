@@ -88,6 +88,8 @@ pub struct Reloader {
     /// The handshake side of each TLS listener bound at start; a reload hands each its
     /// new certificates and policy.
     pub tls: Vec<Arc<TlsEndpoint>>,
+    /// Keeps the OCSP staples of `ocsp_stapling` listeners fresh.
+    stapler: Arc<crate::ocsp::Stapler>,
     /// Serialises reloads; holds what was last applied.
     applied: Mutex<Arc<Loaded>>,
 }
@@ -121,7 +123,10 @@ impl Reloader {
         let snapshot = join_live_state(snapshot, None, &health);
         snapshot.refresh_health();
         health.prune();
+        let stapler = Arc::new(crate::ocsp::Stapler::default());
+        staple(&stapler, &snapshot);
         Ok(Reloader {
+            stapler,
             tls,
             startup,
             path,
@@ -218,6 +223,7 @@ impl Reloader {
         next.carry_over(&old);
         next.refresh_health();
         self.note_restart_changes(&next.startup);
+        staple(&self.stapler, &next);
         for endpoint in &self.tls {
             let Some(t) = next
                 .listeners
@@ -371,6 +377,13 @@ fn join_live_state(
     }
     next.unrouted = RouteMetrics::bind("", "");
     next
+}
+
+/// Hands the stapled certificates of every listener their staples.
+fn staple(stapler: &Arc<crate::ocsp::Stapler>, snapshot: &Snapshot) {
+    for t in snapshot.listeners.iter().filter_map(|l| l.tls.as_ref()) {
+        stapler.attach(t.stapled.iter().map(|(l, s)| (&l.staple, &l.key, s)));
+    }
 }
 
 /// A rate limit whose settings did not change keeps its buckets across a reload.

@@ -43,6 +43,18 @@ pub struct Loaded {
     pub ecdsa: bool,
     /// `rsa`, `ecdsa` or `ed25519` (for metrics).
     pub key_type: &'static str,
+    /// Its OCSP staple, on a listener with `ocsp_stapling` (set when applied).
+    pub staple: crate::ocsp::Slot,
+}
+
+impl Loaded {
+    /// The key a handshake gets: with the OCSP answer when one is stapled.
+    pub fn certified(&self) -> Arc<CertifiedKey> {
+        self.staple
+            .get()
+            .and_then(|s| s.certified())
+            .unwrap_or_else(|| self.key.clone())
+    }
 }
 
 fn key_type(a: SignatureAlgorithm) -> &'static str {
@@ -103,6 +115,7 @@ pub fn parse_pair(
         not_after,
         ecdsa,
         key_type,
+        staple: Default::default(),
     })
 }
 
@@ -153,6 +166,7 @@ pub fn self_signed(names: &[String]) -> Result<Arc<Loaded>, String> {
         key: Arc::new(CertifiedKey::new(vec![der], signing)),
         names: cert_names,
         not_after,
+        staple: Default::default(),
     });
     Ok(loaded)
 }
@@ -259,7 +273,7 @@ impl ResolvesServerCert for SniResolver {
         let store = self.store.load();
         store
             .pick(hello.server_name(), ecdsa_ok)
-            .map(|c| c.key.clone())
+            .map(|c| c.certified())
     }
 }
 

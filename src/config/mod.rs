@@ -152,6 +152,9 @@ pub struct TlsConfig {
     /// required at the handshake, a CRL.
     #[serde(default)]
     pub client_auth: Option<ClientAuthConfig>,
+    /// Staple OCSP answers from each certificate's responder in handshakes.
+    #[serde(default)]
+    pub ocsp_stapling: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

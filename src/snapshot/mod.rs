@@ -81,6 +81,8 @@ pub struct TlsListener {
     pub store: Arc<crate::tls::CertStore>,
     pub certs: Vec<Arc<crate::tls::Loaded>>,
     pub policy: crate::tls::TlsPolicy,
+    /// `ocsp_stapling`: the certificates to staple, with where to ask.
+    pub stapled: Vec<(Arc<crate::tls::Loaded>, Arc<crate::ocsp::Source>)>,
 }
 
 /// Settings from `defaults:`.

@@ -17,6 +17,11 @@ pub fn openssl(args: &[&str]) {
 
 /// A private test CA: `ca.pem`, `ca.key` in `dir`.
 pub fn ca(dir: &Path) {
+    self_signed(dir, "ca", "weir test CA");
+}
+
+/// A self-signed RSA certificate `/CN=cn`: `file.pem`, `file.key` in `dir`.
+pub fn self_signed(dir: &Path, file: &str, cn: &str) {
     let d = |f: &str| dir.join(f).to_string_lossy().into_owned();
     openssl(&[
         "req",
@@ -25,13 +30,13 @@ pub fn ca(dir: &Path) {
         "rsa:2048",
         "-nodes",
         "-keyout",
-        &d("ca.key"),
+        &d(&format!("{file}.key")),
         "-out",
-        &d("ca.pem"),
+        &d(&format!("{file}.pem")),
         "-days",
         "30",
         "-subj",
-        "/CN=weir test CA",
+        &format!("/CN={cn}"),
     ]);
 }
 

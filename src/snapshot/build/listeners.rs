@@ -187,10 +187,16 @@ impl Builder<'_> {
         if certs.len() != total {
             return None;
         }
+        let stapled = if t.ocsp_stapling {
+            self.ocsp_sources(scope, &certs)
+        } else {
+            Vec::new()
+        };
         Some(TlsListener {
             store: Arc::new(crate::tls::CertStore::new(&certs, t.default_certificate)),
             certs,
             policy,
+            stapled,
         })
     }
 
@@ -221,6 +227,32 @@ impl Builder<'_> {
             );
         }
         true
+    }
+
+    /// Where each certificate's OCSP answers come from; a certificate without a
+    /// responder or an issuer is served unstapled, with a warning.
+    fn ocsp_sources(
+        &mut self,
+        scope: &str,
+        certs: &[Arc<crate::tls::Loaded>],
+    ) -> Vec<(Arc<crate::tls::Loaded>, Arc<crate::ocsp::Source>)> {
+        let mut out = Vec::new();
+        for c in certs {
+            match crate::ocsp::Source::of(&c.key.cert) {
+                Ok(source) => out.push((c.clone(), Arc::new(source))),
+                Err(e) => self.warnings.push(
+                    crate::diag::Diagnostic::new(
+                        self.main,
+                        format!(
+                            "ocsp_stapling: certificate for {:?} is not stapled: {e}",
+                            c.names.first().map_or("", String::as_str)
+                        ),
+                    )
+                    .scoped(scope),
+                ),
+            }
+        }
+        out
     }
 
     /// A file the loader read, or what kept it from being read (naming the file).
