@@ -32,15 +32,18 @@ pub async fn refuse(session: &mut Session, r: Refusal) -> Result<bool> {
 /// all: an edge need not say what it runs). The connection closes after it, as after
 /// any error Pingora answers.
 pub async fn plain(session: &mut Session, code: u16, body: &'static [u8]) -> Result<()> {
+    text(session, code, Bytes::from_static(body)).await
+}
+
+/// A plain-text answer from weir, not cached.
+pub async fn text(session: &mut Session, code: u16, body: Bytes) -> Result<()> {
     let mut resp = pingora::http::ResponseHeader::build(code, Some(4))?;
     if !body.is_empty() {
         resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
     }
     resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
     resp.insert_header(http::header::CACHE_CONTROL, "private, no-store")?;
-    session
-        .write_error_response(resp, Bytes::from_static(body))
-        .await
+    session.write_error_response(resp, body).await
 }
 
 /// 401 with the basic auth challenge.

@@ -93,6 +93,13 @@ pub fn render(snapshot: &Snapshot) -> Vec<u8> {
                 .set(c.not_after as f64);
         }
     }
+    for (listener, issued) in crate::acme::all_certs() {
+        for (name, c) in issued.load().iter() {
+            m.cert_expiry
+                .with_label_values(&[&listener, name, c.key_type])
+                .set(c.not_after as f64);
+        }
+    }
     let mut out = Vec::new();
     if let Err(e) = TextEncoder::new().encode(&m.registry.gather(), &mut out) {
         log::error!("encoding metrics: {e}");

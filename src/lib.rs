@@ -15,7 +15,9 @@
 //!    watcher, `SIGHUP`, DNS refreshes and the admin API all go through it.
 //! 5. **Requests.** `server` assembles Pingora; `accept` takes each connection
 //!    (`connlimit`, PROXY header via `proxy_protocol`, TLS via `tls`, client
-//!    certificates via `client_cert`, OCSP staples from `ocsp`) and runs HTTP/1
+//!    certificates via `client_cert`, OCSP staples from `ocsp`,
+//!    certificates issued by `acme`, whose
+//!    challenges `challenge` answers) and runs HTTP/1
 //!    connections through `guard`, which holds each request to `framing`; `proxy` is
 //!    the `ProxyHttp` implementation reading one snapshot per request, with `answer` for
 //!    what weir answers itself, `ratelimit`, `forward` for forwarding headers, `headers` for
@@ -32,10 +34,12 @@
 pub(crate) mod accept;
 pub(crate) mod access;
 pub(crate) mod accesslog;
+pub(crate) mod acme;
 pub(crate) mod admin;
 pub(crate) mod answer;
 pub(crate) mod auth;
 pub(crate) mod balance;
+pub(crate) mod challenge;
 pub mod cli;
 pub(crate) mod client_cert;
 pub(crate) mod compress;

@@ -56,6 +56,7 @@ pub struct Metrics {
     pub(crate) reloads: IntCounterVec,
     pub(crate) last_reload: Gauge,
     pub(crate) ocsp: IntCounterVec,
+    pub(crate) acme_orders: IntCounterVec,
     pub(crate) unresolved: IntGauge,
 }
 
@@ -257,6 +258,12 @@ impl Metrics {
                 "OCSP answers fetched for stapling, by result (ok: checked and stapled).",
                 &["result"],
             ),
+            acme_orders: counter(
+                &r,
+                "weir_acme_orders_total",
+                "ACME certificate orders, by result (ok: a certificate was issued).",
+                &["result"],
+            ),
             registry: r,
         }
     }
@@ -411,6 +418,14 @@ pub fn loaded(unix_time: u64) {
 pub fn ocsp(ok: bool) {
     metrics()
         .ocsp
+        .with_label_values(&[if ok { "ok" } else { "error" }])
+        .inc();
+}
+
+/// Counts an ACME order that gave a certificate (`ok`) or not (`error`).
+pub fn acme_order(ok: bool) {
+    metrics()
+        .acme_orders
         .with_label_values(&[if ok { "ok" } else { "error" }])
         .inc();
 }

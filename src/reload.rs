@@ -11,7 +11,7 @@
 //! directory (a Kubernetes ConfigMap's `..data`); anything else written in the same
 //! directories is ignored.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -90,6 +90,8 @@ pub struct Reloader {
     pub tls: Vec<Arc<TlsEndpoint>>,
     /// Keeps the OCSP staples of `ocsp_stapling` listeners fresh.
     stapler: Arc<crate::ocsp::Stapler>,
+    /// Issues the certificates of `acme` listeners, by listener.
+    acme: Mutex<HashMap<Arc<str>, Arc<crate::acme::Manager>>>,
     /// Serialises reloads; holds what was last applied.
     applied: Mutex<Arc<Loaded>>,
 }
@@ -125,8 +127,11 @@ impl Reloader {
         health.prune();
         let stapler = Arc::new(crate::ocsp::Stapler::default());
         staple(&stapler, &snapshot);
+        let acme = Mutex::new(HashMap::new());
+        manage_acme(&acme, &tls, &snapshot);
         Ok(Reloader {
             stapler,
+            acme,
             tls,
             startup,
             path,
@@ -224,6 +229,7 @@ impl Reloader {
         next.refresh_health();
         self.note_restart_changes(&next.startup);
         staple(&self.stapler, &next);
+        manage_acme(&self.acme, &self.tls, &next);
         for endpoint in &self.tls {
             let Some(t) = next
                 .listeners
@@ -377,6 +383,37 @@ fn join_live_state(
     }
     next.unrouted = RouteMetrics::bind("", "");
     next
+}
+
+/// Hands each TLS listener's `acme` settings to its manager, started on first use.
+fn manage_acme(
+    managers: &Mutex<HashMap<Arc<str>, Arc<crate::acme::Manager>>>,
+    endpoints: &[Arc<TlsEndpoint>],
+    snapshot: &Snapshot,
+) {
+    let mut managers = managers.lock().unwrap_or_else(|e| e.into_inner());
+    for endpoint in endpoints {
+        let settings = snapshot
+            .listeners
+            .iter()
+            .find(|l| l.name == endpoint.name)
+            .and_then(|l| l.tls.as_ref())
+            .and_then(|t| t.acme.clone());
+        if let Some(m) = managers.get(&endpoint.name) {
+            m.configure(settings);
+            continue;
+        }
+        let Some(settings) = settings else {
+            continue;
+        };
+        match crate::acme::Manager::start(endpoint.name.clone(), endpoint.issued()) {
+            Ok(m) => {
+                m.configure(Some(settings));
+                managers.insert(endpoint.name.clone(), m);
+            }
+            Err(e) => log::error!("listener {:?}: {e}", endpoint.name),
+        }
+    }
 }
 
 /// Hands the stapled certificates of every listener their staples.

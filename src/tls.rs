@@ -40,6 +40,8 @@ pub struct Loaded {
     pub names: Vec<String>,
     /// Unix time after which it is expired.
     pub not_after: i64,
+    /// Unix time from which it is valid.
+    pub not_before: i64,
     pub ecdsa: bool,
     /// `rsa`, `ecdsa` or `ed25519` (for metrics).
     pub key_type: &'static str,
@@ -104,7 +106,7 @@ pub fn parse_pair(
             cert_path.display()
         )
     })?;
-    let (names, not_after) = names_and_expiry(&chain[0])
+    let (names, not_before, not_after) = names_and_validity(&chain[0])
         .map_err(|e| format!("certificate {}: {e}", cert_path.display()))?;
     if not_after < now_unix() {
         return Err(format!("certificate {}: expired", cert_path.display()));
@@ -113,14 +115,15 @@ pub fn parse_pair(
         key: Arc::new(certified),
         names,
         not_after,
+        not_before,
         ecdsa,
         key_type,
         staple: Default::default(),
     })
 }
 
-/// The DNS names a certificate serves (SANs, else the CN) and when it expires.
-fn names_and_expiry(der: &CertificateDer) -> Result<(Vec<String>, i64), String> {
+/// The DNS names a certificate serves (SANs, else the CN) and when it is valid.
+fn names_and_validity(der: &CertificateDer) -> Result<(Vec<String>, i64, i64), String> {
     use x509_parser::prelude::*;
     let (_, cert) =
         X509Certificate::from_der(der.as_ref()).map_err(|e| format!("not X.509: {e}"))?;
@@ -140,7 +143,12 @@ fn names_and_expiry(der: &CertificateDer) -> Result<(Vec<String>, i64), String> 
                 .map(str::to_ascii_lowercase),
         );
     }
-    Ok((names, cert.validity().not_after.timestamp()))
+    let validity = cert.validity();
+    Ok((
+        names,
+        validity.not_before.timestamp(),
+        validity.not_after.timestamp(),
+    ))
 }
 
 /// Makes a self-signed certificate for `names` (a fresh key each call: callers keep it
@@ -159,13 +167,14 @@ pub fn self_signed(names: &[String]) -> Result<Arc<Loaded>, String> {
     let signing = rustls::crypto::ring::sign::any_supported_type(&key)
         .map_err(|e| format!("tls.self_signed: {e}"))?;
     let der = generated.cert.der().clone();
-    let (cert_names, not_after) = names_and_expiry(&der)?;
+    let (cert_names, not_before, not_after) = names_and_validity(&der)?;
     let loaded = Arc::new(Loaded {
         ecdsa: matches!(signing.algorithm(), SignatureAlgorithm::ECDSA),
         key_type: key_type(signing.algorithm()),
         key: Arc::new(CertifiedKey::new(vec![der], signing)),
         names: cert_names,
         not_after,
+        not_before,
         staple: Default::default(),
     });
     Ok(loaded)
@@ -203,8 +212,15 @@ impl CertStore {
         store
     }
 
-    /// The certificate for an SNI name (or none given), preferring ECDSA when offered.
-    pub fn pick(&self, sni: Option<&str>, ecdsa_ok: bool) -> Option<&Arc<Loaded>> {
+    /// The certificate for an SNI name (or none given), preferring ECDSA when offered:
+    /// a configured certificate for the exact name, else one ACME `issued` for it, else
+    /// a configured wildcard, else the default.
+    pub fn pick<'a>(
+        &'a self,
+        sni: Option<&str>,
+        ecdsa_ok: bool,
+        issued: &'a HashMap<String, Arc<Loaded>>,
+    ) -> Option<&'a Arc<Loaded>> {
         fn choose(list: &[Arc<Loaded>], ecdsa_ok: bool) -> Option<&Arc<Loaded>> {
             list.iter()
                 .find(|c| c.ecdsa && ecdsa_ok)
@@ -214,6 +230,9 @@ impl CertStore {
         if let Some(name) = sni {
             let name = name.to_ascii_lowercase();
             if let Some(c) = self.exact.get(&name).and_then(|l| choose(l, ecdsa_ok)) {
+                return Some(c);
+            }
+            if let Some(c) = issued.get(&name) {
                 return Some(c);
             }
             // A wildcard covers exactly one label.
@@ -254,10 +273,16 @@ impl pingora::listeners::TlsAccept for RecordPeer {
     }
 }
 
+/// The certificates ACME issued for one listener, by name (lower case); `acme`
+/// publishes them, the listener's resolver reads them.
+pub type Issued = ArcSwap<HashMap<String, Arc<Loaded>>>;
+
 /// Pingora's rustls listener asks this for a certificate on each handshake.
 #[derive(Debug, Default)]
 pub struct SniResolver {
     pub store: ArcSwap<CertStore>,
+    /// Certificates ACME issued for this listener (live state, not the snapshot's).
+    pub issued: Arc<Issued>,
 }
 
 impl ResolvesServerCert for SniResolver {
@@ -270,9 +295,18 @@ impl ResolvesServerCert for SniResolver {
                     | SignatureScheme::ECDSA_NISTP521_SHA512
             )
         });
+        let acme_tls = crate::challenge::ACME_TLS_ALPN;
+        if let Some(mut alpn) = hello.alpn() {
+            // TLS-ALPN-01 validation (RFC 8737): only `acme-tls/1` is offered.
+            if alpn.any(|p| p == acme_tls) {
+                let name = hello.server_name()?;
+                return crate::challenge::challenges().alpn_key(name);
+            }
+        }
         let store = self.store.load();
+        let issued = self.issued.load();
         store
-            .pick(hello.server_name(), ecdsa_ok)
+            .pick(hello.server_name(), ecdsa_ok, &issued)
             .map(|c| c.certified())
     }
 }
@@ -371,6 +405,11 @@ impl TlsEndpoint {
         Ok(())
     }
 
+    /// Where ACME publishes the certificates it issues for this listener.
+    pub fn issued(&self) -> Arc<Issued> {
+        self.resolver.issued.clone()
+    }
+
     /// The acceptor for a new connection.
     pub fn acceptor(&self) -> Arc<Acceptor> {
         self.acceptor.load_full()
@@ -429,7 +468,8 @@ mod tests {
         let wild = cert(&["*.example.org"], true);
         let other = cert(&["other.test"], true);
         let store = CertStore::new(&[exact.clone(), wild.clone(), other.clone()], Some(2));
-        let pick = |sni: Option<&str>| store.pick(sni, true).map(|c| c.names[0].clone());
+        let none = HashMap::new();
+        let pick = |sni: Option<&str>| store.pick(sni, true, &none).map(|c| c.names[0].clone());
         assert_eq!(
             pick(Some("A.Example.org")).as_deref(),
             Some("a.example.org")
@@ -443,8 +483,20 @@ mod tests {
         assert_eq!(pick(Some("nobody.test")).as_deref(), Some("other.test"));
         assert_eq!(pick(None).as_deref(), Some("other.test"));
         let strict = CertStore::new(&[exact], None);
-        assert!(strict.pick(Some("nobody.test"), true).is_none());
-        assert!(strict.pick(None, true).is_none());
+        assert!(strict.pick(Some("nobody.test"), true, &none).is_none());
+        assert!(strict.pick(None, true, &none).is_none());
+        // ACME's certificate for a name comes after a configured exact one, before
+        // wildcards and the default.
+        let acme = cert(&["b.example.org"], false);
+        let issued = HashMap::from([("b.example.org".to_string(), acme)]);
+        let named = |sni| {
+            store
+                .pick(Some(sni), true, &issued)
+                .map(|c| c.names[0].clone())
+        };
+        assert_eq!(named("b.example.org").as_deref(), Some("b.example.org"));
+        assert_eq!(named("a.example.org").as_deref(), Some("a.example.org"));
+        assert_eq!(named("c.example.org").as_deref(), Some("*.example.org"));
     }
 
     #[test]
@@ -452,7 +504,8 @@ mod tests {
         let rsa = cert(&["a.test"], false);
         let ec = cert(&["a.test"], true);
         let store = CertStore::new(&[rsa, ec], None);
-        assert!(store.pick(Some("a.test"), true).unwrap().ecdsa);
-        assert!(!store.pick(Some("a.test"), false).unwrap().ecdsa);
+        let none = HashMap::new();
+        assert!(store.pick(Some("a.test"), true, &none).unwrap().ecdsa);
+        assert!(!store.pick(Some("a.test"), false, &none).unwrap().ecdsa);
     }
 }

@@ -155,6 +155,47 @@ pub struct TlsConfig {
     /// Staple OCSP answers from each certificate's responder in handshakes.
     #[serde(default)]
     pub ocsp_stapling: bool,
+    /// Certificates issued and renewed by weir from an ACME server.
+    #[serde(default)]
+    pub acme: Option<AcmeConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeConfig {
+    /// The ACME server's directory URL.
+    pub directory: String,
+    /// Contact address for the account.
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub challenge: AcmeChallenge,
+    /// The CA the ACME server's own certificate chains to (instead of the system's).
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// Renew this long before a certificate expires.
+    #[serde(default = "default_renew_before")]
+    pub renew_before: ConfigDuration,
+    /// Account key and certificates (keys 0600).
+    #[serde(default = "default_acme_state")]
+    pub state_dir: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum AcmeChallenge {
+    #[default]
+    #[serde(rename = "http-01")]
+    Http01,
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
+}
+
+fn default_renew_before() -> ConfigDuration {
+    ConfigDuration(std::time::Duration::from_secs(30 * 86_400))
+}
+
+fn default_acme_state() -> String {
+    "/var/lib/weir/acme".to_string()
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -178,6 +178,12 @@ impl ProxyHttp for Weir {
         // What the connection is, not what the listener is now configured to be (a
         // reload cannot switch a bound listener between TLS and plain).
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        // An ACME HTTP-01 validation of a certificate weir is ordering, on any listener.
+        let path = session.req_header().uri.path();
+        if let Some(answer) = crate::challenge::challenges().http_answer(path) {
+            answer::text(session, 200, Bytes::from(answer)).await?;
+            return Ok(true);
+        }
         if let Some((to, tls_port)) = snapshot.redirect_of(entry) {
             let redirected = self.redirect(session, snapshot, to, tls_port).await;
             if !matches!(redirected, Ok(false)) {

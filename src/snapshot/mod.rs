@@ -83,6 +83,8 @@ pub struct TlsListener {
     pub policy: crate::tls::TlsPolicy,
     /// `ocsp_stapling`: the certificates to staple, with where to ask.
     pub stapled: Vec<(Arc<crate::tls::Loaded>, Arc<crate::ocsp::Source>)>,
+    /// `acme`: the certificates weir issues itself for this listener.
+    pub acme: Option<crate::acme::Settings>,
 }
 
 /// Settings from `defaults:`.

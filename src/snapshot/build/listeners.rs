@@ -135,8 +135,11 @@ impl Builder<'_> {
         scope: &str,
         t: &crate::config::TlsConfig,
     ) -> Option<TlsListener> {
-        if t.certificates.is_empty() && t.self_signed.is_empty() {
-            self.main_error(scope, "tls: no certificates (and no self_signed names)");
+        if t.certificates.is_empty() && t.self_signed.is_empty() && t.acme.is_none() {
+            self.main_error(
+                scope,
+                "tls: no certificates (and no self_signed names or acme)",
+            );
             return None;
         }
         let mut policy = crate::tls::TlsPolicy {
@@ -187,6 +190,13 @@ impl Builder<'_> {
         if certs.len() != total {
             return None;
         }
+        let acme = t.acme.as_ref().and_then(|a| self.acme_settings(scope, a));
+        if acme
+            .as_ref()
+            .is_some_and(|a| a.challenge == crate::acme::Challenge::TlsAlpn01)
+        {
+            policy.alpn.push(crate::challenge::ACME_TLS_ALPN.to_vec());
+        }
         let stapled = if t.ocsp_stapling {
             self.ocsp_sources(scope, &certs)
         } else {
@@ -197,6 +207,7 @@ impl Builder<'_> {
             certs,
             policy,
             stapled,
+            acme,
         })
     }
 

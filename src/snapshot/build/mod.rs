@@ -3,6 +3,7 @@
 //! they stand in the file). This module runs the build and holds the checks on the
 //! whole config; `listeners`, `routes` and `rules` hold the rest, by concern.
 
+mod acme;
 mod listeners;
 mod policy;
 mod routes;
@@ -50,7 +51,7 @@ pub fn build(loaded: &Loaded, inputs: &Inputs) -> Result<Snapshot, Diagnostics> 
     let config = &loaded.config;
     b.refuse_unsupported_globals(config);
     let defaults = b.defaults(config);
-    let listeners = b.listeners(config, defaults.limits);
+    let mut listeners = b.listeners(config, defaults.limits);
     let names = b.gateway_names(&config.gateways);
     let template = peer_template(&defaults);
 
@@ -127,6 +128,7 @@ pub fn build(loaded: &Loaded, inputs: &Inputs) -> Result<Snapshot, Diagnostics> 
             routes,
         ));
     }
+    b.acme_names(&mut listeners, &config.gateways, &gateways);
     b.check_chains(&config.gateways, &gateways);
     b.check_tcp_chains(&config.gateways, &gateways);
     if listeners.is_empty() && !ports.iter().any(|(_, e)| matches!(e, Entry::Dedicated(_))) {
