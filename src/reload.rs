@@ -128,7 +128,7 @@ impl Reloader {
         let stapler = Arc::new(crate::ocsp::Stapler::default());
         staple(&stapler, &snapshot);
         let acme = Mutex::new(HashMap::new());
-        manage_acme(&acme, &tls, &snapshot);
+        manage_acme(&acme, &stapler, &tls, &snapshot);
         Ok(Reloader {
             stapler,
             acme,
@@ -229,7 +229,7 @@ impl Reloader {
         next.refresh_health();
         self.note_restart_changes(&next.startup);
         staple(&self.stapler, &next);
-        manage_acme(&self.acme, &self.tls, &next);
+        manage_acme(&self.acme, &self.stapler, &self.tls, &next);
         for endpoint in &self.tls {
             let Some(t) = next
                 .listeners
@@ -388,6 +388,7 @@ fn join_live_state(
 /// Hands each TLS listener's `acme` settings to its manager, started on first use.
 fn manage_acme(
     managers: &Mutex<HashMap<Arc<str>, Arc<crate::acme::Manager>>>,
+    stapler: &Arc<crate::ocsp::Stapler>,
     endpoints: &[Arc<TlsEndpoint>],
     snapshot: &Snapshot,
 ) {
@@ -406,7 +407,8 @@ fn manage_acme(
         let Some(settings) = settings else {
             continue;
         };
-        match crate::acme::Manager::start(endpoint.name.clone(), endpoint.issued()) {
+        let issued = endpoint.issued();
+        match crate::acme::Manager::start(endpoint.name.clone(), issued, stapler.clone()) {
             Ok(m) => {
                 m.configure(Some(settings));
                 managers.insert(endpoint.name.clone(), m);

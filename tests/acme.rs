@@ -16,6 +16,8 @@ use common::*;
 struct Pebble {
     pebble: Child,
     dns: Child,
+    /// Its management port (its CA's certificates and keys).
+    admin: u16,
 }
 
 impl Drop for Pebble {
@@ -70,6 +72,11 @@ fn pebble_certificate(dir: &Path) {
 
 /// Starts Pebble on `port`, validating HTTP-01 on `http` and TLS-ALPN-01 on `tls`.
 fn pebble(dir: &Path, port: u16, http: u16, tls: u16) -> Pebble {
+    pebble_with_ocsp(dir, port, http, tls, "")
+}
+
+/// The same, naming `ocsp` as the OCSP responder in the certificates it issues.
+fn pebble_with_ocsp(dir: &Path, port: u16, http: u16, tls: u16, ocsp: &str) -> Pebble {
     let (dns_port, dns_admin, admin) = (free_port(), free_port(), free_port());
     let dns = Command::new("pebble-challtestsrv")
         .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
@@ -84,7 +91,7 @@ fn pebble(dir: &Path, port: u16, http: u16, tls: u16) -> Pebble {
     let json = format!(
         r#"{{"pebble": {{"listenAddress": "127.0.0.1:{port}", "managementListenAddress": "127.0.0.1:{admin}",
   "certificate": "{}", "privateKey": "{}", "httpPort": {http}, "tlsPort": {tls},
-  "ocspResponderURL": "", "externalAccountBindingRequired": false}}}}"#,
+  "ocspResponderURL": "{ocsp}", "externalAccountBindingRequired": false}}}}"#,
         dir.join("pebble.pem").display(),
         dir.join("pebble.key").display()
     );
@@ -104,7 +111,7 @@ fn pebble(dir: &Path, port: u16, http: u16, tls: u16) -> Pebble {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     });
     assert!(up, "pebble listens");
-    Pebble { pebble, dns }
+    Pebble { pebble, dns, admin }
 }
 
 /// The issuer CN and serial of the certificate served for `name`, or None when the
@@ -160,6 +167,11 @@ fn ports() -> Ports {
 
 /// weir with an ACME listener for a.test and b.test (a self-signed default until then).
 fn weir(dir: &Path, p: &Ports, challenge: &str) -> Weir {
+    weir_with(dir, p, challenge, "")
+}
+
+/// The same, with `tls_lines` added to the listener's `tls:`.
+fn weir_with(dir: &Path, p: &Ports, challenge: &str, tls_lines: &str) -> Weir {
     let yaml = format!(
         "admin: {{ bind: \"127.0.0.1:{}\" }}
 listeners:
@@ -169,7 +181,7 @@ listeners:
     tls:
       self_signed: [fallback.test]
       default_certificate: 0
-      acme:
+{tls_lines}      acme:
         directory: \"https://127.0.0.1:{}/dir\"
         email: ops@example.test
         challenge: {challenge}
@@ -251,6 +263,43 @@ fn http01_issues_renews_and_restart_reuses_the_stored_certificates() {
     assert_eq!(from_pebble(p.https, "b.test"), b);
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(orders(p.admin, "ok") + orders(p.admin, "error"), 0.0);
+}
+
+#[test]
+fn acme_certificates_get_ocsp_staples() {
+    let dir = tempfile::tempdir().unwrap();
+    pebble_certificate(dir.path());
+    let p = ports();
+    // The responder signs for Pebble's intermediate CA with its own key.
+    let responder = Responder::start(dir.path(), "pebble-int", "pebble-int", true);
+    let url = format!("http://127.0.0.1:{}/", responder.port);
+    let server = pebble_with_ocsp(dir.path(), p.acme, p.http, p.https, &url);
+    for (path, file) in [
+        ("intermediates/0", "pebble-int.pem"),
+        ("intermediate-keys/0", "pebble-int.key"),
+    ] {
+        let out = Command::new("curl")
+            .args(["-sfk", "-o"])
+            .arg(dir.path().join(file))
+            .arg(format!("https://127.0.0.1:{}/{path}", server.admin))
+            .status()
+            .unwrap();
+        assert!(out.success(), "pebble's {path}");
+    }
+    let w = weir_with(dir.path(), &p, "http-01", "      ocsp_stapling: true\n");
+    let stapled = within(Duration::from_secs(60), || {
+        let out = Command::new("openssl")
+            .args(["s_client", "-connect", &format!("127.0.0.1:{}", p.https)])
+            .args(["-servername", "a.test", "-status"])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.contains("Pebble") && text.contains("Cert Status: good")
+    });
+    assert!(stapled, "the ACME certificate is stapled: {}", w.log());
+    assert!(responder.asked.load(std::sync::atomic::Ordering::Relaxed) >= 1);
 }
 
 #[test]

@@ -5,140 +5,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::thread;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
 
 const SERIAL: u64 = 0x1A2B;
-
-/// An OCSP responder: HTTP on loopback, answers made by `openssl ocsp`.
-struct Responder {
-    port: u16,
-    asked: Arc<AtomicUsize>,
-    up: Arc<AtomicBool>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Responder {
-    /// Answers from `index` (an openssl CA index), signed by `signer` (`.pem`, `.key`).
-    fn start(dir: &Path, signer: &str) -> Responder {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        listener.set_nonblocking(true).unwrap();
-        let (asked, up, stop) = (
-            Arc::new(AtomicUsize::new(0)),
-            Arc::new(AtomicBool::new(true)),
-            Arc::new(AtomicBool::new(false)),
-        );
-        let (a, u, s) = (asked.clone(), up.clone(), stop.clone());
-        let dir = dir.to_path_buf();
-        let signer = signer.to_string();
-        thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((conn, _)) => {
-                        conn.set_nonblocking(false).unwrap();
-                        a.fetch_add(1, Ordering::Relaxed);
-                        if u.load(Ordering::Relaxed) {
-                            answer(conn, &dir, &signer);
-                        }
-                        // Down: the connection is closed unanswered.
-                    }
-                    Err(_) => thread::sleep(Duration::from_millis(20)),
-                }
-            }
-        });
-        Responder {
-            port,
-            asked,
-            up,
-            stop,
-        }
-    }
-}
-
-impl Drop for Responder {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Reads one POSTed OCSP request and answers it with what `openssl ocsp` says.
-fn answer(conn: std::net::TcpStream, dir: &Path, signer: &str) {
-    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut reader = BufReader::new(conn);
-    let mut length = 0usize;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        if let Some((k, v)) = line.split_once(':') {
-            if k.eq_ignore_ascii_case("content-length") {
-                length = v.trim().parse().unwrap_or(0);
-            }
-        }
-        if line == "\r\n" {
-            break;
-        }
-    }
-    let mut body = vec![0; length];
-    if reader.read_exact(&mut body).is_err() {
-        return;
-    }
-    let n = std::process::id() as u64 ^ fastrand();
-    let (req, resp) = (
-        dir.join(format!("req{n}.der")),
-        dir.join(format!("resp{n}.der")),
-    );
-    std::fs::write(&req, &body).unwrap();
-    let d = |f: &str| dir.join(f);
-    let status = Command::new("openssl")
-        .args(["ocsp", "-index"])
-        .arg(d("index.txt"))
-        .arg("-CA")
-        .arg(d("ca.pem"))
-        .arg("-rsigner")
-        .arg(d(&format!("{signer}.pem")))
-        .arg("-rkey")
-        .arg(d(&format!("{signer}.key")))
-        .arg("-reqin")
-        .arg(&req)
-        .arg("-respout")
-        .arg(&resp)
-        .args(["-ndays", "1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("run openssl ocsp");
-    let der = if status.success() {
-        std::fs::read(&resp).unwrap_or_default()
-    } else {
-        Vec::new()
-    };
-    let mut conn = reader.into_inner();
-    let _ = write!(
-        conn,
-        "HTTP/1.1 200 OK\r\ncontent-type: application/ocsp-response\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-        der.len()
-    );
-    let _ = conn.write_all(&der);
-}
-
-fn fastrand() -> u64 {
-    use std::time::SystemTime;
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-}
 
 /// The server certificate `a.pem` (with the CA after it) naming the responder on
 /// `port`, and an index saying it is valid (`V`) or revoked (`R`).
@@ -277,7 +151,7 @@ impl Edge {
 fn a_good_answer_is_stapled() {
     let dir = tempfile::tempdir().unwrap();
     ca(dir.path());
-    let responder = Responder::start(dir.path(), "ca");
+    let responder = Responder::start(dir.path(), "ca", "ca", false);
     certificate(dir.path(), responder.port, 'V');
     let e = edge(dir);
     assert!(
@@ -336,7 +210,7 @@ fn a_responder_the_issuer_delegated_to_is_trusted() {
         "-extfile",
         &d("delegate.ext"),
     ]);
-    let responder = Responder::start(dir.path(), "delegate");
+    let responder = Responder::start(dir.path(), "ca", "delegate", false);
     certificate(dir.path(), responder.port, 'V');
     let e = edge(dir);
     assert!(
@@ -351,7 +225,7 @@ fn a_responder_the_issuer_delegated_to_is_trusted() {
 fn a_responder_that_is_down_never_blocks_handshakes() {
     let dir = tempfile::tempdir().unwrap();
     ca(dir.path());
-    let responder = Responder::start(dir.path(), "ca");
+    let responder = Responder::start(dir.path(), "ca", "ca", false);
     responder.up.store(false, Ordering::Relaxed);
     certificate(dir.path(), responder.port, 'V');
     let e = edge(dir);
@@ -377,7 +251,7 @@ fn revoked_or_badly_signed_answers_are_not_stapled() {
         ca(dir.path());
         // A self-signed certificate the CA never authorised to answer for it.
         self_signed(dir.path(), "impostor", "impostor");
-        let responder = Responder::start(dir.path(), signer);
+        let responder = Responder::start(dir.path(), "ca", signer, false);
         certificate(dir.path(), responder.port, status);
         let e = edge(dir);
         assert!(

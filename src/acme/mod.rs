@@ -45,6 +45,8 @@ pub struct Settings {
     pub state_dir: PathBuf,
     /// The names to hold certificates for, sorted.
     pub names: Vec<String>,
+    /// The listener staples OCSP answers: ACME's certificates get them too.
+    pub ocsp_stapling: bool,
 }
 
 pub use crate::tls::Issued as Certs;
@@ -74,16 +76,23 @@ pub struct Manager {
     listener: Arc<str>,
     settings: Mutex<Option<Settings>>,
     certs: Arc<Certs>,
+    stapler: Arc<crate::ocsp::Stapler>,
     wake: Arc<Notify>,
 }
 
 impl Manager {
-    /// Starts the manager of `listener`, publishing into `certs`.
-    pub fn start(listener: Arc<str>, certs: Arc<Certs>) -> Result<Arc<Manager>, String> {
+    /// Starts the manager of `listener`, publishing into `certs` (with OCSP staples
+    /// from `stapler` when the listener staples).
+    pub fn start(
+        listener: Arc<str>,
+        certs: Arc<Certs>,
+        stapler: Arc<crate::ocsp::Stapler>,
+    ) -> Result<Arc<Manager>, String> {
         let manager = Arc::new(Manager {
             listener: listener.clone(),
             settings: Mutex::new(None),
             certs: certs.clone(),
+            stapler,
             wake: Arc::new(Notify::new()),
         });
         let weak = Arc::downgrade(&manager);
@@ -132,13 +141,17 @@ async fn run(manager: Weak<Manager>) {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let (wake, certs, listener) = (me.wake.clone(), me.certs.clone(), me.listener.clone());
+        let (wake, listener) = (me.wake.clone(), me.listener.clone());
+        let out = Out {
+            certs: me.certs.clone(),
+            stapler: me.stapler.clone(),
+        };
         drop(me);
         let next = match settings {
-            Some(s) => step(&listener, &s, &mut account, &mut names, &certs).await,
+            Some(s) => step(&listener, &s, &mut account, &mut names, &out).await,
             None => {
                 names.clear();
-                certs.store(Arc::default());
+                out.certs.store(Arc::default());
                 Instant::now() + MAX_WAIT
             }
         };
@@ -155,7 +168,7 @@ async fn step(
     s: &Settings,
     account: &mut Option<(Settings, Account)>,
     names: &mut HashMap<String, Name>,
-    certs: &Certs,
+    out: &Out,
 ) -> Instant {
     let store = Store::new(&s.state_dir);
     names.retain(|n, _| s.names.contains(n));
@@ -166,7 +179,7 @@ async fn step(
             failures: 0,
         });
     }
-    publish(certs, names);
+    out.publish(s, names);
     let mut next = Instant::now() + MAX_WAIT;
     for name in &s.names {
         let Some(n) = names.get_mut(name) else {
@@ -186,7 +199,7 @@ async fn step(
                 crate::metrics::acme_order(true);
                 n.cert = Some(loaded);
                 n.failures = 0;
-                publish(certs, names);
+                out.publish(s, names);
             }
             Err(e) => {
                 crate::metrics::acme_order(false);
@@ -297,13 +310,32 @@ fn stored(store: &Store, name: &str) -> Option<Arc<Loaded>> {
     }
 }
 
-/// Publishes the certificates held to the listener's resolver.
-fn publish(certs: &Certs, names: &HashMap<String, Name>) {
-    let map: HashMap<String, Arc<Loaded>> = names
-        .iter()
-        .filter_map(|(n, s)| Some((n.clone(), s.cert.clone()?)))
-        .collect();
-    certs.store(Arc::new(map));
+/// Where the manager's certificates go.
+struct Out {
+    certs: Arc<Certs>,
+    stapler: Arc<crate::ocsp::Stapler>,
+}
+
+impl Out {
+    /// Publishes the certificates held to the listener's resolver, each with its OCSP
+    /// staple on a stapling listener.
+    fn publish(&self, s: &Settings, names: &HashMap<String, Name>) {
+        let map: HashMap<String, Arc<Loaded>> = names
+            .iter()
+            .filter_map(|(n, s)| Some((n.clone(), s.cert.clone()?)))
+            .collect();
+        if s.ocsp_stapling {
+            for c in map.values().filter(|c| c.staple.get().is_none()) {
+                match crate::ocsp::Source::of(&c.key.cert) {
+                    Ok(source) => self
+                        .stapler
+                        .attach([(&c.staple, &c.key, &Arc::new(source))]),
+                    Err(e) => log::debug!("acme: {:?} is not stapled: {e}", c.names),
+                }
+            }
+        }
+        self.certs.store(Arc::new(map));
+    }
 }
 
 /// How long until `cert` should be renewed; `None` when it is due now. Due when

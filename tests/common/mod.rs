@@ -6,6 +6,7 @@
 mod certs;
 mod client;
 mod metrics;
+mod ocsp;
 mod ports;
 mod process;
 mod raw;
@@ -14,6 +15,7 @@ mod upstream;
 pub use certs::*;
 pub use client::*;
 pub use metrics::*;
+pub use ocsp::*;
 pub use ports::*;
 pub use process::*;
 pub use raw::*;

@@ -10,7 +10,12 @@ use crate::snapshot::{Gateway, Listener};
 
 impl Builder<'_> {
     /// The settings of `tls.acme`, without names yet ([`Builder::acme_names`]).
-    pub(super) fn acme_settings(&mut self, scope: &str, a: &AcmeConfig) -> Option<Settings> {
+    pub(super) fn acme_settings(
+        &mut self,
+        scope: &str,
+        a: &AcmeConfig,
+        ocsp_stapling: bool,
+    ) -> Option<Settings> {
         let scope = format!("{scope}: tls.acme");
         let mut ok = true;
         if !(a.directory.starts_with("https://") || a.directory.starts_with("http://")) {
@@ -58,6 +63,7 @@ impl Builder<'_> {
             renew_before: a.renew_before.0,
             state_dir: self.loaded.resolve(&a.state_dir),
             names: Vec::new(),
+            ocsp_stapling,
         })
     }
 

@@ -190,7 +190,10 @@ impl Builder<'_> {
         if certs.len() != total {
             return None;
         }
-        let acme = t.acme.as_ref().and_then(|a| self.acme_settings(scope, a));
+        let acme = t
+            .acme
+            .as_ref()
+            .and_then(|a| self.acme_settings(scope, a, t.ocsp_stapling));
         if acme
             .as_ref()
             .is_some_and(|a| a.challenge == crate::acme::Challenge::TlsAlpn01)
