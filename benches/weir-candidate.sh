@@ -26,11 +26,31 @@ listeners:
   http: { bind: "$LISTEN_HOST:${CANDIDATE_HTTP_PORT:?}" }
 CFG
 # The harness's clients send no SNI (or an IP): the certificate is the default.
-[ -n "${CANDIDATE_TLS_PORT:-}" ] && cat <<CFG
+# WEIR_SCALE=1: the scale case of issue 14, 1,000 SNI certificates (ECDSA, one name
+# each, made once into $WEIR_SCALE_CACHE) and 10,000 routes (999 more gateways of 10
+# routes each) loaded beside the benchmark's own certificate and gateway.
+scale=${WEIR_SCALE:-0}
+certs_dir=${WEIR_SCALE_CACHE:-/tmp/weir-scale-certs}
+if [ "$scale" = 1 ] && [ ! -f "$certs_dir/done" ]; then
+    mkdir -p "$certs_dir"
+    seq 1 1000 | xargs -P 2 -I{} openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 \
+        -nodes -days 30 -subj "/CN=s{}.scale.test" -addext "subjectAltName=DNS:s{}.scale.test" \
+        -keyout "$certs_dir/s{}.key" -out "$certs_dir/s{}.pem" 2>/dev/null
+    touch "$certs_dir/done"
+fi
+[ -n "${CANDIDATE_TLS_PORT:-}" ] && {
+cat <<CFG
   https:
     bind: "$LISTEN_HOST:$CANDIDATE_TLS_PORT"
-    tls: { certificates: [ { cert: "$CERT_FILE", key: "$KEY_FILE" } ], default_certificate: 0 }
+    tls:
+      default_certificate: 0
+      certificates:
+        - { cert: "$CERT_FILE", key: "$KEY_FILE" }
 CFG
+[ "$scale" = 1 ] && for i in $(seq 1 1000); do
+    echo "        - { cert: \"$certs_dir/s$i.pem\", key: \"$certs_dir/s$i.key\" }"
+done
+}
 [ "${WEIR_METRICS:-0}" = 1 ] && echo "admin: { bind: \"127.0.0.1:${WEIR_ADMIN_PORT:-19299}\" }"
 [ -n "${WEIR_ACCESS_LOG:-}" ] && echo "access_log: $WEIR_ACCESS_LOG"
 # WEIR_POLICY=1 configures the traffic policy a request pays for even when nothing
@@ -54,6 +74,14 @@ CFG
         timeouts: { request: 30s }
         compression: {}
 CFG
+[ "$scale" = 1 ] && for g in $(seq 1 999); do
+    echo "  - name: scale$g"
+    echo "    virtual_hosts: [s$g.scale.test]"
+    echo "    routes:"
+    for r in $(seq 1 10); do
+        echo "      r$r: { weight: 10%, instances: [${instances%, }] }"
+    done
+done
 true
 } >"$cfg"
 
