@@ -27,7 +27,7 @@ listeners:
 CFG
 # The harness's clients send no SNI (or an IP): the certificate is the default.
 # WEIR_SCALE=1: the scale case of issue 14, 1,000 SNI certificates (ECDSA, one name
-# each, made once into $WEIR_SCALE_CACHE) and 10,000 routes (999 more gateways of 10
+# each, made once into $WEIR_SCALE_CACHE) and 10,000 routes (1,000 more gateways of 10
 # routes each) loaded beside the benchmark's own certificate and gateway.
 scale=${WEIR_SCALE:-0}
 certs_dir=${WEIR_SCALE_CACHE:-/tmp/weir-scale-certs}
@@ -74,7 +74,7 @@ CFG
         timeouts: { request: 30s }
         compression: {}
 CFG
-[ "$scale" = 1 ] && for g in $(seq 1 999); do
+[ "$scale" = 1 ] && for g in $(seq 1 1000); do
     echo "  - name: scale$g"
     echo "    virtual_hosts: [s$g.scale.test]"
     echo "    routes:"
