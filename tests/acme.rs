@@ -32,42 +32,8 @@ impl Drop for Pebble {
 /// Pebble's own HTTPS certificate (for 127.0.0.1) and its CA: `pebble-ca.pem`.
 fn pebble_certificate(dir: &Path) {
     self_signed(dir, "pebble-ca", "pebble test CA");
-    let d = |f: &str| dir.join(f).to_string_lossy().into_owned();
-    openssl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        &d("pebble.key"),
-        "-out",
-        &d("pebble.csr"),
-        "-subj",
-        "/CN=127.0.0.1",
-    ]);
-    std::fs::write(
-        dir.join("pebble.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        &d("pebble.csr"),
-        "-CA",
-        &d("pebble-ca.pem"),
-        "-CAkey",
-        &d("pebble-ca.key"),
-        "-set_serial",
-        "5",
-        "-out",
-        &d("pebble.pem"),
-        "-days",
-        "30",
-        "-extfile",
-        &d("pebble.ext"),
-    ]);
+    let ext = "subjectAltName=IP:127.0.0.1,DNS:localhost\n";
+    signed(dir, "pebble-ca", "pebble", "127.0.0.1", ext, 5, false);
 }
 
 /// Starts Pebble on `port`, validating HTTP-01 on `http` and TLS-ALPN-01 on `tls`.

@@ -17,45 +17,11 @@ const SERIAL: u64 = 0x1A2B;
 /// The server certificate `a.pem` (with the CA after it) naming the responder on
 /// `port`, and an index saying it is valid (`V`) or revoked (`R`).
 fn certificate(dir: &Path, responder: u16, status: char) {
-    let d = |f: &str| dir.join(f).to_string_lossy().into_owned();
-    openssl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        &d("a.key"),
-        "-out",
-        &d("a.csr"),
-        "-subj",
-        "/CN=a.test",
-    ]);
-    std::fs::write(
-        dir.join("a.ext"),
-        format!(
-            "subjectAltName=DNS:a.test\nauthorityInfoAccess=OCSP;URI:http://127.0.0.1:{responder}/\n"
-        ),
-    )
-    .unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        &d("a.csr"),
-        "-CA",
-        &d("ca.pem"),
-        "-CAkey",
-        &d("ca.key"),
-        "-set_serial",
-        &SERIAL.to_string(),
-        "-out",
-        &d("leaf.pem"),
-        "-days",
-        "30",
-        "-extfile",
-        &d("a.ext"),
-    ]);
-    let chain = std::fs::read_to_string(dir.join("leaf.pem")).unwrap()
+    let ext = format!(
+        "subjectAltName=DNS:a.test\nauthorityInfoAccess=OCSP;URI:http://127.0.0.1:{responder}/\n"
+    );
+    signed(dir, "ca", "a", "a.test", &ext, SERIAL, false);
+    let chain = std::fs::read_to_string(dir.join("a.pem")).unwrap()
         + &std::fs::read_to_string(dir.join("ca.pem")).unwrap();
     std::fs::write(dir.join("a.pem"), chain).unwrap();
     index(dir, status);

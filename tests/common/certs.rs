@@ -42,6 +42,15 @@ pub fn self_signed(dir: &Path, file: &str, cn: &str) {
 
 /// A leaf certificate signed by the test CA: `name.pem`, `name.key`.
 pub fn leaf(dir: &Path, file: &str, cn: &str, sans: &[&str], ec: bool) {
+    let san: Vec<String> = sans.iter().map(|s| format!("DNS:{s}")).collect();
+    let ext = format!("subjectAltName={}\n", san.join(","));
+    signed(dir, "ca", file, cn, &ext, fastrand_serial(), ec);
+}
+
+/// A certificate `/CN=cn` signed by the CA `ca.pem`/`ca.key` in `dir`, with the
+/// extension lines `ext` (subjectAltName, authorityInfoAccess, ...) and `serial`:
+/// `file.pem`, `file.key`.
+pub fn signed(dir: &Path, ca: &str, file: &str, cn: &str, ext: &str, serial: u64, ec: bool) {
     let d = |f: &str| dir.join(f).to_string_lossy().into_owned();
     let newkey: &[&str] = if ec {
         &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]
@@ -54,27 +63,25 @@ pub fn leaf(dir: &Path, file: &str, cn: &str, sans: &[&str], ec: bool) {
     let subj = format!("/CN={cn}");
     req.extend_from_slice(&["-nodes", "-keyout", &key, "-out", &csr, "-subj", &subj]);
     openssl(&req);
-    let ext = d(&format!("{file}.ext"));
-    let san: Vec<String> = sans.iter().map(|s| format!("DNS:{s}")).collect();
-    std::fs::write(&ext, format!("subjectAltName={}\n", san.join(","))).unwrap();
-    let serial = format!("{}", fastrand_serial());
+    let ext_file = d(&format!("{file}.ext"));
+    std::fs::write(&ext_file, ext).unwrap();
     openssl(&[
         "x509",
         "-req",
         "-in",
         &csr,
         "-CA",
-        &d("ca.pem"),
+        &d(&format!("{ca}.pem")),
         "-CAkey",
-        &d("ca.key"),
+        &d(&format!("{ca}.key")),
         "-set_serial",
-        &serial,
+        &serial.to_string(),
         "-out",
         &d(&format!("{file}.pem")),
         "-days",
         "30",
         "-extfile",
-        &ext,
+        &ext_file,
     ]);
 }
 
