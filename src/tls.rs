@@ -74,24 +74,6 @@ fn now_unix() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// The PEM certificates in `pem` (at least one); errors name `what` and `path`.
-pub fn pem_certs(
-    what: &str,
-    path: &Path,
-    pem: &[u8],
-) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &pem[..])
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{what} {}: not PEM: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!(
-            "{what} {}: no PEM certificate in it",
-            path.display()
-        ));
-    }
-    Ok(certs)
-}
-
 /// Parses a PEM certificate chain and its key (the paths name them in errors); checks
 /// that the key matches and that the certificate is not expired.
 pub fn parse_pair(
@@ -100,7 +82,15 @@ pub fn parse_pair(
     key_path: &Path,
     key_pem: &[u8],
 ) -> Result<Loaded, String> {
-    let chain = pem_certs("certificate", cert_path, cert_pem)?;
+    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &cert_pem[..])
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("certificate {}: not PEM: {e}", cert_path.display()))?;
+    if chain.is_empty() {
+        return Err(format!(
+            "certificate {}: no PEM certificate in it",
+            cert_path.display()
+        ));
+    }
     let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut &key_pem[..])
         .map_err(|e| format!("key {}: not PEM: {e}", key_path.display()))?
         .ok_or_else(|| format!("key {}: no PEM private key in it", key_path.display()))?;
