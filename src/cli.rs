@@ -1,5 +1,6 @@
 //! The command line: `weir [run] [-c FILE] [-d] [-u] [--master]`, `weir check [-c FILE]`,
-//! `weir reload`, `weir healthcheck`, `weir upgrade`, `weir status`, `weir --version`. The config path comes from `-c`, a positional FILE, `WEIR_CONFIG`,
+//! `weir reload`, `weir healthcheck`, `weir upgrade`, `weir status`,
+//! `weir config push|pull DIR`, `weir --version`. The config path comes from `-c`, a positional FILE, `WEIR_CONFIG`,
 //! or `conf/weir.yaml`, in that order.
 
 use std::path::PathBuf;
@@ -44,6 +45,31 @@ enum Command {
     Upgrade(ControlArgs),
     /// Show the master's PID and its workers.
     Status(ControlArgs),
+    /// Move gateway files into and out of the config store (`config_source: etcd`).
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Write the gateways of DIR's *.yaml, *.yml and *.json files to the store, after
+    /// checking them whole with the local config (nothing is written if they fail).
+    Push(SyncArgs),
+    /// Write each gateway in the store to DIR/NAME.yaml.
+    Pull(SyncArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct SyncArgs {
+    /// The directory of gateway files.
+    dir: PathBuf,
+    /// The main config file (it names the store).
+    #[arg(short = 'c', long = "config", env = "WEIR_CONFIG")]
+    config: Option<PathBuf>,
+    /// push: delete the stored gateways DIR does not hold; pull: remove the *.yaml
+    /// files in DIR the store does not hold.
+    #[arg(long)]
+    prune: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -77,6 +103,10 @@ struct CheckArgs {
     /// Fail on warnings too (an unresolvable host, a condition that looks misspelt).
     #[arg(long)]
     strict: bool,
+    /// Check what the config store (etcd) holds now, with the local config; fail if
+    /// etcd cannot be reached.
+    #[arg(long)]
+    etcd: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -165,6 +195,7 @@ pub fn main() -> i32 {
         Some(Command::Healthcheck(args)) => admin_command(&args, crate::control::healthcheck),
         Some(Command::Upgrade(args)) => master_command(&args, "upgrade", UPGRADE_WAIT),
         Some(Command::Status(args)) => master_command(&args, "status", Duration::from_secs(5)),
+        Some(Command::Config(c)) => config_command(&c),
         None => run(&cli.run),
     }
 }
@@ -197,9 +228,33 @@ fn report(outcome: Result<String, String>) -> i32 {
     }
 }
 
+fn config_command(command: &ConfigCommand) -> i32 {
+    let (args, push) = match command {
+        ConfigCommand::Push(a) => (a, true),
+        ConfigCommand::Pull(a) => (a, false),
+    };
+    let config = args
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+    report(if push {
+        crate::store::push::push(&config, &args.dir, args.prune)
+    } else {
+        crate::store::push::pull(&config, &args.dir, args.prune)
+    })
+}
+
 fn check(args: &CheckArgs) -> i32 {
-    match crate::reload::load_once(&args.config.path()) {
-        Ok((loaded, snapshot)) => {
+    let path = args.config.path();
+    let outcome = if args.etcd {
+        crate::store::push::check(&path).map(|(l, s, note)| (l, s, Some(note)))
+    } else {
+        crate::reload::load_once(&path)
+            .map(|(l, s)| (l, s, None))
+            .map_err(|d| d.to_string())
+    };
+    match outcome {
+        Ok((loaded, snapshot, note)) => {
             for w in snapshot.warnings.iter() {
                 eprintln!("warning: {w}");
             }
@@ -209,6 +264,9 @@ fn check(args: &CheckArgs) -> i32 {
             }
             println!("ok");
             println!("{}", summary(&loaded, &snapshot));
+            if let Some(note) = note {
+                println!("{note}");
+            }
             0
         }
         Err(errors) => {

@@ -12,7 +12,8 @@
 //!    settings only a restart applies.
 //! 4. **One apply step.** `reload`: joins live state (`health` registry, `metrics`
 //!    handles, TLS endpoints) to the new snapshot and swaps it into an `ArcSwap`; the file
-//!    watcher, `SIGHUP`, DNS refreshes and the admin API all go through it.
+//!    watcher, `SIGHUP`, DNS refreshes, the admin API and the fleet's config `store`
+//!    (etcd: documents joined to the local files, watched, cached) all go through it.
 //! 5. **Requests.** `server` assembles Pingora; `accept` takes each connection
 //!    (`connlimit`, PROXY header via `proxy_protocol`, TLS via `tls`, client
 //!    certificates via `client_cert`, OCSP staples from `ocsp`,
@@ -76,6 +77,7 @@ pub(crate) mod server;
 pub mod snapshot;
 pub(crate) mod startup;
 pub(crate) mod sticky;
+pub(crate) mod store;
 pub(crate) mod suggest;
 pub(crate) mod tcp;
 pub(crate) mod tls;

@@ -58,6 +58,9 @@ pub struct Metrics {
     pub(crate) ocsp: IntCounterVec,
     pub(crate) acme_orders: IntCounterVec,
     pub(crate) unresolved: IntGauge,
+    pub(crate) store_up: IntGauge,
+    pub(crate) store_revision: IntGauge,
+    pub(crate) store_rejected: IntCounter,
 }
 
 /// Registers a collector; every name is registered once, at start, from constants.
@@ -161,6 +164,27 @@ impl Metrics {
         }
         Metrics {
             unresolved,
+            store_up: register(
+                &r,
+                IntGauge::new(
+                    "weir_config_store_up",
+                    "1 while the config store (etcd) is connected and watched, else 0.",
+                ),
+            ),
+            store_revision: register(
+                &r,
+                IntGauge::new(
+                    "weir_config_store_revision",
+                    "The config store revision the config in service reflects.",
+                ),
+            ),
+            store_rejected: register(
+                &r,
+                IntCounter::new(
+                    "weir_config_store_rejected_total",
+                    "Gateway documents from the config store refused (the version in service kept).",
+                ),
+            ),
             requests: counter(
                 &r,
                 "weir_requests_total",
@@ -428,6 +452,21 @@ pub fn acme_order(ok: bool) {
         .acme_orders
         .with_label_values(&[if ok { "ok" } else { "error" }])
         .inc();
+}
+
+/// Whether the config store is connected.
+pub fn store_up(up: bool) {
+    metrics().store_up.set(i64::from(up));
+}
+
+/// The store revision in service.
+pub fn store_revision(revision: i64) {
+    metrics().store_revision.set(revision);
+}
+
+/// Counts a store document refused.
+pub fn store_rejected() {
+    metrics().store_rejected.inc();
 }
 
 /// Counts a reload attempt.

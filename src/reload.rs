@@ -31,6 +31,7 @@ use crate::metrics::RouteMetrics;
 use crate::prepare::Caches;
 use crate::snapshot::{build, Snapshot, Target};
 use crate::startup::Startup;
+use crate::store::{self, Change, Fleet, Settings};
 use crate::tls::TlsEndpoint;
 
 /// Quiet time after the last relevant file event before reloading: editors and
@@ -57,8 +58,21 @@ fn unix_now() -> u64 {
 }
 
 /// Loads and builds a config once, as `weir check` and the master do (no live state).
+/// With a config store, its documents come from etcd, or from the last good copy when
+/// etcd cannot be reached; a document that does not build is an error here.
 pub fn load_once(path: &Path) -> Result<(Loaded, Snapshot), Diagnostics> {
-    let loaded = load(path)?;
+    let mut loaded = load(path)?;
+    if let Some(settings) = Settings::of(&loaded)? {
+        let (docs, _, _) = store::join::initial_docs(&settings, false)?;
+        let (composed, refused) = store::join::compose(&loaded, &settings, &docs);
+        if let Some(errors) = refused.into_iter().map(|(_, d)| d).reduce(|mut a, b| {
+            a.0.extend(b.0);
+            a
+        }) {
+            return Err(errors);
+        }
+        loaded = composed;
+    }
     let inputs = Caches::default().prepare(&loaded.config);
     let snapshot = build(&loaded, &inputs)?;
     Ok((loaded, snapshot))
@@ -94,6 +108,8 @@ pub struct Reloader {
     acme: Mutex<HashMap<Arc<str>, Arc<crate::acme::Manager>>>,
     /// Serialises reloads; holds what was last applied.
     applied: Mutex<Arc<Loaded>>,
+    /// The config store's state, with `config_source: etcd`.
+    pub fleet: Option<Arc<Fleet>>,
 }
 
 /// The absolute form of a path, without resolving symlinks (a ConfigMap's main file is
@@ -107,9 +123,29 @@ impl Reloader {
     pub fn start(path: &Path) -> Result<Reloader, Diagnostics> {
         let path = absolute(path);
         let caches = Caches::default();
-        let loaded = load(&path)?;
-        let inputs = caches.prepare(&loaded.config);
-        let snapshot = build(&loaded, &inputs)?;
+        let mut loaded = load(&path)?;
+        let (fleet, snapshot) = match Settings::of(&loaded)? {
+            None => {
+                let inputs = caches.prepare(&loaded.config);
+                (None, build(&loaded, &inputs)?)
+            }
+            Some(settings) => {
+                let (docs, revision, fallback) = store::join::initial_docs(&settings, true)?;
+                // The store's certificates may just have been written: read them.
+                let local = load(&path)?;
+                let (composed, snapshot, docs) =
+                    store::join::build_fleet(&caches, &settings, &local, docs, &fallback, None)?;
+                loaded = composed;
+                if let Err(e) = store::cache::save(&settings, &docs, revision) {
+                    log::warn!("config store: {e}");
+                }
+                let fleet = Arc::new(Fleet::new(settings, docs, revision));
+                (
+                    Some(fleet),
+                    snapshot.ok_or_else(|| Diagnostic::new(&path, "nothing built"))?,
+                )
+            }
+        };
         log_warnings(&snapshot.warnings);
         let mut tls = Vec::new();
         for l in &snapshot.listeners {
@@ -140,6 +176,7 @@ impl Reloader {
             caches,
             status: Arc::new(Status::default()),
             applied: Mutex::new(Arc::new(loaded)),
+            fleet,
         })
     }
 
@@ -158,6 +195,19 @@ impl Reloader {
         let started = Instant::now();
         let loaded = load(&self.path)?;
         log::debug!("reload: read and parsed in {:?}", started.elapsed());
+        if let Some(fleet) = &self.fleet {
+            let docs = fleet.accepted();
+            let same = (!force).then_some(&**applied);
+            let built = store::join::build_fleet(
+                &self.caches,
+                &fleet.settings,
+                &loaded,
+                docs.clone(),
+                &docs,
+                same,
+            )?;
+            return Ok(self.swap_in_fleet(fleet, built, &mut applied, None));
+        }
         if !force && loaded.fingerprint == applied.fingerprint {
             return Ok(Outcome::Unchanged);
         }
@@ -176,6 +226,60 @@ impl Reloader {
         let snapshot = build(&loaded, &inputs)?;
         check(&snapshot)?;
         Ok(self.swap_in(snapshot, loaded, &mut applied))
+    }
+
+    /// Applies changes from the config store at `revision` (`full`: they are the whole
+    /// store). A document that does not validate is refused, logged and counted; its
+    /// version in service (if any) stays and the rest applies.
+    pub fn store_changed(
+        &self,
+        changes: &[Change],
+        revision: i64,
+        full: bool,
+    ) -> Result<Outcome, Diagnostics> {
+        let Some(fleet) = &self.fleet else {
+            return Ok(Outcome::Unchanged);
+        };
+        fleet.note_stored(changes, full);
+        let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
+        let fallback = fleet.accepted();
+        let candidate = store::changed(&fallback, changes, revision, full);
+        let local = store::join::local_part(&applied, &fleet.settings);
+        let built = store::join::build_fleet(
+            &self.caches,
+            &fleet.settings,
+            &local,
+            candidate,
+            &fallback,
+            Some(&applied),
+        )?;
+        Ok(self.swap_in_fleet(fleet, built, &mut applied, Some(revision)))
+    }
+
+    /// Validates a config as a reload would, without applying it (the admin API checks
+    /// a write before it goes to the store).
+    pub fn validate(&self, loaded: &Loaded) -> Result<(), Diagnostics> {
+        let inputs = self.caches.prepare(&loaded.config);
+        build(loaded, &inputs).map(|_| ())
+    }
+
+    fn swap_in_fleet(
+        &self,
+        fleet: &Fleet,
+        (loaded, snapshot, docs): store::join::FleetBuild,
+        applied: &mut Arc<Loaded>,
+        revision: Option<i64>,
+    ) -> Outcome {
+        let revision = revision.unwrap_or_else(|| fleet.revision.load(Ordering::Relaxed));
+        let outcome = match snapshot {
+            Some(s) => self.swap_in(s, loaded, applied),
+            None => Outcome::Unchanged,
+        };
+        if let Err(e) = store::cache::save(&fleet.settings, &docs, revision) {
+            log::warn!("config store: {e}");
+        }
+        fleet.set_accepted(docs, revision);
+        outcome
     }
 
     /// Rebuilds what was last applied with fresh inputs (a DNS answer changed).

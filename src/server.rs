@@ -280,6 +280,22 @@ pub fn run(config_path: &Path, options: RunOptions) -> Result<(), String> {
             reloader: reloader.clone(),
         },
     ));
+    if let Some(fleet) = reloader.fleet.clone() {
+        let r = reloader.clone();
+        let apply: crate::store::watch::Apply = Arc::new(move |changes, revision, full| {
+            let started = std::time::Instant::now();
+            let result = r.store_changed(changes, revision, full);
+            crate::reload::record(
+                &result,
+                &format!("config store, revision {revision}"),
+                started,
+            );
+        });
+        server.add_service(background_service(
+            "config store",
+            crate::store::watch::StoreWatch { fleet, apply },
+        ));
+    }
     server.add_service(background_service(
         "stop",
         Finisher {

@@ -54,6 +54,13 @@ enum Access {
     Write,
 }
 
+/// `ETag: "REVISION"`: the store revision of a gateway, for `If-Match` on a write.
+fn set_etag(reply: &mut Response<Vec<u8>>, revision: i64) {
+    if let Ok(v) = http::HeaderValue::from_str(&format!("\"{revision}\"")) {
+        reply.headers_mut().insert(http::header::ETAG, v);
+    }
+}
+
 fn text(status: StatusCode, body: impl Into<String>) -> Response<Vec<u8>> {
     bytes(
         status,
@@ -248,9 +255,16 @@ impl Admin {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
+        // The store being down does not make weir unready: it serves its last good config.
+        let store = self
+            .reloader
+            .fleet
+            .as_ref()
+            .map(|f| format!("{}\n", f.status_line()))
+            .unwrap_or_default();
         match restart {
-            Some(m) => text(StatusCode::OK, format!("ready; {m}\n")),
-            None => text(StatusCode::OK, "ready\n"),
+            Some(m) => text(StatusCode::OK, format!("ready; {m}\n{store}")),
+            None => text(StatusCode::OK, format!("ready\n{store}")),
         }
     }
 
@@ -320,7 +334,13 @@ impl Admin {
                 document(StatusCode::OK, &all, yaml)
             }
             Some(name) => match snapshot.gateway_by_name(name) {
-                Some(i) => document(StatusCode::OK, &view(&snapshot.gateways[i]), yaml),
+                Some(i) => {
+                    let mut reply = document(StatusCode::OK, &view(&snapshot.gateways[i]), yaml);
+                    if let Some(fleet) = &self.reloader.fleet {
+                        set_etag(&mut reply, fleet.stored_revision(name));
+                    }
+                    reply
+                }
                 None => message(StatusCode::NOT_FOUND, format!("no gateway {name:?}")),
             },
         }

@@ -24,6 +24,8 @@ use crate::config::shape::{self, Kind, Totals};
 use crate::config::GatewayConfig;
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::reload::{record, Reloader};
+use crate::store::etcd::{self, Written};
+use crate::store::{Change, Doc, Fleet, Settings};
 
 /// Where the API keeps the gateways it creates, beside the main config.
 const GATEWAYS_DIR: &str = "gateways.d";
@@ -56,6 +58,10 @@ impl Admin {
     /// Reads the body, then does the write on a blocking thread (loading and building
     /// are CPU and file work), one write at a time.
     pub(super) async fn write(&self, session: &mut ServerSession, op: Op) -> Reply {
+        let if_match = match if_match(session) {
+            Ok(r) => r,
+            Err(r) => return r,
+        };
         let body = match read_body(session).await {
             Ok(b) => b,
             Err(r) => return r,
@@ -67,7 +73,10 @@ impl Admin {
         let writes = self.writes.clone();
         let done = tokio::task::spawn_blocking(move || {
             let _one_at_a_time = writes.lock().unwrap_or_else(|e| e.into_inner());
-            perform(&reloader, &op, &body, &peer)
+            match &reloader.fleet {
+                Some(fleet) => perform_in_store(&reloader, fleet, &op, &body, &peer, if_match),
+                None => perform(&reloader, &op, &body, &peer),
+            }
         })
         .await;
         match done {
@@ -104,6 +113,105 @@ impl Plan {
     }
 }
 
+/// `If-Match: "REVISION"`: the store revision a write expects the gateway at.
+fn if_match(session: &ServerSession) -> Result<Option<i64>, Reply> {
+    let Some(v) = session.req_header().headers.get(http::header::IF_MATCH) else {
+        return Ok(None);
+    };
+    v.to_str()
+        .ok()
+        .map(|t| t.trim().trim_start_matches("W/").trim_matches('"'))
+        .and_then(|t| t.parse::<i64>().ok())
+        .filter(|r| *r >= 0)
+        .map(Some)
+        .ok_or_else(|| {
+            message(
+                StatusCode::BAD_REQUEST,
+                "If-Match must be a gateway's ETag, a store revision such as \"12\"",
+            )
+        })
+}
+
+/// A write with `config_source: etcd`: validated against the config in service, written
+/// to the store with a compare-and-swap on the key's revision (the `If-Match` one, else
+/// the one this weir last saw), then applied here; the other weirs take it from their
+/// watch.
+fn perform_in_store(
+    reloader: &Reloader,
+    fleet: &Fleet,
+    op: &Op,
+    body: &[u8],
+    peer: &str,
+    if_match: Option<i64>,
+) -> Result<Reply, Reply> {
+    let started = Instant::now();
+    let settings = &fleet.settings;
+    let loaded = reloader.applied();
+    let plan = plan(&loaded, op, body, Some(settings))?;
+    let next = loaded
+        .with_file(&plan.file, plan.text.as_deref())
+        .map_err(|d| message(StatusCode::BAD_REQUEST, d.to_string()))?;
+    reloader
+        .validate(&next)
+        .map_err(|d| message(StatusCode::BAD_REQUEST, d.to_string()))?;
+    let expected = if_match.unwrap_or_else(|| fleet.stored_revision(&plan.name));
+    let text = plan.text.as_deref();
+    let written = etcd::block_on(async {
+        let client = etcd::connect(settings).await?;
+        etcd::write(&client, settings, &plan.name, text, expected).await
+    })
+    .and_then(|r| r)
+    .map_err(|e| {
+        message(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("config store: {e}"),
+        )
+    })?;
+    let revision = match written {
+        Written::Done(r) => r,
+        Written::Lost(now) => {
+            return Err(message(
+                StatusCode::CONFLICT,
+                format!(
+                    "gateway {:?} is at store revision {now}, not {expected}: someone else changed it; read it again and retry",
+                    plan.name
+                ),
+            ))
+        }
+    };
+    let change = Change {
+        name: plan.name.clone(),
+        doc: plan.text.as_deref().map(|t| Doc {
+            text: t.into(),
+            revision,
+        }),
+    };
+    let result = reloader.store_changed(&[change], revision, false);
+    record(&result, "admin API", started);
+    log::info!(
+        target: "weir::audit",
+        "{peer} {} gateway {:?} in {} at revision {revision}: {}",
+        op.verb(),
+        plan.name,
+        plan.file.display(),
+        plan.change
+    );
+    let snapshot = reloader.current.load();
+    let mut reply = match snapshot.gateway_by_name(&plan.name) {
+        Some(i) if text.is_some() => {
+            document(StatusCode::ACCEPTED, &view(&snapshot.gateways[i]), false)
+        }
+        _ => message(
+            StatusCode::ACCEPTED,
+            format!("gateway {:?} deleted", plan.name),
+        ),
+    };
+    if text.is_some() {
+        super::set_etag(&mut reply, revision);
+    }
+    Ok(reply)
+}
+
 fn perform(reloader: &Reloader, op: &Op, body: &[u8], peer: &str) -> Result<Reply, Reply> {
     let started = Instant::now();
     let loaded = load(&reloader.path).map_err(|d| {
@@ -112,7 +220,7 @@ fn perform(reloader: &Reloader, op: &Op, body: &[u8], peer: &str) -> Result<Repl
             format!("the config on disk does not load, fix it first: {d}"),
         )
     })?;
-    let plan = plan(&loaded, op, body)?;
+    let plan = plan(&loaded, op, body, None)?;
     let next = loaded
         .with_file(&plan.file, plan.text.as_deref())
         .map_err(|d| message(StatusCode::BAD_REQUEST, d.to_string()))?;
@@ -150,7 +258,8 @@ fn perform(reloader: &Reloader, op: &Op, body: &[u8], peer: &str) -> Result<Repl
     })
 }
 
-fn plan(loaded: &Loaded, op: &Op, body: &[u8]) -> Result<Plan, Reply> {
+/// What a write changes; `store`: gateways live in the config store.
+fn plan(loaded: &Loaded, op: &Op, body: &[u8], store: Option<&Settings>) -> Result<Plan, Reply> {
     match op {
         Op::Create => {
             let g = parse_body(body)?;
@@ -159,6 +268,14 @@ fn plan(loaded: &Loaded, op: &Op, body: &[u8]) -> Result<Plan, Reply> {
                     StatusCode::CONFLICT,
                     format!("gateway {:?} exists: PUT or PATCH to change it", g.name),
                 ));
+            }
+            if let Some(settings) = store {
+                return Ok(Plan {
+                    text: Some(to_yaml(&g)?),
+                    file: settings.doc_path(&g.name),
+                    name: g.name,
+                    change: "created".into(),
+                });
             }
             let file = loaded
                 .base_dir
@@ -187,7 +304,7 @@ fn plan(loaded: &Loaded, op: &Op, body: &[u8]) -> Result<Plan, Reply> {
             })
         }
         Op::Replace(name) => {
-            let (current, file) = own_file(loaded, name)?;
+            let (current, file) = own_file(loaded, name, store)?;
             let g = parse_body(body)?;
             if g.name != *name {
                 return Err(message(
@@ -201,7 +318,7 @@ fn plan(loaded: &Loaded, op: &Op, body: &[u8]) -> Result<Plan, Reply> {
             Plan::replacing(current, g, file)
         }
         Op::Patch(name) => {
-            let (current, file) = own_file(loaded, name)?;
+            let (current, file) = own_file(loaded, name, store)?;
             let patch: Value = serde_json::from_slice(body).map_err(|e| {
                 message(
                     StatusCode::BAD_REQUEST,
@@ -223,7 +340,7 @@ fn plan(loaded: &Loaded, op: &Op, body: &[u8]) -> Result<Plan, Reply> {
             Plan::replacing(current, g, file)
         }
         Op::Delete(name) => {
-            let (_, file) = own_file(loaded, name)?;
+            let (_, file) = own_file(loaded, name, store)?;
             Ok(Plan {
                 name: name.clone(),
                 file,
@@ -235,13 +352,30 @@ fn plan(loaded: &Loaded, op: &Op, body: &[u8]) -> Result<Plan, Reply> {
 }
 
 /// The gateway named `name` and its file, when that file is the gateway's alone.
-fn own_file<'a>(loaded: &'a Loaded, name: &str) -> Result<(&'a GatewayConfig, PathBuf), Reply> {
+fn own_file<'a>(
+    loaded: &'a Loaded,
+    name: &str,
+    store: Option<&Settings>,
+) -> Result<(&'a GatewayConfig, PathBuf), Reply> {
     let Some(g) = loaded.config.gateways.iter().find(|g| g.name == name) else {
         return Err(message(
             StatusCode::NOT_FOUND,
             format!("no gateway {name:?} (POST creates one)"),
         ));
     };
+    if let Some(settings) = store {
+        // One gateway per key: a stored gateway is always alone in its document.
+        return match settings.doc_name(&g.source) {
+            Some(_) => Ok((g, g.source.clone())),
+            None => Err(message(
+                StatusCode::CONFLICT,
+                format!(
+                    "gateway {name:?} is defined in {} on this machine; the API writes the gateways in the config store only: edit that file",
+                    g.source.display()
+                ),
+            )),
+        };
+    }
     if g.source == loaded.main {
         return Err(message(
             StatusCode::CONFLICT,

@@ -166,6 +166,88 @@ impl Loaded {
     }
 }
 
+/// Adds gateway documents that come from somewhere other than files (the config
+/// store), each under a name of its own used in errors, with the same bounds as
+/// included files. A document that is refused is left out; the others stay.
+pub struct Documents<'a> {
+    loaded: &'a mut Loaded,
+    counts: Counts,
+    bytes: u64,
+    totals: Totals,
+}
+
+impl Loaded {
+    /// Starts adding documents to this config.
+    pub fn documents(&mut self) -> Documents<'_> {
+        let mut counts = Counts::default();
+        // The files already passed these bounds.
+        let _ = counts.add(&self.main, &self.config.gateways);
+        let bytes = self.files.iter().map(|f| f.text.len() as u64).sum();
+        Documents {
+            loaded: self,
+            counts,
+            bytes,
+            totals: Totals::default(),
+        }
+    }
+}
+
+impl Documents<'_> {
+    /// Adds the document at `path` that must hold exactly the gateway `name`.
+    pub fn add(&mut self, path: &Path, name: &str, text: &str) -> Result<(), Diagnostics> {
+        let limit = self.loaded.config.limits.config_bytes.0;
+        let bytes = self.bytes + text.len() as u64;
+        if bytes > limit {
+            return Err(Diagnostic::new(
+                path,
+                format!("the config would be {bytes} bytes with this document, over limits.config_bytes ({limit})"),
+            )
+            .into());
+        }
+        shape::measure(path, text, Kind::Gateways, &mut self.totals)?;
+        let mut errors = Diagnostics::default();
+        let gateways = parse_gateway_file(path, text, &mut errors);
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        match gateways.as_slice() {
+            [g] if g.name == name => {}
+            [g] => {
+                return Err(Diagnostic::new(
+                    path,
+                    format!("holds gateway {:?}: the key must be its name", g.name),
+                )
+                .into())
+            }
+            _ => {
+                return Err(Diagnostic::new(
+                    path,
+                    format!("must hold exactly one gateway, holds {}", gateways.len()),
+                )
+                .into())
+            }
+        }
+        let mut counts = self.counts;
+        if let Some(d) = counts.add(path, &gateways) {
+            return Err(d.into());
+        }
+        self.counts = counts;
+        self.bytes = bytes;
+        self.loaded.config.gateways.extend(gateways);
+        self.loaded.files.push(SourceFile {
+            path: path.to_path_buf(),
+            text: text.into(),
+        });
+        Ok(())
+    }
+
+    /// Reads the files the added gateways name and takes the new fingerprint.
+    pub fn finish(self) {
+        read_blobs(self.loaded);
+        self.loaded.fingerprint = self.loaded.compute_fingerprint();
+    }
+}
+
 /// Whether two paths name the same file: equal, or equal once canonical.
 pub fn same_file(a: &Path, b: &Path) -> bool {
     if a == b {
@@ -187,7 +269,7 @@ fn match_options() -> glob::MatchOptions {
 }
 
 /// Totals checked as files are parsed, before anything is built from them.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, Copy)]
 struct Counts {
     gateways: usize,
     routes: usize,

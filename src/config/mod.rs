@@ -5,6 +5,7 @@
 
 pub mod load;
 pub mod shape;
+pub mod source;
 pub mod units;
 
 use std::path::PathBuf;
@@ -13,6 +14,7 @@ use indexmap::IndexMap;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
+pub use source::{ConfigSource, EtcdSource, EtcdTls};
 pub use units::{
     Balance, ByteSize, ConfigDuration, Instance, InstanceSpec, Percent, PortKind, PortSpec,
 };
@@ -39,6 +41,13 @@ pub struct Config {
     /// Spans exported over OTLP/HTTP.
     #[serde(default)]
     pub tracing: Option<TracingConfig>,
+    /// Where gateways come from besides the files: a fleet's shared store.
+    #[serde(default)]
+    pub config_source: Option<ConfigSource>,
+    /// weir's own state on this machine: the last good copy of the config store and
+    /// the certificates it holds. Default `/var/lib/weir`.
+    #[serde(default)]
+    pub state_dir: Option<String>,
 }
 
 /// Top-level `tracing:`.

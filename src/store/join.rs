@@ -1,0 +1,280 @@
+//! Joining the store's documents to the local files: composing them (each document
+//! refused on its own for syntax, bounds or a wrong name), building the whole, and when
+//! the build names documents, taking those back to their version in service (or out)
+//! and building again. Also what a start reads: etcd, else the last good copy.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use super::{cache, etcd, Docs, Settings};
+use crate::config::load::Loaded;
+use crate::diag::{Diagnostic, Diagnostics};
+use crate::prepare::Caches;
+use crate::snapshot::{build, Snapshot};
+
+/// What a build with the store's documents gave: the config, its snapshot (none: the
+/// config is as applied), and the documents that went into it.
+pub type FleetBuild = (Loaded, Option<Snapshot>, Docs);
+
+/// The local config with `docs` joined; documents refused on their own (syntax, bounds,
+/// wrong name) are left out and returned with why.
+pub fn compose(
+    local: &Loaded,
+    settings: &Settings,
+    docs: &Docs,
+) -> (Loaded, Vec<(String, Diagnostics)>) {
+    let mut loaded = local.clone();
+    let mut refused = Vec::new();
+    let mut adding = loaded.documents();
+    for (name, doc) in docs {
+        if &*doc.text == etcd::NOT_UTF8 {
+            let d = Diagnostic::new(
+                &settings.doc_path(name),
+                "the stored value is not UTF-8 text",
+            );
+            refused.push((name.clone(), d.into()));
+            continue;
+        }
+        if let Err(d) = adding.add(&settings.doc_path(name), name, &doc.text) {
+            refused.push((name.clone(), d));
+        }
+    }
+    adding.finish();
+    (loaded, refused)
+}
+
+/// The local part of a config: `loaded` without the store's documents.
+pub fn local_part(loaded: &Loaded, settings: &Settings) -> Loaded {
+    let mut local = loaded.clone();
+    let ours = |p: &Path| settings.doc_name(p).is_some();
+    local.config.gateways.retain(|g| !ours(&g.source));
+    local.files.retain(|f| !ours(&f.path));
+    local
+}
+
+/// The store documents `errors` name.
+pub fn named(errors: &Diagnostics, settings: &Settings) -> BTreeSet<String> {
+    errors
+        .iter()
+        .filter_map(|d| settings.doc_name(&d.file))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Takes documents out of `docs` after `blamed` ones failed the build: the blamed ones
+/// that changed go back to their version in service (`fallback`); when none of the
+/// blamed changed, every changed one goes back (the change broke them); when nothing
+/// changed, the blamed ones go. Returns the names taken back or out.
+pub fn blame(docs: &mut Docs, fallback: &Docs, blamed: &BTreeSet<String>) -> Vec<String> {
+    let is_changed = |docs: &Docs, n: &String| docs.get(n) != fallback.get(n);
+    let changed: Vec<String> = docs
+        .keys()
+        .chain(fallback.keys())
+        .filter(|n| is_changed(docs, n))
+        .cloned()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let blamed_changed: Vec<String> = changed
+        .iter()
+        .filter(|n| blamed.contains(*n))
+        .cloned()
+        .collect();
+    let (back, out): (Vec<String>, Vec<String>) = if !blamed_changed.is_empty() {
+        (blamed_changed, Vec::new())
+    } else if !changed.is_empty() {
+        (changed, Vec::new())
+    } else {
+        (Vec::new(), blamed.iter().cloned().collect())
+    };
+    for n in &back {
+        match fallback.get(n) {
+            Some(d) => docs.insert(n.clone(), d.clone()),
+            None => docs.remove(n),
+        };
+    }
+    for n in &out {
+        docs.remove(n);
+    }
+    back.into_iter().chain(out).collect()
+}
+
+/// The store's documents at start: from etcd (the certificates it holds written to the
+/// state directory, when `write`), else from the last good copy; with the revision and
+/// the documents last in service (for blame).
+pub fn initial_docs(settings: &Settings, write: bool) -> Result<(Docs, i64, Docs), Diagnostic> {
+    let cached = cache::load(settings);
+    let listed = etcd::block_on(async {
+        let client = etcd::connect(settings).await?;
+        etcd::list(&client, settings).await
+    })
+    .and_then(|r| r);
+    match (listed, cached) {
+        (Ok(listing), cached) => {
+            if write {
+                etcd::write_certs(&settings.certs_dir(), &listing.certs, true)
+                    .map_err(|e| Diagnostic::new(&settings.state_dir, e))?;
+            }
+            let docs = super::changed(&Docs::new(), &listing.gateways, listing.revision, true);
+            let fallback = cached.map(|(d, _)| d).unwrap_or_default();
+            Ok((docs, listing.revision, fallback))
+        }
+        (Err(e), Ok((docs, revision))) => {
+            log::warn!(
+                "config store: {e}; starting from the last good copy ({}, revision {revision})",
+                cache::path(settings).display()
+            );
+            Ok((docs.clone(), revision, docs))
+        }
+        (Err(e), Err(c)) => Err(Diagnostic::new(
+            &settings.state_dir,
+            format!("config store: {e}, and there is no last good copy to start from ({c}): weir cannot start without its gateways"),
+        )),
+    }
+}
+
+/// Builds the local config joined with the store's `docs`. Documents the build blames
+/// are taken back to their version in `fallback` (or out) and the build runs again,
+/// each refusal logged and counted; an error that names no document fails the whole.
+/// With `same`, a config equal to it is not built (`None` snapshot).
+pub fn build_fleet(
+    caches: &Caches,
+    settings: &Settings,
+    local: &Loaded,
+    mut docs: Docs,
+    fallback: &Docs,
+    same: Option<&Loaded>,
+) -> Result<FleetBuild, Diagnostics> {
+    // Each round takes at least one document back or out.
+    for _ in 0..=docs.len() + fallback.len() + 1 {
+        let (loaded, refused) = compose(local, settings, &docs);
+        let blamed = if refused.is_empty() {
+            if same.is_some_and(|s| s.fingerprint == loaded.fingerprint) {
+                return Ok((loaded, None, docs));
+            }
+            let inputs = caches.prepare(&loaded.config);
+            match build(&loaded, &inputs) {
+                Ok(snapshot) => return Ok((loaded, Some(snapshot), docs)),
+                Err(errors) => {
+                    let named = named(&errors, settings);
+                    if named.is_empty() {
+                        return Err(errors);
+                    }
+                    vec![(named, errors)]
+                }
+            }
+        } else {
+            refused
+                .into_iter()
+                .map(|(n, d)| (std::iter::once(n).collect(), d))
+                .collect()
+        };
+        for (names, errors) in blamed {
+            for name in blame(&mut docs, fallback, &names) {
+                crate::metrics::store_rejected();
+                let kept = if docs.contains_key(&name) {
+                    "the version in service stays"
+                } else {
+                    "not in service"
+                };
+                log::error!("config store: gateway {name:?} refused ({kept}):");
+                for e in errors.iter() {
+                    log::error!("  {e}");
+                }
+            }
+        }
+    }
+    Err(Diagnostic::new(&local.main, "config store: no set of its documents builds").into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Doc;
+
+    fn doc(t: &str, r: i64) -> Doc {
+        Doc {
+            text: t.into(),
+            revision: r,
+        }
+    }
+
+    fn docs(items: &[(&str, &str, i64)]) -> Docs {
+        items
+            .iter()
+            .map(|(n, t, r)| (n.to_string(), doc(t, *r)))
+            .collect()
+    }
+
+    fn set(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn loaded(extra: &str) -> Loaded {
+        crate::config::load::load_from_str(
+            Path::new("/etc/weir/weir.yaml"),
+            &format!("listeners: {{ http: {{ bind: \"127.0.0.1:8080\" }} }}\n{extra}"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn blame_takes_back_the_changed_blamed_document() {
+        let fallback = docs(&[("a", "a1", 1), ("b", "b1", 2)]);
+        let mut d = docs(&[("a", "a2", 3), ("b", "b1", 2), ("c", "c1", 4)]);
+        assert_eq!(blame(&mut d, &fallback, &set(&["a"])), ["a"]);
+        assert_eq!(d, docs(&[("a", "a1", 1), ("b", "b1", 2), ("c", "c1", 4)]));
+        // A new document that is blamed goes (it had no version in service).
+        assert_eq!(blame(&mut d, &fallback, &set(&["c"])), ["c"]);
+        assert_eq!(d, fallback);
+    }
+
+    #[test]
+    fn blame_of_an_unchanged_document_takes_back_the_change() {
+        // a changed and now conflicts with b, which the build names.
+        let fallback = docs(&[("a", "a1", 1), ("b", "b1", 2)]);
+        let mut d = docs(&[("a", "a2", 3), ("b", "b1", 2)]);
+        assert_eq!(blame(&mut d, &fallback, &set(&["b"])), ["a"]);
+        assert_eq!(d, fallback);
+        // Nothing changed (a local file now conflicts with b): b goes.
+        assert_eq!(blame(&mut d, &fallback, &set(&["b"])), ["b"]);
+        assert_eq!(d, docs(&[("a", "a1", 1)]));
+    }
+
+    #[test]
+    fn compose_refuses_documents_one_by_one() {
+        let local = loaded("");
+        let settings = Settings::of(&loaded(
+            "config_source: { etcd: { endpoints: [\"http://127.0.0.1:2379\"], prefix: /w } }\n",
+        ))
+        .unwrap()
+        .unwrap();
+        let d = docs(&[
+            (
+                "good",
+                "name: good\nroutes: { a: { respond: { status: 200 } } }\n",
+                1,
+            ),
+            ("bad", "name: bad\nroutes: [\n", 2),
+            (
+                "other",
+                "name: elsewhere\nroutes: { a: { respond: { status: 200 } } }\n",
+                3,
+            ),
+            (
+                "json",
+                "{\"name\": \"json\", \"routes\": {\"a\": {\"respond\": {\"status\": 204}}}}",
+                4,
+            ),
+        ]);
+        let (c, refused) = compose(&local, &settings, &d);
+        let names: Vec<&str> = c.config.gateways.iter().map(|g| g.name.as_str()).collect();
+        assert_eq!(names, ["good", "json"]);
+        let why: Vec<String> = refused.iter().map(|(n, d)| format!("{n}: {d}")).collect();
+        assert_eq!(refused.len(), 2, "{why:?}");
+        assert!(why[0].starts_with("bad: etcd:/w/gateways/bad:"), "{why:?}");
+        assert!(why[1].contains("holds gateway \"elsewhere\""), "{why:?}");
+        assert_eq!(local_part(&c, &settings).config.gateways.len(), 0);
+        assert_ne!(c.fingerprint, local.fingerprint);
+    }
+}
