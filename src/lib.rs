@@ -16,7 +16,8 @@
 //!    (etcd: documents joined to the local files, watched, cached) all go through it.
 //! 5. **Requests.** `server` assembles Pingora; `accept` takes each connection
 //!    (`connlimit`, PROXY header via `proxy_protocol`, TLS via `tls`, client
-//!    certificates via `client_cert`, OCSP staples from `ocsp`,
+//!    certificates via `client_cert`, OCSP staples from `ocsp`, shared session-ticket
+//!    keys from `tickets`,
 //!    certificates issued by `acme`, whose
 //!    challenges `challenge` answers) and runs HTTP/1
 //!    connections through `guard`, which holds each request to `framing`; `proxy` is
@@ -80,6 +81,7 @@ pub(crate) mod sticky;
 pub(crate) mod store;
 pub(crate) mod suggest;
 pub(crate) mod tcp;
+pub(crate) mod tickets;
 pub(crate) mod tls;
 pub(crate) mod trace;
 pub(crate) mod upstream;

@@ -152,6 +152,7 @@ impl Reloader {
             if let Some(t) = &l.tls {
                 let endpoint = TlsEndpoint::new(l.name.clone(), t.store.clone(), &t.policy)
                     .map_err(|e| Diagnostic::new(&path, e))?;
+                endpoint.set_ticket_keys(t.ticket_keys.clone());
                 tls.push(Arc::new(endpoint));
             }
         }
@@ -343,6 +344,7 @@ impl Reloader {
             else {
                 continue;
             };
+            endpoint.set_ticket_keys(t.ticket_keys.clone());
             if let Err(e) = endpoint.apply(t.store.clone(), &t.policy) {
                 log::error!("{e}; the listener keeps its previous TLS settings");
             }

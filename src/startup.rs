@@ -1,6 +1,6 @@
 //! Settings that take effect only when the process starts: the addresses it binds (and
-//! which of them speak TLS), the admin listener, the access log, and the HTTP/2 idle
-//! timeout (Pingora reads it once). A reload that changes one of them applies the rest
+//! which of them speak TLS), the admin listener, the access log, the HTTP/2 idle
+//! timeout (Pingora reads it once), and the config store and state directory. A reload that changes one of them applies the rest
 //! and reports these as needing a restart (or `weir -u`), in `/readyz` and the log.
 
 use std::net::SocketAddr;
@@ -22,6 +22,8 @@ pub struct Startup {
     /// `stdout`, or the resolved path of the access log.
     pub access_log: Option<String>,
     pub h2_idle_timeout: Duration,
+    pub config_source: Option<crate::config::ConfigSource>,
+    pub state_dir: Option<String>,
 }
 
 impl Startup {
@@ -59,6 +61,12 @@ impl Startup {
                 show(&next.access_log)
             ));
         }
+        if self.config_source != next.config_source {
+            out.push("config_source changes".into());
+        }
+        if self.state_dir != next.state_dir {
+            out.push("state_dir changes".into());
+        }
         if self.h2_idle_timeout != next.h2_idle_timeout {
             out.push(
                 "defaults.timeouts.idle applies to HTTP/2 client connections only after a restart"
@@ -88,6 +96,8 @@ mod tests {
             admin: Some("127.0.0.1:9900".parse().unwrap()),
             access_log: None,
             h2_idle_timeout: Duration::from_secs(60),
+            config_source: None,
+            state_dir: None,
         };
         assert!(a.changes(&a.clone()).is_empty());
         let b = Startup {
@@ -95,6 +105,8 @@ mod tests {
             admin: Some("127.0.0.1:9901".parse().unwrap()),
             access_log: Some("stdout".into()),
             h2_idle_timeout: Duration::from_secs(5),
+            config_source: None,
+            state_dir: Some("/var/lib/weir".into()),
         };
         let c = a.changes(&b).join("; ");
         for want in [
@@ -104,6 +116,7 @@ mod tests {
             "admin.bind changes from 127.0.0.1:9900 to 127.0.0.1:9901",
             "access_log changes from none to stdout",
             "defaults.timeouts.idle",
+            "state_dir changes",
         ] {
             assert!(c.contains(want), "missing {want}: {c}");
         }

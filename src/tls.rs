@@ -24,8 +24,7 @@ use arc_swap::ArcSwap;
 use pingora::listeners::tls::Acceptor;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{
-    ClientHello, ProducesTickets, ResolvesServerCert, ServerSessionMemoryCache,
-    StoresServerSessions,
+    ClientHello, ResolvesServerCert, ServerSessionMemoryCache, StoresServerSessions,
 };
 use rustls::sign::CertifiedKey;
 use rustls::{ServerConfig, SignatureAlgorithm, SignatureScheme};
@@ -342,7 +341,7 @@ pub struct TlsEndpoint {
     resolver: Arc<SniResolver>,
     /// Session tickets under keys that rotate every 6 hours (the previous key still
     /// decrypts), so a stolen key opens a bounded window of sessions.
-    ticketer: Arc<dyn ProducesTickets>,
+    ticketer: Arc<crate::tickets::Ticketer>,
     sessions: Arc<dyn StoresServerSessions>,
     policy: std::sync::Mutex<TlsPolicy>,
     acceptor: ArcSwap<Acceptor>,
@@ -365,8 +364,9 @@ impl TlsEndpoint {
     ) -> Result<TlsEndpoint, String> {
         let resolver = Arc::new(SniResolver::default());
         resolver.store.store(store);
-        let ticketer = rustls::crypto::ring::Ticketer::new()
+        let own = rustls::crypto::ring::Ticketer::new()
             .map_err(|e| format!("listener {name:?}: session tickets: {e}"))?;
+        let ticketer = Arc::new(crate::tickets::Ticketer::new(own));
         let sessions: Arc<dyn StoresServerSessions> =
             ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
         let config = server_config(policy, resolver.clone(), &ticketer, &sessions)
@@ -405,6 +405,11 @@ impl TlsEndpoint {
         Ok(())
     }
 
+    /// Seals new session tickets under `keys` (the fleet's), or under weir's own.
+    pub fn set_ticket_keys(&self, keys: Option<Arc<crate::tickets::TicketKeys>>) {
+        self.ticketer.set(keys);
+    }
+
     /// Where ACME publishes the certificates it issues for this listener.
     pub fn issued(&self) -> Arc<Issued> {
         self.resolver.issued.clone()
@@ -427,7 +432,7 @@ impl TlsEndpoint {
 fn server_config(
     policy: &TlsPolicy,
     resolver: Arc<SniResolver>,
-    ticketer: &Arc<dyn ProducesTickets>,
+    ticketer: &Arc<crate::tickets::Ticketer>,
     sessions: &Arc<dyn StoresServerSessions>,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
     let versions: &[&rustls::SupportedProtocolVersion] = if policy.tls13_only {

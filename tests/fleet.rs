@@ -90,7 +90,7 @@ impl Etcd {
     }
 
     fn put(&self, key: &str, value: &str) {
-        let out = self.ctl(&["put", key, value]);
+        let out = self.ctl(&["put", "--", key, value]);
         assert!(out.status.success(), "etcdctl put: {out:?}");
     }
 
@@ -601,4 +601,96 @@ fn check_push_and_pull() {
     );
     assert_eq!(node.body("a.test"), "a");
     let _ = TcpStream::connect(("127.0.0.1", node.port)).unwrap();
+}
+
+/// A node serving TLS with the certificate the store holds (written to its state
+/// directory) and the session-ticket keys `keys`.
+fn tls_node(etcd: &Etcd, keys: &str) -> (Weir, u16) {
+    let (https, admin) = (free_port(), free_port());
+    let dir = config_dir(&[("token", TOKEN), ("tickets", keys)]);
+    let state = dir.path().join("state");
+    let yaml = format!(
+        "listeners:
+  https:
+    bind: \"127.0.0.1:{https}\"
+    tls:
+      certificates: [{{ cert: {s}/certs/a.pem, key: {s}/certs/a.key }}]
+      ticket_keys_file: tickets
+admin: {{ bind: \"127.0.0.1:{admin}\" }}
+config_source: {{ etcd: {{ endpoints: [\"{}\"], prefix: {PREFIX} }} }}
+state_dir: {s}
+",
+        etcd.endpoint(),
+        s = state.display()
+    );
+    let config = dir.path().join("weir.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    (Weir::start_in(dir, config, &[https, admin]), https)
+}
+
+fn ticket_key() -> String {
+    let out = Command::new("openssl")
+        .args(["rand", "-base64", "48"])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn certificates_from_the_store_and_sessions_resume_on_any_node() {
+    let etcd = Etcd::start();
+    let certs = tempfile::tempdir().unwrap();
+    self_signed(certs.path(), "a", "a.test");
+    for f in ["a.pem", "a.key"] {
+        let text = std::fs::read_to_string(certs.path().join(f)).unwrap();
+        etcd.put(&format!("{PREFIX}/certs/{f}"), &text);
+    }
+    etcd.put_gateway("a", &respond("a", "a"));
+    let shared = format!("{}{}", ticket_key(), ticket_key());
+    let (node_a, a) = tls_node(&etcd, &shared);
+    let (node_b, b) = tls_node(&etcd, &shared);
+    let (_node_c, c) = tls_node(&etcd, &ticket_key());
+    let cert = node_a.dir.path().join("state/certs/a.key");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&cert).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    for (name, extra) in [("tls13", &["-tls1_3"]), ("tls12", &["-tls1_2"])] {
+        let file = certs.path().join(name);
+        let first = session(a, &file, true, extra);
+        assert!(first.contains("HTTP/1.1 200"), "{name}: {first}");
+        assert!(
+            session_line(&first).starts_with("New, TLSv1."),
+            "{name}: {first}"
+        );
+        let on_b = session(b, &file, false, extra);
+        assert!(
+            session_line(&on_b).starts_with("Reused, TLSv1."),
+            "{name}: a ticket from node A resumes on node B: {on_b}"
+        );
+        assert!(on_b.contains("HTTP/1.1 200"), "{name}: {on_b}");
+        let on_c = session(c, &file, false, extra);
+        assert!(
+            session_line(&on_c).starts_with("New, TLSv1."),
+            "{name}: not on a node with other keys: {on_c}"
+        );
+    }
+
+    // Rotation: node B gets a new first key and keeps the old ones: A's tickets still
+    // resume there; B's new tickets are sealed under a key A lacks.
+    let rotated = format!("{}{shared}", ticket_key());
+    std::fs::write(node_b.dir.path().join("tickets"), &rotated).unwrap();
+    assert!(within(Duration::from_secs(10), || node_b
+        .log()
+        .contains("config reloaded")));
+    let file = certs.path().join("rotated");
+    let _ = session(a, &file, true, &["-tls1_2"]);
+    let on_b = session(b, &file, false, &["-tls1_2"]);
+    assert!(session_line(&on_b).starts_with("Reused"), "{on_b}");
+    let from_b = certs.path().join("from-b");
+    let _ = session(b, &from_b, true, &["-tls1_2"]);
+    let on_a = session(a, &from_b, false, &["-tls1_2"]);
+    assert!(session_line(&on_a).starts_with("New"), "{on_a}");
 }

@@ -380,40 +380,6 @@ gateways:
     assert_eq!(errors(), counted);
 }
 
-/// One `openssl s_client` connection that sends a request and reads the answer (so
-/// TLS 1.3 session tickets, sent after the handshake, arrive), saving or offering a
-/// session; returns its output.
-fn session(port: u16, file: &Path, save: bool, extra: &[&str]) -> String {
-    let mut child = Command::new("timeout")
-        .args(["10", "openssl", "s_client", "-connect"])
-        .arg(format!("127.0.0.1:{port}"))
-        .args(["-servername", "a.test", "-ign_eof"])
-        .arg(if save { "-sess_out" } else { "-sess_in" })
-        .arg(file)
-        .args(extra)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("run openssl s_client");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The `New, TLSv1.x, ...` or `Reused, TLSv1.x, ...` line.
-fn session_line(text: &str) -> &str {
-    text.lines()
-        .find(|l| l.starts_with("New,") || l.starts_with("Reused,"))
-        .unwrap_or("")
-}
-
 /// Sessions resume by ticket (TLS 1.3 and 1.2) and by session id (TLS 1.2 clients
 /// without ticket support), across a config reload.
 #[test]

@@ -501,6 +501,9 @@ fn read_blobs(loaded: &mut Loaded) {
         if let Some(ca) = tls.acme.as_ref().and_then(|a| a.ca_file.as_ref()) {
             paths.push(loaded.resolve(ca));
         }
+        if let Some(f) = &tls.ticket_keys_file {
+            paths.push(loaded.resolve(f));
+        }
         if let Some(auth) = &tls.client_auth {
             for f in std::iter::once(&auth.ca).chain(&auth.crl) {
                 paths.push(loaded.resolve(f));

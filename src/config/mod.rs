@@ -167,6 +167,9 @@ pub struct TlsConfig {
     /// Certificates issued and renewed by weir from an ACME server.
     #[serde(default)]
     pub acme: Option<AcmeConfig>,
+    /// Session-ticket keys shared by a fleet (resumption on any edge).
+    #[serde(default)]
+    pub ticket_keys_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -85,6 +85,8 @@ pub struct TlsListener {
     pub stapled: Vec<(Arc<crate::tls::Loaded>, Arc<crate::ocsp::Source>)>,
     /// `acme`: the certificates weir issues itself for this listener.
     pub acme: Option<crate::acme::Settings>,
+    /// `ticket_keys_file`: session-ticket keys shared with the fleet.
+    pub ticket_keys: Option<Arc<crate::tickets::TicketKeys>>,
 }
 
 /// Settings from `defaults:`.

@@ -1,7 +1,8 @@
-//! A private test CA and leaf certificates, made with the openssl command.
+//! A private test CA and leaf certificates, made with the openssl command; TLS sessions
+//! saved and offered with `openssl s_client`.
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 pub fn openssl(args: &[&str]) {
     let out = Command::new("openssl")
@@ -92,4 +93,38 @@ fn fastrand_serial() -> u64 {
         .unwrap()
         .as_nanos() as u64;
     (n % 1_000_000_000) + 1000
+}
+
+/// One `openssl s_client` connection that sends a request and reads the answer (so
+/// TLS 1.3 session tickets, sent after the handshake, arrive), saving or offering a
+/// session; returns its output.
+pub fn session(port: u16, file: &Path, save: bool, extra: &[&str]) -> String {
+    let mut child = Command::new("timeout")
+        .args(["10", "openssl", "s_client", "-connect"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["-servername", "a.test", "-ign_eof"])
+        .arg(if save { "-sess_out" } else { "-sess_in" })
+        .arg(file)
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run openssl s_client");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The `New, TLSv1.x, ...` or `Reused, TLSv1.x, ...` line.
+pub fn session_line(text: &str) -> &str {
+    text.lines()
+        .find(|l| l.starts_with("New,") || l.starts_with("Reused,"))
+        .unwrap_or("")
 }

@@ -200,6 +200,19 @@ impl Builder<'_> {
         {
             policy.alpn.push(crate::challenge::ACME_TLS_ALPN.to_vec());
         }
+        let ticket_keys = t.ticket_keys_file.as_ref().and_then(|f| {
+            let path = self.loaded.resolve(f);
+            let keys = self.blob(&path).and_then(|b| {
+                crate::tickets::parse(&b).map_err(|e| format!("{}: {e}", path.display()))
+            });
+            match keys {
+                Ok(k) => Some(Arc::new(k)),
+                Err(e) => {
+                    self.main_error(scope, format!("tls.ticket_keys_file {e}"));
+                    None
+                }
+            }
+        });
         let stapled = if t.ocsp_stapling {
             self.ocsp_sources(scope, &certs)
         } else {
@@ -211,6 +224,7 @@ impl Builder<'_> {
             policy,
             stapled,
             acme,
+            ticket_keys,
         })
     }
 

@@ -175,6 +175,8 @@ pub fn build(loaded: &Loaded, inputs: &Inputs) -> Result<Snapshot, Diagnostics> 
                 }
             }),
             h2_idle_timeout: defaults.idle_timeout,
+            config_source: config.config_source.clone(),
+            state_dir: config.state_dir.clone(),
         },
         defaults,
         admin_token_file: token(admin.and_then(|a| a.token_file.as_ref())),
