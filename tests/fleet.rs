@@ -26,28 +26,79 @@ struct Etcd {
     data: tempfile::TempDir,
     client: u16,
     peer: u16,
+    /// Clients speak TLS and show a certificate (the test CA's, in `data`).
+    tls: bool,
+    /// `root`'s password once authentication is on.
+    password: Option<String>,
 }
 
 impl Etcd {
     fn start() -> Etcd {
+        Etcd::start_with(false)
+    }
+
+    fn start_with(tls: bool) -> Etcd {
+        let data = tempfile::tempdir().unwrap();
+        if tls {
+            ca(data.path());
+            signed(
+                data.path(),
+                "ca",
+                "server",
+                "etcd",
+                "subjectAltName=IP:127.0.0.1\n",
+                2,
+                true,
+            );
+            signed(
+                data.path(),
+                "ca",
+                "client",
+                "weir",
+                "extendedKeyUsage=clientAuth\n",
+                3,
+                true,
+            );
+        }
         let mut e = Etcd {
             child: None,
-            data: tempfile::tempdir().unwrap(),
+            data,
             client: free_port(),
             peer: free_port(),
+            tls,
+            password: None,
         };
         e.run();
         e
     }
 
+    fn file(&self, name: &str) -> String {
+        path_str(&self.data.path().join(name)).to_string()
+    }
+
     fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client)
     }
 
     fn run(&mut self) {
         let peer = format!("http://127.0.0.1:{}", self.peer);
         let log = std::fs::File::create(self.data.path().join("etcd.log")).unwrap();
-        let child = Command::new("etcd")
+        let mut cmd = Command::new("etcd");
+        if self.tls {
+            cmd.args([
+                "--cert-file",
+                &self.file("server.pem"),
+                "--key-file",
+                &self.file("server.key"),
+            ])
+            .args([
+                "--trusted-ca-file",
+                &self.file("ca.pem"),
+                "--client-cert-auth",
+            ]);
+        }
+        let child = cmd
             .args(["--name", "t", "--data-dir"])
             .arg(self.data.path().join("data"))
             .args(["--listen-client-urls", &self.endpoint()])
@@ -79,14 +130,38 @@ impl Etcd {
     }
 
     fn ctl(&self, args: &[&str]) -> std::process::Output {
-        Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
+        let mut cmd = Command::new("etcdctl");
+        if self.tls {
+            cmd.args([
+                "--cacert",
+                &self.file("ca.pem"),
+                "--cert",
+                &self.file("client.pem"),
+            ])
+            .args(["--key", &self.file("client.key")]);
+        }
+        if let Some(p) = &self.password {
+            cmd.arg(format!("--user=root:{p}"));
+        }
+        cmd.env("ETCDCTL_API", "3")
             .arg("--endpoints")
             .arg(self.endpoint())
             .args(["--dial-timeout", "1s", "--command-timeout", "3s"])
             .args(args)
             .output()
             .expect("etcdctl (Debian's etcd-client) is installed")
+    }
+
+    /// Turns authentication on with user `root`.
+    fn enable_auth(&mut self, password: &str) {
+        for args in [
+            vec!["user", "add", "--new-user-password", password, "root"],
+            vec!["auth", "enable"],
+        ] {
+            let out = self.ctl(&args);
+            assert!(out.status.success(), "etcdctl {args:?}: {out:?}");
+        }
+        self.password = Some(password.to_string());
     }
 
     fn put(&self, key: &str, value: &str) {
@@ -693,4 +768,57 @@ fn certificates_from_the_store_and_sessions_resume_on_any_node() {
     let _ = session(b, &from_b, true, &["-tls1_2"]);
     let on_a = session(a, &from_b, false, &["-tls1_2"]);
     assert!(session_line(&on_a).starts_with("New"), "{on_a}");
+}
+
+#[test]
+fn etcd_over_mutual_tls_with_a_user_and_password() {
+    let mut etcd = Etcd::start_with(true);
+    etcd.enable_auth("pw-of-root");
+    etcd.put_gateway("web", &respond("web", "secure"));
+    let (port, admin) = (free_port(), free_port());
+    let tls = format!(
+        "    tls: {{ ca: {}, cert: {}, key: {} }}\n    username: root\n    password_file: password\n",
+        etcd.file("ca.pem"),
+        etcd.file("client.pem"),
+        etcd.file("client.key")
+    );
+    let write = |password: &str| {
+        let dir = config_dir(&[("token", TOKEN), ("password", password)]);
+        let state = dir.path().join("state");
+        let yaml = node_config(port, admin, &etcd.endpoint(), &state, "").replace(
+            "    connect_timeout: 1s\n",
+            &format!("{tls}    connect_timeout: 1s\n"),
+        );
+        let config = dir.path().join("weir.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        (dir, config)
+    };
+    // A wrong password: refused, and with no copy to start from, weir says why.
+    let (_wrong, config) = write("not-it\n");
+    let out = weir_cmd(&["run", "-c", path_str(&config)]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("cannot start"),
+        "{err}"
+    );
+    let (dir, config) = write("pw-of-root\n");
+    let weir = Weir::start_in(dir, config, &[port, admin]);
+    assert_eq!(get(port, "web.test", "/").body, "secure", "{}", weir.log());
+    etcd.put_gateway("web", &respond("web", "changed"));
+    assert!(within(Duration::from_secs(10), || get(
+        port, "web.test", "/"
+    )
+    .body
+        == "changed"));
+    let r = api(
+        admin,
+        "PUT",
+        "/api/v1/gateways/web",
+        Some(TOKEN),
+        &respond("web", "by-api"),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert!(etcd
+        .get(&format!("{PREFIX}/gateways/web"))
+        .contains("by-api"));
 }
