@@ -302,6 +302,19 @@ fn changes_converge_on_every_node_and_invalid_documents_are_refused_everywhere()
         p99
     );
 
+    // Every node reports the store revision it serves: the same on all.
+    let revisions = || -> Vec<f64> {
+        nodes
+            .iter()
+            .map(|n| n.metric("weir_config_store_revision"))
+            .collect()
+    };
+    let same = within(Duration::from_secs(5), || {
+        let r = revisions();
+        r.iter().all(|x| *x > 20.0 && *x == r[0])
+    });
+    assert!(same, "{:?}", revisions());
+
     // A new gateway and a deleted one.
     etcd.put_gateway("api", &respond("api", "api"));
     converge(&all, "api.test", "api");

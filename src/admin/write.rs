@@ -188,14 +188,7 @@ fn perform_in_store(
     };
     let result = reloader.store_changed(&[change], revision, false);
     record(&result, "admin API", started);
-    log::info!(
-        target: "weir::audit",
-        "{peer} {} gateway {:?} in {} at revision {revision}: {}",
-        op.verb(),
-        plan.name,
-        plan.file.display(),
-        plan.change
-    );
+    audit(peer, op, &plan, &format!(" at revision {revision}"));
     let snapshot = reloader.current.load();
     let mut reply = match snapshot.gateway_by_name(&plan.name) {
         Some(i) if text.is_some() => {
@@ -240,14 +233,7 @@ fn perform(reloader: &Reloader, op: &Op, body: &[u8], peer: &str) -> Result<Repl
             None => message(StatusCode::BAD_REQUEST, d.to_string()),
         });
     }
-    log::info!(
-        target: "weir::audit",
-        "{peer} {} gateway {:?} in {}: {}",
-        op.verb(),
-        plan.name,
-        plan.file.display(),
-        plan.change
-    );
+    audit(peer, op, &plan, "");
     let snapshot = reloader.current.load();
     Ok(match snapshot.gateway_by_name(&plan.name) {
         Some(i) => document(StatusCode::ACCEPTED, &view(&snapshot.gateways[i]), false),
@@ -256,6 +242,18 @@ fn perform(reloader: &Reloader, op: &Op, body: &[u8], peer: &str) -> Result<Repl
             format!("gateway {:?} deleted", plan.name),
         ),
     })
+}
+
+/// The `weir::audit` line of a write: who, what, where (`at`: e.g. the store revision).
+fn audit(peer: &str, op: &Op, plan: &Plan, at: &str) {
+    log::info!(
+        target: "weir::audit",
+        "{peer} {} gateway {:?} in {}{at}: {}",
+        op.verb(),
+        plan.name,
+        plan.file.display(),
+        plan.change
+    );
 }
 
 /// What a write changes; `store`: gateways live in the config store.

@@ -299,7 +299,7 @@ impl Counts {
 }
 
 /// Reads a file of at most `limit` bytes; `what` names the limit in the error.
-fn read_bounded(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>, String> {
+pub fn read_bounded(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>, String> {
     let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
     let meta = file.metadata().map_err(|e| format!("cannot read: {e}"))?;
     if !meta.is_file() {

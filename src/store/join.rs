@@ -190,21 +190,7 @@ pub fn build_fleet(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Doc;
-
-    fn doc(t: &str, r: i64) -> Doc {
-        Doc {
-            text: t.into(),
-            revision: r,
-        }
-    }
-
-    fn docs(items: &[(&str, &str, i64)]) -> Docs {
-        items
-            .iter()
-            .map(|(n, t, r)| (n.to_string(), doc(t, *r)))
-            .collect()
-    }
+    use crate::store::tests::docs;
 
     fn set(names: &[&str]) -> BTreeSet<String> {
         names.iter().map(|s| s.to_string()).collect()

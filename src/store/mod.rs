@@ -169,17 +169,9 @@ impl Settings {
     }
 }
 
+/// A file of at most `limit` bytes.
 fn read_small(path: &Path, limit: u64) -> Result<Vec<u8>, String> {
-    use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
-    let mut bytes = Vec::new();
-    file.take(limit + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read: {e}"))?;
-    if bytes.len() as u64 > limit {
-        return Err(format!("larger than {limit} bytes"));
-    }
-    Ok(bytes)
+    crate::config::load::read_bounded(path, limit, "the limit")
 }
 
 /// Whether `name` may be a stored certificate's file name.
@@ -310,14 +302,14 @@ pub fn changed(docs: &Docs, changes: &[Change], revision: i64, full: bool) -> Do
 mod tests {
     use super::*;
 
-    fn doc(t: &str, r: i64) -> Doc {
+    pub(super) fn doc(t: &str, r: i64) -> Doc {
         Doc {
             text: t.into(),
             revision: r,
         }
     }
 
-    fn docs(items: &[(&str, &str, i64)]) -> Docs {
+    pub(super) fn docs(items: &[(&str, &str, i64)]) -> Docs {
         items
             .iter()
             .map(|(n, t, r)| (n.to_string(), doc(t, *r)))
