@@ -61,17 +61,10 @@ fn unix_now() -> u64 {
 /// With a config store, its documents come from etcd, or from the last good copy when
 /// etcd cannot be reached; a document that does not build is an error here.
 pub fn load_once(path: &Path) -> Result<(Loaded, Snapshot), Diagnostics> {
-    let mut loaded = load(path)?;
+    let loaded = load(path)?;
     if let Some(settings) = Settings::of(&loaded)? {
         let (docs, _, _) = store::join::initial_docs(&settings, false)?;
-        let (composed, refused) = store::join::compose(&loaded, &settings, &docs);
-        if let Some(errors) = refused.into_iter().map(|(_, d)| d).reduce(|mut a, b| {
-            a.0.extend(b.0);
-            a
-        }) {
-            return Err(errors);
-        }
-        loaded = composed;
+        return store::join::check_all(&loaded, &settings, &docs);
     }
     let inputs = Caches::default().prepare(&loaded.config);
     let snapshot = build(&loaded, &inputs)?;

@@ -133,6 +133,25 @@ pub fn initial_docs(settings: &Settings, write: bool) -> Result<(Docs, i64, Docs
     }
 }
 
+/// The local config joined with `docs` and built, every refusal an error.
+pub fn check_all(
+    local: &Loaded,
+    settings: &Settings,
+    docs: &Docs,
+) -> Result<(Loaded, Snapshot), Diagnostics> {
+    let (loaded, refused) = compose(local, settings, docs);
+    let mut errors = Diagnostics::default();
+    for (_, d) in refused {
+        errors.0.extend(d.0);
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let inputs = Caches::default().prepare(&loaded.config);
+    let snapshot = build(&loaded, &inputs)?;
+    Ok((loaded, snapshot))
+}
+
 /// Builds the local config joined with the store's `docs`. Documents the build blames
 /// are taken back to their version in `fallback` (or out) and the build runs again,
 /// each refusal logged and counted; an error that names no document fails the whole.

@@ -7,12 +7,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::etcd::{self, Listing, Written};
-use super::join::compose;
+use super::join::check_all;
 use super::{Change, Docs, Settings};
 use crate::config::load::{load, parse_gateway_file, Loaded, MAX_GATEWAYS};
 use crate::diag::Diagnostics;
-use crate::prepare::Caches;
-use crate::snapshot::{build, Snapshot};
+use crate::snapshot::Snapshot;
 
 /// The local config and its store settings; an error when it has none.
 fn local(config: &Path) -> Result<(Loaded, Settings), String> {
@@ -31,25 +30,6 @@ fn list(settings: &Settings) -> Result<Listing, String> {
         let client = etcd::connect(settings).await?;
         etcd::list(&client, settings).await
     })?
-}
-
-/// The local config joined with `docs` and built, every refusal an error.
-fn check_all(
-    local: &Loaded,
-    settings: &Settings,
-    docs: &Docs,
-) -> Result<(Loaded, Snapshot), Diagnostics> {
-    let (loaded, refused) = compose(local, settings, docs);
-    let mut errors = Diagnostics::default();
-    for (_, d) in refused {
-        errors.0.extend(d.0);
-    }
-    if !errors.is_empty() {
-        return Err(errors);
-    }
-    let inputs = Caches::default().prepare(&loaded.config);
-    let snapshot = build(&loaded, &inputs)?;
-    Ok((loaded, snapshot))
 }
 
 /// `weir check --etcd`: what the store holds now, with the local config.
