@@ -5,7 +5,7 @@
 #   docker run --rm -p 8080:8080 -p 8443:8443 -p 127.0.0.1:9900:9900 --stop-timeout 45 weir
 FROM rust:1-bookworm AS build
 RUN apt-get update \
- && apt-get install -y --no-install-recommends cmake \
+ && apt-get install -y --no-install-recommends cmake protobuf-compiler \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # A stripped binary without debug info (the release profile keeps line tables for perf).
