@@ -123,20 +123,10 @@ impl Reloader {
                 (None, build(&loaded, &inputs)?)
             }
             Some(settings) => {
-                let (docs, revision, fallback) = store::join::initial_docs(&settings, true)?;
-                // The store's certificates may just have been written: read them.
-                let local = load(&path)?;
-                let (composed, snapshot, docs) =
-                    store::join::build_fleet(&caches, &settings, &local, docs, &fallback, None)?;
+                let (composed, snapshot, fleet) =
+                    store::join::first_build(&caches, &path, settings)?;
                 loaded = composed;
-                if let Err(e) = store::cache::save(&settings, &docs, revision) {
-                    log::warn!("config store: {e}");
-                }
-                let fleet = Arc::new(Fleet::new(settings, docs, revision));
-                (
-                    Some(fleet),
-                    snapshot.ok_or_else(|| Diagnostic::new(&path, "nothing built"))?,
-                )
+                (Some(Arc::new(fleet)), snapshot)
             }
         };
         log_warnings(&snapshot.warnings);
@@ -190,14 +180,13 @@ impl Reloader {
         let loaded = load(&self.path)?;
         log::debug!("reload: read and parsed in {:?}", started.elapsed());
         if let Some(fleet) = &self.fleet {
-            let docs = fleet.accepted();
             let same = (!force).then_some(&**applied);
             let built = store::join::build_fleet(
                 &self.caches,
                 &fleet.settings,
                 &loaded,
-                docs.clone(),
-                &docs,
+                fleet.stored(),
+                &fleet.accepted(),
                 same,
             )?;
             return Ok(self.swap_in_fleet(fleet, built, &mut applied, None));
@@ -223,8 +212,9 @@ impl Reloader {
     }
 
     /// Applies changes from the config store at `revision` (`full`: they are the whole
-    /// store). A document that does not validate is refused, logged and counted; its
-    /// version in service (if any) stays and the rest applies.
+    /// store). The whole store is built anew; a document that does not validate is
+    /// refused, logged and counted once; its version in service (if any) stays and the
+    /// rest applies.
     pub fn store_changed(
         &self,
         changes: &[Change],
@@ -234,10 +224,9 @@ impl Reloader {
         let Some(fleet) = &self.fleet else {
             return Ok(Outcome::Unchanged);
         };
-        fleet.note_stored(changes, full);
         let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
+        let candidate = fleet.note_stored(changes, revision, full);
         let fallback = fleet.accepted();
-        let candidate = store::changed(&fallback, changes, revision, full);
         let local = store::join::local_part(&applied, &fleet.settings);
         let built = store::join::build_fleet(
             &self.caches,
@@ -260,7 +249,7 @@ impl Reloader {
     fn swap_in_fleet(
         &self,
         fleet: &Fleet,
-        (loaded, snapshot, docs): store::join::FleetBuild,
+        (loaded, snapshot, docs, refusals): store::join::FleetBuild,
         applied: &mut Arc<Loaded>,
         revision: Option<i64>,
     ) -> Outcome {
@@ -273,6 +262,7 @@ impl Reloader {
             log::warn!("config store: {e}");
         }
         fleet.set_accepted(docs, revision);
+        fleet.report(refusals);
         outcome
     }
 

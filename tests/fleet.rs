@@ -355,9 +355,28 @@ fn changes_converge_on_every_node_and_invalid_documents_are_refused_everywhere()
         );
         assert!(log.contains("duplicate gateway name"), "{log}");
     }
-    // The document mended: served everywhere.
+    // Refusals are reported once, not again with each unrelated change.
+    let counted = nodes[0].metric("weir_config_store_rejected_total");
+    etcd.put_gateway("fine2", &respond("fine2", "fine2"));
+    converge(&all, "fine2.test", "fine2");
+    assert_eq!(nodes[0].metric("weir_config_store_rejected_total"), counted);
+    assert_eq!(nodes[0].body("web.test"), "v20");
+
+    // A node that starts now, with no copy of its own, serves every valid document and
+    // refuses the invalid ones. It has no version of web to keep, so there the thief's
+    // claim on web.test stands (until web is mended, below).
+    let late = Node::start(&etcd);
+    assert_eq!(late.body("fine.test"), "fine");
+    assert_eq!(late.body("web.test"), "x");
+    assert_eq!(late.body("local.test"), "local");
+    assert_eq!(late.body("bad.test"), "status 404");
+    // The thief removed and the document mended: served everywhere.
+    let out = etcd.ctl(&["del", &format!("{PREFIX}/gateways/thief")]);
+    assert!(out.status.success());
     etcd.put_gateway("web", &respond("web", "mended"));
-    converge(&all, "web.test", "mended");
+    let mut with_late = all.clone();
+    with_late.push(&late);
+    converge(&with_late, "web.test", "mended");
     assert!(
         nodes[0].readyz().contains("config store: etcd up"),
         "{}",

@@ -6,15 +6,15 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use super::{cache, etcd, Docs, Settings};
-use crate::config::load::Loaded;
+use super::{cache, etcd, Docs, Fleet, Refusal, Settings};
+use crate::config::load::{load, Loaded};
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::prepare::Caches;
 use crate::snapshot::{build, Snapshot};
 
 /// What a build with the store's documents gave: the config, its snapshot (none: the
 /// config is as applied), and the documents that went into it.
-pub type FleetBuild = (Loaded, Option<Snapshot>, Docs);
+pub type FleetBuild = (Loaded, Option<Snapshot>, Docs, Vec<Refusal>);
 
 /// The local config with `docs` joined; documents refused on their own (syntax, bounds,
 /// wrong name) are left out and returned with why.
@@ -26,7 +26,11 @@ pub fn compose(
     let mut loaded = local.clone();
     let mut refused = Vec::new();
     let mut adding = loaded.documents();
-    for (name, doc) in docs {
+    // Oldest first: of two documents that clash (one virtual host, one port), the
+    // build names the later, so the newer write is the one refused, on every edge.
+    let mut ordered: Vec<(&String, &super::Doc)> = docs.iter().collect();
+    ordered.sort_by_key(|(name, d)| (d.revision, *name));
+    for (name, doc) in ordered {
         if &*doc.text == etcd::NOT_UTF8 {
             let d = Diagnostic::new(
                 &settings.doc_path(name),
@@ -61,42 +65,20 @@ pub fn named(errors: &Diagnostics, settings: &Settings) -> BTreeSet<String> {
         .collect()
 }
 
-/// Takes documents out of `docs` after `blamed` ones failed the build: the blamed ones
-/// that changed go back to their version in service (`fallback`); when none of the
-/// blamed changed, every changed one goes back (the change broke them); when nothing
-/// changed, the blamed ones go. Returns the names taken back or out.
+/// Takes back the documents a build blamed: each goes back to its version in service
+/// (`fallback`), or, when that is what failed (or it has none), out. Only what the build
+/// names is touched, whatever changed last: so the outcome follows from what the store
+/// holds, and edges that saw changes in another order reach the same config (of two
+/// gateways claiming one host, the build names the newer write: see `compose`).
+/// Returns the names taken back or out.
 pub fn blame(docs: &mut Docs, fallback: &Docs, blamed: &BTreeSet<String>) -> Vec<String> {
-    let is_changed = |docs: &Docs, n: &String| docs.get(n) != fallback.get(n);
-    let changed: Vec<String> = docs
-        .keys()
-        .chain(fallback.keys())
-        .filter(|n| is_changed(docs, n))
-        .cloned()
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let blamed_changed: Vec<String> = changed
-        .iter()
-        .filter(|n| blamed.contains(*n))
-        .cloned()
-        .collect();
-    let (back, out): (Vec<String>, Vec<String>) = if !blamed_changed.is_empty() {
-        (blamed_changed, Vec::new())
-    } else if !changed.is_empty() {
-        (changed, Vec::new())
-    } else {
-        (Vec::new(), blamed.iter().cloned().collect())
-    };
-    for n in &back {
-        match fallback.get(n) {
-            Some(d) => docs.insert(n.clone(), d.clone()),
+    for n in blamed {
+        match fallback.get(n).filter(|f| docs.get(n) != Some(*f)) {
+            Some(f) => docs.insert(n.clone(), f.clone()),
             None => docs.remove(n),
         };
     }
-    for n in &out {
-        docs.remove(n);
-    }
-    back.into_iter().chain(out).collect()
+    blamed.iter().cloned().collect()
 }
 
 /// The store's documents at start: from etcd (the certificates it holds written to the
@@ -152,10 +134,30 @@ pub fn check_all(
     Ok((loaded, snapshot))
 }
 
+/// The first build with a store: its documents (from etcd, else the last good copy), the
+/// local files read after the store's certificates were written, the copy saved anew.
+pub fn first_build(
+    caches: &Caches,
+    path: &Path,
+    settings: Settings,
+) -> Result<(Loaded, Snapshot, Fleet), Diagnostics> {
+    let (docs, revision, fallback) = initial_docs(&settings, true)?;
+    let local = load(path)?;
+    let (loaded, snapshot, accepted, refusals) =
+        build_fleet(caches, &settings, &local, docs.clone(), &fallback, None)?;
+    let snapshot = snapshot.ok_or_else(|| Diagnostic::new(path, "nothing built"))?;
+    if let Err(e) = cache::save(&settings, &accepted, revision) {
+        log::warn!("config store: {e}");
+    }
+    let fleet = Fleet::new(settings, accepted, docs, revision);
+    fleet.report(refusals);
+    Ok((loaded, snapshot, fleet))
+}
+
 /// Builds the local config joined with the store's `docs`. Documents the build blames
-/// are taken back to their version in `fallback` (or out) and the build runs again,
-/// each refusal logged and counted; an error that names no document fails the whole.
-/// With `same`, a config equal to it is not built (`None` snapshot).
+/// are taken back to their version in `fallback` (or out) and the build runs again; an
+/// error that names no document fails the whole. With `same`, a config equal to it is
+/// not built (`None` snapshot).
 pub fn build_fleet(
     caches: &Caches,
     settings: &Settings,
@@ -164,16 +166,17 @@ pub fn build_fleet(
     fallback: &Docs,
     same: Option<&Loaded>,
 ) -> Result<FleetBuild, Diagnostics> {
+    let mut refusals: Vec<Refusal> = Vec::new();
     // Each round takes at least one document back or out.
     for _ in 0..=docs.len() + fallback.len() + 1 {
         let (loaded, refused) = compose(local, settings, &docs);
         let blamed = if refused.is_empty() {
             if same.is_some_and(|s| s.fingerprint == loaded.fingerprint) {
-                return Ok((loaded, None, docs));
+                return Ok((loaded, None, docs, refusals));
             }
             let inputs = caches.prepare(&loaded.config);
             match build(&loaded, &inputs) {
-                Ok(snapshot) => return Ok((loaded, Some(snapshot), docs)),
+                Ok(snapshot) => return Ok((loaded, Some(snapshot), docs, refusals)),
                 Err(errors) => {
                     let named = named(&errors, settings);
                     if named.is_empty() {
@@ -189,18 +192,22 @@ pub fn build_fleet(
                 .collect()
         };
         for (names, errors) in blamed {
-            for name in blame(&mut docs, fallback, &names) {
-                crate::metrics::store_rejected();
-                let kept = if docs.contains_key(&name) {
-                    "the version in service stays"
-                } else {
-                    "not in service"
-                };
-                log::error!("config store: gateway {name:?} refused ({kept}):");
-                for e in errors.iter() {
-                    log::error!("  {e}");
+            for name in &names {
+                let revision = docs.get(name).map_or(0, |d| d.revision);
+                // A refused version that was itself the fallback is not reported twice.
+                if !refusals.iter().any(|r| r.name == *name) {
+                    refusals.push(Refusal {
+                        name: name.clone(),
+                        revision,
+                        errors: errors.clone(),
+                        kept: false,
+                    });
                 }
             }
+            blame(&mut docs, fallback, &names);
+        }
+        for r in &mut refusals {
+            r.kept = docs.contains_key(&r.name);
         }
     }
     Err(Diagnostic::new(&local.main, "config store: no set of its documents builds").into())
@@ -235,15 +242,13 @@ mod tests {
     }
 
     #[test]
-    fn blame_of_an_unchanged_document_takes_back_the_change() {
-        // a changed and now conflicts with b, which the build names.
+    fn blame_touches_only_what_the_build_names() {
+        // a changed and now claims b's host; the build names b (later in name order):
+        // b goes, on every edge alike, whatever their history.
         let fallback = docs(&[("a", "a1", 1), ("b", "b1", 2)]);
         let mut d = docs(&[("a", "a2", 3), ("b", "b1", 2)]);
-        assert_eq!(blame(&mut d, &fallback, &set(&["b"])), ["a"]);
-        assert_eq!(d, fallback);
-        // Nothing changed (a local file now conflicts with b): b goes.
         assert_eq!(blame(&mut d, &fallback, &set(&["b"])), ["b"]);
-        assert_eq!(d, docs(&[("a", "a1", 1)]));
+        assert_eq!(d, docs(&[("a", "a2", 3)]));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::config::load::Loaded;
-use crate::diag::Diagnostic;
+use crate::diag::{Diagnostic, Diagnostics};
 
 /// Default `state_dir`.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/weir";
@@ -182,15 +182,18 @@ pub fn valid_cert_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
-/// The store's live state beside the reloader: documents in service and what etcd holds.
+/// The store's live state beside the reloader: what etcd holds, which documents are in
+/// service, which were refused.
 #[derive(Debug)]
 pub struct Fleet {
     pub settings: Settings,
     /// The documents in service (the last good version of each).
     accepted: Mutex<Docs>,
-    /// Each key's revision in the store, whether or not its document is in service: a
-    /// write through the API compares against it.
-    stored: Mutex<BTreeMap<String, i64>>,
+    /// What the store holds, valid or not: every build starts from it, so that the
+    /// outcome follows from the store and not from the order changes came in.
+    stored: Mutex<Docs>,
+    /// Documents refused, by name, with the revision refused (each reported once).
+    refused: Mutex<BTreeMap<String, i64>>,
     /// Connected to etcd and watching.
     pub up: AtomicBool,
     /// The store revision the config in service reflects.
@@ -199,14 +202,28 @@ pub struct Fleet {
     pub last_error: Mutex<Option<String>>,
 }
 
+/// A document a build refused, and why.
+#[derive(Debug)]
+pub struct Refusal {
+    pub name: String,
+    pub revision: i64,
+    pub errors: Diagnostics,
+    /// Its last good version stays in service.
+    pub kept: bool,
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Fleet {
-    pub fn new(settings: Settings, docs: Docs, revision: i64) -> Fleet {
-        let stored = docs.iter().map(|(n, d)| (n.clone(), d.revision)).collect();
+    pub fn new(settings: Settings, accepted: Docs, stored: Docs, revision: i64) -> Fleet {
         crate::metrics::store_revision(revision);
         Fleet {
             settings,
-            accepted: Mutex::new(docs),
+            accepted: Mutex::new(accepted),
             stored: Mutex::new(stored),
+            refused: Mutex::default(),
             up: AtomicBool::new(false),
             revision: AtomicI64::new(revision),
             last_error: Mutex::new(None),
@@ -214,40 +231,60 @@ impl Fleet {
     }
 
     pub fn accepted(&self) -> Docs {
-        self.accepted
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        locked(&self.accepted).clone()
+    }
+
+    pub fn stored(&self) -> Docs {
+        locked(&self.stored).clone()
     }
 
     pub fn set_accepted(&self, docs: Docs, revision: i64) {
-        *self.accepted.lock().unwrap_or_else(|e| e.into_inner()) = docs;
+        *locked(&self.accepted) = docs;
         let before = self.revision.fetch_max(revision, Ordering::Relaxed);
         crate::metrics::store_revision(before.max(revision));
     }
 
     /// The store's revision of gateway `name` (0: no such key).
     pub fn stored_revision(&self, name: &str) -> i64 {
-        self.stored
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-            .copied()
-            .unwrap_or(0)
+        locked(&self.stored).get(name).map_or(0, |d| d.revision)
     }
 
-    /// Records what the store holds: `full` replaces everything known.
-    pub fn note_stored(&self, changes: &[Change], full: bool) {
-        let mut stored = self.stored.lock().unwrap_or_else(|e| e.into_inner());
-        if full {
-            stored.clear();
-        }
-        for c in changes {
-            match &c.doc {
-                Some(d) => stored.insert(c.name.clone(), d.revision),
-                None => stored.remove(&c.name),
+    /// Records changes seen at `revision` (`full`: the whole store); returns what the
+    /// store now holds.
+    pub fn note_stored(&self, changes: &[Change], revision: i64, full: bool) -> Docs {
+        let mut stored = locked(&self.stored);
+        *stored = changed(&stored, changes, revision, full);
+        stored.clone()
+    }
+
+    /// Logs and counts refusals not reported before (a document stays refused until it
+    /// changes: it is not reported again with every other change).
+    pub fn report(&self, refusals: Vec<Refusal>) {
+        let mut refused = locked(&self.refused);
+        let now: BTreeMap<String, i64> = refusals
+            .iter()
+            .map(|r| (r.name.clone(), r.revision))
+            .collect();
+        for r in refusals {
+            if refused.get(&r.name) == Some(&r.revision) {
+                continue;
+            }
+            crate::metrics::store_rejected();
+            let kept = if r.kept {
+                "its last good version stays in service"
+            } else {
+                "not in service"
             };
+            log::error!(
+                "config store: gateway {:?} (revision {}) refused, {kept}:",
+                r.name,
+                r.revision
+            );
+            for e in r.errors.iter() {
+                log::error!("  {e}");
+            }
         }
+        *refused = now;
     }
 
     /// Marks the store reachable or not (with why), for `/readyz` and the metrics.
