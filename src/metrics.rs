@@ -321,6 +321,11 @@ impl RouteMetrics {
         RouteMetrics { handles: None }
     }
 
+    /// Whether these handles record into series.
+    pub fn is_bound(&self) -> bool {
+        self.handles.is_some()
+    }
+
     /// Handles for the series of one route (created at 0 if new).
     pub fn bind(gateway: &str, route: &str) -> RouteMetrics {
         let m = metrics();

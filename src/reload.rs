@@ -142,7 +142,7 @@ impl Reloader {
         crate::metrics::loaded(unix_now());
         let startup = snapshot.startup.clone();
         let health = Arc::new(HealthRegistry::default());
-        let snapshot = join_live_state(snapshot, None, &health);
+        let snapshot = join_live_state(snapshot, None, &health, startup.admin.is_some());
         snapshot.refresh_health();
         health.prune();
         let stapler = Arc::new(crate::ocsp::Stapler::default());
@@ -310,7 +310,8 @@ impl Reloader {
     /// changes, swaps, and then forgets what the old snapshot alone had.
     pub fn apply(&self, next: Snapshot) {
         let old = self.current.load_full();
-        let mut next = join_live_state(next, Some(&old), &self.health);
+        let metrics = self.startup.admin.is_some();
+        let mut next = join_live_state(next, Some(&old), &self.health, metrics);
         let bound: Vec<u16> = self.startup.binds.iter().map(|b| b.addr.port()).collect();
         next.keep_bound_ports(&old, &bound);
         next.carry_over(&old);
@@ -435,11 +436,13 @@ fn tracer_for(
 
 /// Puts the live state into a freshly built snapshot: each resolved instance's health
 /// from the registry (kept from earlier snapshots), and metric handles (those of the
-/// same route in `old`, else bound anew).
+/// same route in `old`, else bound anew). Without an admin listener nothing could read
+/// the series, so none are made (a route's series cost about 8 KiB).
 fn join_live_state(
     mut next: Snapshot,
     old: Option<&Snapshot>,
     health: &HealthRegistry,
+    metrics: bool,
 ) -> Snapshot {
     next.tracer = tracer_for(next.tracing.as_ref(), old.and_then(|o| o.tracer.as_ref()));
     health.begin_build();
@@ -456,7 +459,8 @@ fn join_live_state(
             });
             r.metrics = match same {
                 Some(x) => x.metrics.clone(),
-                None => RouteMetrics::bind(&g.name, &r.key),
+                None if metrics => RouteMetrics::bind(&g.name, &r.key),
+                None => RouteMetrics::unbound(),
             };
             keep_rate_state(&mut r.rate, same.and_then(|x| x.rate.as_ref()));
             if let Target::Pool(pool) = &mut r.target {
@@ -470,7 +474,9 @@ fn join_live_state(
             }
         }
     }
-    next.unrouted = RouteMetrics::bind("", "");
+    if metrics {
+        next.unrouted = RouteMetrics::bind("", "");
+    }
     next
 }
 
@@ -679,6 +685,24 @@ impl BackgroundService for ReloadService {
                 }
                 _ = shutdown.changed() => return,
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn series_are_made_only_with_an_admin_listener() {
+        let yaml = "listeners: { http: { bind: \"127.0.0.1:8080\" } }\ngateways:\n- name: g\n  virtual_hosts: [g.test]\n  routes: { a: { respond: { status: 200 } } }\n";
+        let loaded = crate::config::load::load_from_str(Path::new("t.yaml"), yaml).unwrap();
+        let health = HealthRegistry::default();
+        for metrics in [false, true] {
+            let s = build(&loaded, &Default::default()).unwrap();
+            let s = join_live_state(s, None, &health, metrics);
+            assert_eq!(s.gateways[0].routes[0].metrics.is_bound(), metrics);
+            assert_eq!(s.unrouted.is_bound(), metrics);
         }
     }
 }
