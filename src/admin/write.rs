@@ -12,6 +12,7 @@
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use http::{Response, StatusCode};
@@ -415,7 +416,7 @@ fn parse_body(body: &[u8]) -> Result<GatewayConfig, Reply> {
         return Err(message(StatusCode::BAD_REQUEST, errors.to_string()));
     }
     match (parsed.pop(), parsed.is_empty()) {
-        (Some(g), true) => Ok(g),
+        (Some(g), true) => Ok(Arc::unwrap_or_clone(g)),
         _ => Err(message(
             StatusCode::BAD_REQUEST,
             "the body must hold exactly one gateway",

@@ -278,7 +278,7 @@ struct Counts {
 
 impl Counts {
     /// Adds `gateways`; the error names `file` when a total goes over its bound.
-    fn add(&mut self, file: &Path, gateways: &[GatewayConfig]) -> Option<Diagnostic> {
+    fn add(&mut self, file: &Path, gateways: &[Arc<GatewayConfig>]) -> Option<Diagnostic> {
         self.gateways += gateways.len();
         for g in gateways {
             self.routes += g.routes.len();
@@ -344,7 +344,8 @@ pub fn load_from_str(main: &Path, text: &str) -> Result<Loaded, Diagnostics> {
         Err(e) => return Err(Diagnostic::from_yaml(main, &e).into()),
     };
     for g in &mut config.gateways {
-        g.source = main.to_path_buf();
+        // Just parsed: not shared yet, so this changes it in place.
+        Arc::make_mut(g).source = main.to_path_buf();
     }
     let limit = config.limits.config_bytes.0;
     if text.len() as u64 > limit {
@@ -665,14 +666,14 @@ pub fn parse_gateway_file(
     file: &Path,
     text: &str,
     errors: &mut Diagnostics,
-) -> Vec<super::GatewayConfig> {
+) -> Vec<Arc<GatewayConfig>> {
     let mut gateways = Vec::new();
     for document in serde_yaml::Deserializer::from_str(text) {
         match GatewayDocument::deserialize(document) {
             Ok(GatewayDocument(list)) => {
                 gateways.extend(list.into_iter().map(|mut g| {
                     g.source = file.to_path_buf();
-                    g
+                    Arc::new(g)
                 }));
             }
             Err(e) => {

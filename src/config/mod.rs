@@ -32,7 +32,7 @@ pub struct Config {
     #[serde(default)]
     pub include: Vec<String>,
     #[serde(default)]
-    pub gateways: Vec<GatewayConfig>,
+    pub gateways: Vec<std::sync::Arc<GatewayConfig>>,
     #[serde(default)]
     pub access_log: Option<String>,
     /// Bounds on the config itself (read before the rest is trusted).

@@ -2,6 +2,7 @@
 //! exact virtual hosts of the gateways the listener carries).
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use super::Builder;
 use crate::acme::{Challenge, Settings};
@@ -73,7 +74,7 @@ impl Builder<'_> {
     pub(super) fn acme_names(
         &mut self,
         listeners: &mut [Listener],
-        configs: &[GatewayConfig],
+        configs: &[Arc<GatewayConfig>],
         gateways: &[Gateway],
     ) {
         for (i, l) in listeners.iter_mut().enumerate() {

@@ -116,7 +116,7 @@ pub fn build(loaded: &Loaded, inputs: &Inputs) -> Result<Snapshot, Diagnostics> 
                 }),
                 rate: b.rate_limit(gw, &scope, gw.rate_limit.as_ref()),
                 access: b.access(gw, &scope),
-                config: Arc::new(gw.clone()),
+                config: gw.clone(),
                 name: gw.name.as_str().into(),
                 source: gw.source.clone(),
                 sticky: gw.sticky,
@@ -435,7 +435,10 @@ impl Builder<'_> {
     }
 
     /// Gateway name → index; reports invalid and duplicate names.
-    fn gateway_names<'c>(&mut self, gateways: &'c [GatewayConfig]) -> FxHashMap<&'c str, usize> {
+    fn gateway_names<'c>(
+        &mut self,
+        gateways: &'c [Arc<GatewayConfig>],
+    ) -> FxHashMap<&'c str, usize> {
         let mut names = FxHashMap::default();
         for (i, gw) in gateways.iter().enumerate() {
             if let Some(first) = names.insert(gw.name.as_str(), i) {

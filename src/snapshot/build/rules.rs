@@ -1,6 +1,8 @@
 //! Rules across gateways and for TCP gateways: chains without loops and not too deep,
 //! chains that stay within one kind, and what a TCP gateway cannot have.
 
+use std::sync::Arc;
+
 use super::{Builder, MAX_CHAIN_DEPTH};
 use crate::config::{Balance, GatewayConfig, HealthProtocol, Sticky};
 use crate::snapshot::{Gateway, Target};
@@ -8,7 +10,11 @@ use crate::snapshot::{Gateway, Target};
 impl Builder<'_> {
     /// Chains stay within one kind: HTTP gateways chain to HTTP gateways only, and TCP
     /// gateways do not chain.
-    pub(super) fn check_tcp_chains(&mut self, configs: &[GatewayConfig], gateways: &[Gateway]) {
+    pub(super) fn check_tcp_chains(
+        &mut self,
+        configs: &[Arc<GatewayConfig>],
+        gateways: &[Gateway],
+    ) {
         for (gw, g) in configs.iter().zip(gateways) {
             for r in &g.routes {
                 if let Target::Chain(next) = r.target {
@@ -103,7 +109,7 @@ impl Builder<'_> {
     }
 
     /// Refuses chain loops and over-deep chains, naming the cycle.
-    pub(super) fn check_chains(&mut self, configs: &[GatewayConfig], gateways: &[Gateway]) {
+    pub(super) fn check_chains(&mut self, configs: &[Arc<GatewayConfig>], gateways: &[Gateway]) {
         if configs.len() != gateways.len() {
             return;
         }
