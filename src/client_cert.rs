@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use http::HeaderValue;
 use pingora::http::RequestHeader;
-use rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
+use rustls::pki_types::CertificateRevocationListDer;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
@@ -61,15 +61,8 @@ impl ClientAuth {
     ) -> Result<ClientAuth, String> {
         let (ca_path, ca_pem) = ca;
         let mut roots = RootCertStore::empty();
-        let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &ca_pem[..])
-            .collect::<Result<_, _>>()
-            .map_err(|e| format!("client_auth.ca {}: not PEM: {e}", ca_path.display()))?;
-        if certs.is_empty() {
-            return Err(format!(
-                "client_auth.ca {}: no PEM certificate in it",
-                ca_path.display()
-            ));
-        }
+        let certs =
+            crate::pem::certificates(ca_path, ca_pem).map_err(|e| format!("client_auth.ca {e}"))?;
         for c in certs {
             roots.add(c).map_err(|e| {
                 format!(

@@ -16,7 +16,7 @@
 //!    (etcd: documents joined to the local files, watched, cached) all go through it.
 //! 5. **Requests.** `server` assembles Pingora; `accept` takes each connection
 //!    (`connlimit`, PROXY header via `proxy_protocol`, TLS via `tls`, client
-//!    certificates via `client_cert`, OCSP staples from `ocsp`, shared session-ticket
+//!    certificates via `client_cert`, PEM certificate lists via `pem`, OCSP staples from `ocsp`, shared session-ticket
 //!    keys from `tickets`,
 //!    certificates issued by `acme`, whose
 //!    challenges `challenge` answers) and runs HTTP/1
@@ -63,6 +63,7 @@ pub(crate) mod metrics;
 pub(crate) mod mirror;
 pub(crate) mod ocsp;
 pub(crate) mod outlier;
+pub(crate) mod pem;
 pub mod prepare;
 pub(crate) mod probe;
 pub(crate) mod proxy;

@@ -81,15 +81,8 @@ pub fn parse_pair(
     key_path: &Path,
     key_pem: &[u8],
 ) -> Result<Loaded, String> {
-    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &cert_pem[..])
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("certificate {}: not PEM: {e}", cert_path.display()))?;
-    if chain.is_empty() {
-        return Err(format!(
-            "certificate {}: no PEM certificate in it",
-            cert_path.display()
-        ));
-    }
+    let chain =
+        crate::pem::certificates(cert_path, cert_pem).map_err(|e| format!("certificate {e}"))?;
     let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut &key_pem[..])
         .map_err(|e| format!("key {}: not PEM: {e}", key_path.display()))?
         .ok_or_else(|| format!("key {}: no PEM private key in it", key_path.display()))?;

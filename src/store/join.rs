@@ -216,18 +216,10 @@ pub fn build_fleet(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::tests::docs;
+    use crate::store::tests::{docs, loaded};
 
     fn set(names: &[&str]) -> BTreeSet<String> {
         names.iter().map(|s| s.to_string()).collect()
-    }
-
-    fn loaded(extra: &str) -> Loaded {
-        crate::config::load::load_from_str(
-            Path::new("/etc/weir/weir.yaml"),
-            &format!("listeners: {{ http: {{ bind: \"127.0.0.1:8080\" }} }}\n{extra}"),
-        )
-        .unwrap()
     }
 
     #[test]

@@ -385,7 +385,7 @@ mod tests {
         assert_eq!(changed(&d, &old, 1, false), d);
     }
 
-    fn loaded(extra: &str) -> Loaded {
+    pub(super) fn loaded(extra: &str) -> Loaded {
         crate::config::load::load_from_str(
             Path::new("/etc/weir/weir.yaml"),
             &format!("listeners: {{ http: {{ bind: \"127.0.0.1:8080\" }} }}\n{extra}"),

@@ -38,16 +38,9 @@ impl Builder<'_> {
         }
         let ca_file = a.ca_file.as_ref().map(|f| self.loaded.resolve(f));
         if let Some(path) = &ca_file {
-            let pem_certs = self.blob(path).and_then(|pem| {
-                let n = rustls_pemfile::certs(&mut &pem[..])
-                    .filter(|c| c.is_ok())
-                    .count();
-                if n == 0 {
-                    Err(format!("{}: no PEM certificate in it", path.display()))
-                } else {
-                    Ok(())
-                }
-            });
+            let pem_certs = self
+                .blob(path)
+                .and_then(|pem| crate::pem::certificates(path, &pem).map(|_| ()));
             if let Err(e) = pem_certs {
                 self.main_error(&scope, format!("ca_file {e}"));
                 ok = false;
