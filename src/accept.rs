@@ -17,12 +17,12 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use pingora::apps::{HttpServerApp, ReusedHttpStream, ServerApp};
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::stream::Stream as TcpStream;
 use pingora::protocols::tls::server::handshake_with_callback;
 use pingora::protocols::ALPN;
-use pingora::protocols::{GetSocketDigest, Peek, SocketDigest, Stream};
+use pingora::protocols::{GetSocketDigest, Peek, SocketDigest, Ssl, Stream};
 use pingora::server::ShutdownWatch;
 use prometheus::IntGauge;
 
@@ -208,6 +208,17 @@ fn tcp_of(stream: Stream) -> Option<Box<TcpStream>> {
     }
 }
 
+/// The guard under a kept-alive HTTP/1 connection Pingora hands back.
+fn guarded_of(stream: Stream) -> Option<Box<Guarded>> {
+    match stream.into_any().downcast::<Guarded>() {
+        Ok(g) => Some(g),
+        Err(_) => {
+            log::error!("an HTTP/1 connection without its guard");
+            None
+        }
+    }
+}
+
 /// The connection's peer address, for logs.
 fn peer_of(tcp: &TcpStream) -> String {
     tcp.get_socket_digest()
@@ -329,16 +340,13 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Accept<A> {
 
 impl<A: HttpServerApp + Send + Sync + 'static> Accept<A> {
     /// Waits, for up to the idle timeout, for a kept-alive connection's next request to
-    /// start, so that Pingora's session for it is made only then (an idle connection
-    /// between requests then costs about what a new one does). None: close it.
-    async fn next_request(&self, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
-        let mut guarded = match stream.into_any().downcast::<Guarded>() {
-            Ok(g) => g,
-            Err(_) => {
-                log::error!("an HTTP/1 connection without its guard");
-                return None;
-            }
-        };
+    /// start, so that what serves it is made only then (an idle connection between
+    /// requests then costs about what a new one does). None: close it.
+    async fn next_request(
+        &self,
+        mut guarded: Box<Guarded>,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Box<Guarded>> {
         let idle = self.current.load().defaults.idle_timeout;
         let next = async {
             matches!(
@@ -347,6 +355,32 @@ impl<A: HttpServerApp + Send + Sync + 'static> Accept<A> {
             )
         };
         unless_stopped(next, shutdown).await.then_some(guarded)
+    }
+
+    /// What weir's own HTTP/1 path needs to know of a connection; None when that path
+    /// is off (`WEIR_H1_DIRECT=0`, or an access log, which it does not write).
+    fn direct(&self, stream: &Guarded) -> Option<crate::h1::Conn> {
+        if !crate::h1::enabled() || self.access_log.is_some() {
+            return None;
+        }
+        let digest = stream.get_socket_digest();
+        let inet = |a: Option<&pingora::protocols::l4::socket::SocketAddr>| {
+            a.and_then(|a| a.as_inet()).copied()
+        };
+        let local = digest.as_ref().and_then(|d| inet(d.local_addr()));
+        let peer = digest.as_ref().and_then(|d| inet(d.peer_addr()));
+        let tls = stream.get_ssl_digest();
+        let client_cert = tls
+            .as_ref()
+            .and_then(|d| d.extension.get::<crate::tls::Peer>())
+            .is_some_and(|p| p.client_cert.is_some());
+        Some(crate::h1::Conn {
+            local_port: local.map_or(0, |a| a.port()),
+            tls: tls.is_some(),
+            client: peer.map(|a| a.ip()),
+            client_cert,
+            metrics: self.metrics,
+        })
     }
 
     /// Waits for a place on a listener at `max_connections`, for as long as a client
@@ -394,42 +428,56 @@ impl<A: HttpServerApp + Send + Sync + 'static> Accept<A> {
         }
     }
 
-    /// Serves an HTTP/1 connection request by request, as Pingora's `ServerApp` for
-    /// HTTP apps does, through the guard: it holds each request head to the limits and
-    /// to `request_header` as a deadline for the whole head (from accept for the
-    /// first request); the proxy sets the idle timeout between requests.
+    /// Serves an HTTP/1 connection request by request, through the guard: it holds each
+    /// request head to the limits and to `request_header` as a deadline for the whole
+    /// head (from accept for the first request). Each request goes to weir's own
+    /// HTTP/1 path (`h1`) when it can take it, else to Pingora's proxy, as Pingora's
+    /// `ServerApp` for HTTP apps would run it; the proxy sets the idle timeout between
+    /// requests.
     async fn serve_http1(
         self: &Arc<Self>,
         stream: Stream,
         arrival: &Arrival,
         accepted: tokio::time::Instant,
         shutdown: &ShutdownWatch,
-    ) {
-        let stream = Box::new(Guarded::new(
+    ) -> Option<()> {
+        let mut guarded = Box::new(Guarded::new(
             stream,
             arrival.limits.framing,
             arrival.deadline,
             accepted,
             arrival.label.clone(),
         ));
-        let mut session = ServerSession::new_http1(stream);
-        let keepalive = if *shutdown.borrow() {
-            None
-        } else {
-            // Whole seconds: Pingora's unit here. The guard's deadline is the exact one.
-            Some(arrival.deadline.as_secs_f64().ceil().max(1.0) as u64 + 1)
-        };
-        session.set_keepalive(keepalive);
-        let mut next = self.app.process_new_http(session, shutdown).await;
-        while let Some((stream, settings)) = next.map(ReusedHttpStream::consume) {
-            let Some(stream) = self.next_request(stream, shutdown).await else {
-                return;
-            };
-            let mut session = ServerSession::new_http1(stream);
-            if let Some(settings) = settings {
-                settings.apply_to_session(&mut session);
+        let direct = self.direct(&guarded);
+        // Whole seconds: Pingora's unit here. The guard's deadline is the exact one.
+        let keepalive = Some(arrival.deadline.as_secs_f64().ceil().max(1.0) as u64 + 1);
+        let mut settings: Option<HttpPersistentSettings> = None;
+        loop {
+            if let Some(conn) = &direct {
+                if !guarded.readable().await {
+                    return None;
+                }
+                let snapshot = self.current.load_full();
+                match crate::h1::serve(&snapshot, &mut guarded, conn).await {
+                    crate::h1::Outcome::Next => {
+                        drop(snapshot);
+                        guarded = self.next_request(guarded, shutdown).await?;
+                        continue;
+                    }
+                    crate::h1::Outcome::Close => return None,
+                    crate::h1::Outcome::Pingora => {}
+                }
             }
-            next = self.app.process_new_http(session, shutdown).await;
+            let mut session = ServerSession::new_http1(guarded);
+            match settings.take() {
+                Some(s) => s.apply_to_session(&mut session),
+                None if *shutdown.borrow() => session.set_keepalive(None),
+                None => session.set_keepalive(keepalive),
+            }
+            let next = self.app.process_new_http(session, shutdown).await;
+            let (stream, reuse) = next?.consume();
+            settings = reuse;
+            guarded = self.next_request(guarded_of(stream)?, shutdown).await?;
         }
     }
 }

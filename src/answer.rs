@@ -46,6 +46,31 @@ pub async fn text(session: &mut Session, code: u16, body: Bytes) -> Result<()> {
     session.write_error_response(resp, body).await
 }
 
+/// The answer to a failed request, as bytes for a connection weir writes to itself
+/// (`h1`): what `error` sends, and the connection closes after it.
+pub fn error_bytes(code: u16) -> Vec<u8> {
+    plain_bytes(code, error_body(code))
+}
+
+/// `plain`'s answer as bytes (`h1`): the connection closes after it.
+pub fn plain_bytes(code: u16, body: &[u8]) -> Vec<u8> {
+    let phrase = http::StatusCode::from_u16(code)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    let date = pingora::protocols::http::date::get_cached_date();
+    let mut out = format!(
+        "HTTP/1.1 {code} {phrase}\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         content-length: {}\r\ncache-control: private, no-store\r\ndate: ",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(date.as_bytes());
+    out.extend_from_slice(b"\r\nconnection: close\r\n\r\n");
+    out.extend_from_slice(body);
+    out
+}
+
 /// 401 with the basic auth challenge.
 pub async fn unauthorized(session: &mut Session, challenge: &http::HeaderValue) -> Result<bool> {
     let body: &'static [u8] = b"authentication required\n";
@@ -111,15 +136,19 @@ pub fn error_status(e: &Error) -> u16 {
     }
 }
 
-/// Answers a failed request with `code`, as well as the connection still allows.
-pub async fn error(session: &mut Session, code: u16) {
-    let body: &'static [u8] = match code {
+/// The body of the answer to a failed request.
+fn error_body(code: u16) -> &'static [u8] {
+    match code {
         502 => b"upstream unavailable\n",
         503 => b"no upstream available\n",
         504 => b"upstream timed out\n",
         _ => b"",
-    };
-    if let Err(e) = plain(session, code, body).await {
+    }
+}
+
+/// Answers a failed request with `code`, as well as the connection still allows.
+pub async fn error(session: &mut Session, code: u16) {
+    if let Err(e) = plain(session, code, error_body(code)).await {
         log::debug!("could not send the error response: {e}");
     }
 }

@@ -248,6 +248,25 @@ impl Guarded {
         .await
     }
 
+    /// Accepted bytes read and not yet handed on: after `readable`, the next request's
+    /// complete head (the guard releases only complete heads) and what followed it.
+    /// Empty when a refusal is due instead.
+    pub fn buffered(&self) -> &[u8] {
+        if self.pending.is_some() || self.refusing.is_some() || self.closed {
+            return &[];
+        }
+        &self.ready[self.ready_pos..]
+    }
+
+    /// Hands on the first `n` bytes of `buffered` to whoever read them there.
+    pub fn consume(&mut self, n: usize) {
+        self.ready_pos = (self.ready_pos + n).min(self.ready.len());
+        if self.ready_pos == self.ready.len() {
+            self.ready.clear();
+            self.ready_pos = 0;
+        }
+    }
+
     /// Notes the status of the response being written: an upgrade request's bytes
     /// after it are read only once it is known.
     fn watch_response(&mut self, bytes: &[u8]) {

@@ -54,6 +54,8 @@ pub struct InstanceHealth {
     ejections: AtomicU32,
     /// When the last ejection ended (or will).
     eject_end_ms: AtomicU64,
+    /// Idle connections for weir's own HTTP/1 path (`h1`).
+    pub idle: crate::pool::Idle,
 }
 
 /// What a health state means to a reader (admin API, metrics, logs).

@@ -20,8 +20,9 @@
 //!    keys from `tickets`,
 //!    certificates issued by `acme`, whose
 //!    challenges `challenge` answers) and runs HTTP/1
-//!    connections through `guard`, which holds each request to `framing`; `proxy` is
-//!    the `ProxyHttp` implementation reading one snapshot per request, with `answer` for
+//!    connections through `guard`, which holds each request to `framing`; `h1` proxies
+//!    the plain HTTP/1 requests itself (idle upstream connections in `pool`), and `proxy` is
+//!    the `ProxyHttp` implementation, for everything else, reading one snapshot per request, with `answer` for
 //!    what weir answers itself, `ratelimit`, `forward` for forwarding headers, `headers` for
 //!    header rules, `retry` for retries and their budget, `outlier` for
 //!    ejecting failing instances, and `accesslog`; `tcp` serves TCP gateways; `access` holds gateways' allow/deny lists, `auth`
@@ -55,6 +56,7 @@ pub(crate) mod external;
 pub(crate) mod forward;
 pub(crate) mod framing;
 pub(crate) mod guard;
+pub(crate) mod h1;
 pub(crate) mod headers;
 pub(crate) mod health;
 pub(crate) mod lifecycle;
@@ -64,6 +66,7 @@ pub(crate) mod mirror;
 pub(crate) mod ocsp;
 pub(crate) mod outlier;
 pub(crate) mod pem;
+pub(crate) mod pool;
 pub mod prepare;
 pub(crate) mod probe;
 pub(crate) mod proxy;

@@ -121,13 +121,24 @@ impl RetryPolicy {
     /// Whether this failure of a request with this method may be tried again (attempts
     /// and budget are the caller's to check). Connect failures sent nothing: any method.
     pub fn covers(&self, failure: Failure, method: &http::Method) -> bool {
+        self.covers_kind(failure, method.is_idempotent())
+    }
+
+    /// `covers`, for a method known only as idempotent or not.
+    pub fn covers_kind(&self, failure: Failure, idempotent: bool) -> bool {
         let kind = match failure {
             Failure::Connect => return self.connect,
             Failure::Reset => self.reset,
             Failure::Timeout => self.timeout,
             Failure::Status(s) => self.retries_status(s),
         };
-        kind && (!self.idempotent_only || method.is_idempotent())
+        kind && (!self.idempotent_only || idempotent)
+    }
+
+    /// Retries only what happens before a response (connect failures, resets): a
+    /// response never has to be held back to decide.
+    pub fn before_response_only(&self) -> bool {
+        !self.timeout && self.statuses == 0
     }
 
     /// Whether some status is retried at all (so responses need looking at).

@@ -120,7 +120,8 @@ impl BackgroundService for Readiness {
 }
 
 /// Forgets idle rate-limit buckets now and then, so that their memory follows the
-/// clients that are active.
+/// clients that are active; and closes idle upstream connections (`pool`) past the
+/// idle timeout, which nothing else would take any more.
 struct RateSweeper {
     current: Arc<arc_swap::ArcSwap<crate::snapshot::Snapshot>>,
 }
@@ -136,6 +137,14 @@ impl BackgroundService for RateSweeper {
             let snapshot = self.current.load_full();
             for limit in snapshot.rate_limits() {
                 limit.sweep();
+            }
+            let idle = snapshot.defaults.idle_timeout;
+            for g in &snapshot.gateways {
+                for r in &g.routes {
+                    if let crate::snapshot::Target::Pool(p) = &r.target {
+                        p.instances.iter().for_each(|u| u.health.idle.sweep(idle));
+                    }
+                }
             }
         }
     }

@@ -30,6 +30,16 @@ pub struct Upstream {
     pub set_cookie: Option<SetCookie>,
 }
 
+impl Upstream {
+    /// Reached over plain HTTP/1 (no TLS, no h2c) without an instance cookie: weir's
+    /// own HTTP/1 path (`h1`) can take its requests.
+    pub fn is_plain_http1(&self) -> bool {
+        self.set_cookie.is_none()
+            && !self.peer.is_tls()
+            && self.peer.options.alpn == pingora::protocols::ALPN::H1
+    }
+}
+
 /// The instances (or resolved addresses) of one route that already failed for this
 /// request, by index. Indexes from 64 on are never marked: they stay eligible.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

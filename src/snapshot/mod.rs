@@ -142,6 +142,9 @@ pub struct Gateway {
     pub access: Option<Box<crate::access::Access>>,
     /// `client_auth: required`: requests without a verified client certificate get 403.
     pub client_cert: bool,
+    /// No rate limit, no stickiness, and every route plain (`Route::is_plain`) over
+    /// plain HTTP/1 instances: weir's own HTTP/1 path takes its requests whole.
+    pub plain: bool,
 }
 
 #[derive(Debug)]
@@ -177,6 +180,26 @@ pub struct Route {
     pub compression: Option<Box<crate::compress::Compression>>,
     /// `mirror:`: where a share of requests is copied.
     pub mirror: Option<Box<crate::mirror::Mirror>>,
+}
+
+impl Route {
+    /// Whether the route needs nothing of a request beyond routing, balancing over its
+    /// own instances and the forwarding headers: weir's own HTTP/1 path (`h1`) serves
+    /// such a route's requests; any other goes through Pingora's proxy.
+    pub fn is_plain(&self) -> bool {
+        matches!(self.target, Target::Pool(_))
+            && self.rewrites.is_empty()
+            && self.set_cookie.is_none()
+            && self.rate.is_none()
+            && self.request_headers.is_none()
+            && self.response_headers.is_none()
+            && self.retry.before_response_only()
+            && self.deadline.is_none()
+            && self.outlier.is_none()
+            && self.auth.is_none()
+            && self.compression.is_none()
+            && self.mirror.is_none()
+    }
 }
 
 #[derive(Debug)]
@@ -567,7 +590,14 @@ impl Gateway {
     pub fn new(parts: GatewayParts, routes: Vec<Route>) -> Gateway {
         let alive = routes.iter().map(|_| AtomicBool::new(true)).collect();
         let weights: Vec<u32> = routes.iter().map(|r| r.weight).collect();
+        let plain = parts.rate.is_none()
+            && parts.sticky == Sticky::None
+            && routes.iter().all(|r| match &r.target {
+                Target::Pool(p) if r.is_plain() => p.instances.iter().all(|u| u.is_plain_http1()),
+                _ => false,
+            });
         Gateway {
+            plain,
             cookie_name: sticky::cookie_name(&parts.name).into(),
             conditional: (0..routes.len())
                 .filter(|i| routes[*i].condition.is_some())

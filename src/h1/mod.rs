@@ -1,0 +1,486 @@
+//! weir's own HTTP/1 proxying for the common request: HTTP/1.1 from the client, a
+//! route of plain-HTTP/1 instances, nothing to do beyond routing, balancing, the
+//! forwarding headers and HSTS. Such a request is read from the guard's buffer,
+//! routed with the same snapshot calls as the Pingora path, written to an idle
+//! upstream connection of its instance (`pool`), and its response relayed back as
+//! it comes, all inside the client connection's task: no per-request task, channel,
+//! boxed future or header map copy, which is most of what a request costs in Pingora's
+//! proxy.
+//!
+//! Everything else goes to Pingora's proxy (`proxy`), unchanged: requests that need a
+//! feature this path does not do (header rules, rewrites, auth, rate limits, mirrors,
+//! compression, sticky cookies, status or timeout retries, tracing, access logs),
+//! HTTP/1.0, upgrades, `Expect`, chunked request bodies, weir's own answers (routing
+//! refusals, redirects, ACME challenges), and a first connect to an instance that
+//! fails (Pingora then tries it again, marks it down, retries and answers as usual).
+//! That decision is taken before a byte of the request is consumed, so handing over
+//! is free. `WEIR_H1_DIRECT=0` turns this path off.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::guard::Guarded;
+use crate::request::Request;
+use crate::snapshot::{Route, Selected, Snapshot, StickyWrites, Target};
+use crate::upstream::{Tried, Upstream};
+
+pub mod chunked;
+mod relay;
+
+/// Most request header lines this path reads; a request with more goes to Pingora.
+const MAX_HEADERS: usize = 64;
+
+/// Whether this path is on (`WEIR_H1_DIRECT=0` turns it off).
+pub fn enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("WEIR_H1_DIRECT").map_or(true, |v| v != "0"))
+}
+
+/// What a client connection is, read once when it opens.
+pub struct Conn {
+    pub local_port: u16,
+    pub tls: bool,
+    pub client: Option<IpAddr>,
+    /// A verified client certificate: its requests go to Pingora (headers, conditions).
+    pub client_cert: bool,
+    /// Record per-request metrics.
+    pub metrics: bool,
+}
+
+/// How a request went.
+pub enum Outcome {
+    /// Served; the connection may carry another request.
+    Next,
+    /// Served or failed; close the connection.
+    Close,
+    /// Not taken: nothing of it was read; Pingora's proxy serves it.
+    Pingora,
+}
+
+/// A request this path takes: where it goes and what its head said.
+struct Plan<'s> {
+    head_len: usize,
+    /// The request head as it goes upstream.
+    out: Vec<u8>,
+    /// Content-Length of the request body (0: none).
+    body: u64,
+    head_method: bool,
+    idempotent: bool,
+    /// The client asked to close after this response.
+    close: bool,
+    selected: Selected,
+    route: &'s Route,
+    upstream: &'s Upstream,
+}
+
+/// Serves the request whose head is at the front of `guarded`'s buffer, or leaves it
+/// untouched for Pingora.
+pub async fn serve(snapshot: &Snapshot, guarded: &mut Guarded, conn: &Conn) -> Outcome {
+    let started = conn.metrics.then(Instant::now);
+    let plan = match plan(snapshot, guarded.buffered(), conn) {
+        Some(Taken::Proxy(plan)) => plan,
+        Some(Taken::TooLarge(len)) => {
+            guarded.consume(len);
+            let answer = crate::answer::plain_bytes(413, b"request body too large\n");
+            let _ = guarded.write_all(&answer).await;
+            let _ = guarded.flush().await;
+            return Outcome::Close;
+        }
+        None => return Outcome::Pingora,
+    };
+    let head_len = plan.head_len;
+    let mut exchange = relay::Exchange::new(snapshot, plan);
+    let outcome = match exchange.open(false).await {
+        relay::Opened::Up => {
+            guarded.consume(head_len);
+            exchange.run(guarded, conn).await
+        }
+        relay::Opened::Elsewhere => return Outcome::Pingora,
+        relay::Opened::Failed => {
+            guarded.consume(head_len);
+            exchange.connect_failed(guarded).await
+        }
+    };
+    if let Some(started) = started {
+        exchange.record(started.elapsed());
+    }
+    outcome
+}
+
+/// What this path does with a request it takes.
+enum Taken<'s> {
+    Proxy(Plan<'s>),
+    /// Its declared body is over the route's `max_body_bytes`: 413 (head this long).
+    TooLarge(usize),
+}
+
+/// Reads the request head and routes it; `None` leaves the request to Pingora.
+fn plan<'s>(snapshot: &'s Snapshot, bytes: &[u8], conn: &Conn) -> Option<Taken<'s>> {
+    if snapshot.tracer.is_some() || conn.client_cert || crate::lifecycle::draining() {
+        return None;
+    }
+    let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut lines);
+    let head_len = match req.parse(bytes) {
+        Ok(httparse::Status::Complete(n)) => n,
+        _ => return None,
+    };
+    let (method, path) = (req.method?, req.path?);
+    if req.version != Some(1) || method == "CONNECT" || !path.starts_with('/') {
+        return None;
+    }
+    let head = Head::read(req.headers)?;
+    if crate::challenge::challenges().http_answer(path).is_some() {
+        return None;
+    }
+    let entry = snapshot.entry(conn.local_port)?;
+    if snapshot.redirect_of(entry).is_some() {
+        return None;
+    }
+    let host = head.host;
+    // Decided before routing: a request routed here is never routed again by Pingora
+    // (weights and strengths advance once per request).
+    let gateway = snapshot.gateway_for(entry, host).ok()?;
+    if !snapshot.gateways[gateway].plain {
+        return None;
+    }
+    let map = head.map(req.headers);
+    let view = Request::new(host, path_only(path), method, &map, conn.client);
+    let mut writes = StickyWrites::default();
+    let selected = snapshot.select(entry, host, &view, &mut writes).ok()?;
+    let route = snapshot.route(selected);
+    if writes.iter().next().is_some() || !route.is_plain() || selected.pinned.is_some() {
+        return None;
+    }
+    if route.max_body > 0 && head.length > route.max_body {
+        return Some(Taken::TooLarge(head_len));
+    }
+    let Target::Pool(pool) = &route.target else {
+        return None;
+    };
+    let upstream = pool.pick(Tried::default(), &view)?;
+    address(upstream)?;
+    route.retry.budget().deposit();
+    let trusted = conn
+        .client
+        .is_some_and(|ip| snapshot.defaults.is_trusted(ip));
+    let mut out = Vec::with_capacity(head_len + 256);
+    write_request(&mut out, method, path, req.headers, &head, trusted, conn);
+    Some(Taken::Proxy(Plan {
+        head_len,
+        out,
+        body: head.length,
+        head_method: method == "HEAD",
+        idempotent: matches!(
+            method,
+            "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+        ),
+        close: head.close,
+        selected,
+        route,
+        upstream,
+    }))
+}
+
+/// The path without its query, as routing reads it.
+fn path_only(target: &str) -> &str {
+    target.split_once('?').map_or(target, |(p, _)| p)
+}
+
+fn address(u: &Upstream) -> Option<SocketAddr> {
+    match &u.peer._address {
+        pingora::protocols::l4::socket::SocketAddr::Inet(a) if !a.ip().is_unspecified() => Some(*a),
+        _ => None,
+    }
+}
+
+/// A new connection to `u`, within its connect timeout.
+async fn connect(u: &Upstream) -> io::Result<TcpStream> {
+    let addr = address(u).ok_or(io::ErrorKind::AddrNotAvailable)?;
+    let attempt = TcpStream::connect(addr);
+    let stream = match u.peer.options.connection_timeout {
+        Some(t) => tokio::time::timeout(t, attempt)
+            .await
+            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??,
+        None => attempt.await?,
+    };
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// What the request's header lines say that this path needs.
+struct Head<'a> {
+    host: &'a [u8],
+    length: u64,
+    close: bool,
+    /// Which forwarding headers the client sent.
+    has: [bool; 5],
+}
+
+/// Forwarding headers, in the order of `Head::has`.
+const FORWARDING: [&str; 5] = [
+    crate::forward::X_FORWARDED_FOR,
+    crate::forward::X_FORWARDED_PROTO,
+    crate::forward::X_FORWARDED_HOST,
+    crate::forward::X_FORWARDED_PORT,
+    crate::forward::X_REQUEST_ID,
+];
+
+/// Request headers that end at weir (RFC 9110 §7.6.1), as Pingora's upstream request
+/// policy strips them, and client-certificate headers only weir may set.
+const NOT_FORWARDED: [&str; 10] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    crate::client_cert::SUBJECT,
+    crate::client_cert::SAN,
+    crate::client_cert::FINGERPRINT,
+];
+
+impl<'a> Head<'a> {
+    /// `None` for anything this path leaves to Pingora: no or several Host, a body
+    /// not framed by one Content-Length, an upgrade, `Expect`, a `Connection` that
+    /// names other headers.
+    fn read(lines: &[httparse::Header<'a>]) -> Option<Head<'a>> {
+        let mut head = Head {
+            host: b"",
+            length: 0,
+            close: false,
+            has: [false; 5],
+        };
+        let mut hosts = 0;
+        let mut lengths = 0;
+        for h in lines {
+            let name = h.name;
+            if name.eq_ignore_ascii_case("host") {
+                hosts += 1;
+                head.host = h.value;
+            } else if name.eq_ignore_ascii_case("content-length") {
+                lengths += 1;
+                head.length = std::str::from_utf8(h.value).ok()?.trim().parse().ok()?;
+            } else if name.eq_ignore_ascii_case("connection") {
+                for token in h.value.split(|b| *b == b',') {
+                    let token = token.trim_ascii();
+                    if token.eq_ignore_ascii_case(b"close") {
+                        head.close = true;
+                    } else if !token.eq_ignore_ascii_case(b"keep-alive") && !token.is_empty() {
+                        return None;
+                    }
+                }
+            } else if ["transfer-encoding", "upgrade", "expect", "http2-settings"]
+                .iter()
+                .any(|n| name.eq_ignore_ascii_case(n))
+            {
+                return None;
+            } else if let Some(i) = FORWARDING.iter().position(|n| name.eq_ignore_ascii_case(n)) {
+                head.has[i] = true;
+            }
+        }
+        (hosts == 1 && lengths <= 1).then_some(head)
+    }
+
+    /// The header lines as a map, for routing's view of the request.
+    fn map(&self, lines: &[httparse::Header]) -> HeaderMap {
+        let mut map = HeaderMap::with_capacity(lines.len());
+        for h in lines {
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(h.name.as_bytes()),
+                HeaderValue::from_bytes(h.value),
+            ) {
+                map.append(n, v);
+            }
+        }
+        map
+    }
+}
+
+/// The request head as it goes upstream: HTTP/1.1, the client's header lines less the
+/// hop-by-hop ones, then the forwarding headers (`forward` has the rules).
+fn write_request(
+    out: &mut Vec<u8>,
+    method: &str,
+    target: &str,
+    lines: &[httparse::Header],
+    head: &Head,
+    trusted: bool,
+    conn: &Conn,
+) {
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    // A trusted proxy's forwarding headers stay (its X-Forwarded-For is extended).
+    let keep = |i: usize| trusted && head.has[i] && i != 0;
+    let mut forwarded_for: Vec<&[u8]> = Vec::new();
+    for h in lines {
+        let name = h.name;
+        if NOT_FORWARDED.iter().any(|n| name.eq_ignore_ascii_case(n)) {
+            continue;
+        }
+        if let Some(i) = FORWARDING.iter().position(|n| name.eq_ignore_ascii_case(n)) {
+            if i == 0 && trusted {
+                forwarded_for.push(h.value);
+            }
+            if i == 4 || keep(i) {
+                line(out, name.as_bytes(), h.value);
+            }
+            continue;
+        }
+        line(out, name.as_bytes(), h.value);
+    }
+    let mut text = [0u8; 64];
+    if let Some(ip) = conn.client {
+        let ip = format_into(&mut text, format_args!("{ip}"));
+        out.extend_from_slice(b"x-forwarded-for: ");
+        for earlier in &forwarded_for {
+            out.extend_from_slice(earlier);
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(ip);
+        out.extend_from_slice(b"\r\n");
+    } else if trusted {
+        for earlier in &forwarded_for {
+            line(out, b"x-forwarded-for", earlier);
+        }
+    }
+    if !keep(1) {
+        let proto: &[u8] = if conn.tls { b"https" } else { b"http" };
+        line(out, b"x-forwarded-proto", proto);
+    }
+    if !keep(2) {
+        line(out, b"x-forwarded-host", head.host);
+    }
+    if !keep(3) {
+        let port = format_into(&mut text, format_args!("{}", conn.local_port));
+        line(out, b"x-forwarded-port", port);
+    }
+    if !head.has[4] {
+        line(out, b"x-request-id", &crate::forward::request_id());
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn format_into<'b>(buf: &'b mut [u8; 64], args: std::fmt::Arguments) -> &'b [u8] {
+    use std::io::Write;
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    // 64 bytes hold any IP address or port; a failed write only truncates.
+    let _ = cursor.write_fmt(args);
+    let len = cursor.position() as usize;
+    &buf[..len]
+}
+
+/// Reads from `r` into `buf`'s spare capacity, within `limit`.
+async fn read_some<R: AsyncReadExt + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    limit: Option<Duration>,
+) -> io::Result<usize> {
+    if buf.capacity() - buf.len() < 4096 {
+        buf.reserve(16 << 10);
+    }
+    match limit {
+        Some(t) => tokio::time::timeout(t, r.read_buf(buf))
+            .await
+            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?,
+        None => r.read_buf(buf).await,
+    }
+}
+
+/// Writes all of `bytes` to `w`, within `limit`.
+async fn write_all<W: AsyncWriteExt + Unpin>(
+    w: &mut W,
+    bytes: &[u8],
+    limit: Option<Duration>,
+) -> io::Result<()> {
+    match limit {
+        Some(t) => tokio::time::timeout(t, w.write_all(bytes))
+            .await
+            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?,
+        None => w.write_all(bytes).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> (Vec<u8>, usize) {
+        let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut lines);
+        let n = match req.parse(text.as_bytes()).unwrap() {
+            httparse::Status::Complete(n) => n,
+            httparse::Status::Partial => panic!("partial"),
+        };
+        let head = Head::read(req.headers).expect("taken");
+        let conn = Conn {
+            local_port: 8080,
+            tls: false,
+            client: Some(IpAddr::from([127, 0, 0, 9])),
+            client_cert: false,
+            metrics: false,
+        };
+        let mut out = Vec::new();
+        let (m, p) = (req.method.unwrap(), req.path.unwrap());
+        write_request(&mut out, m, p, req.headers, &head, false, &conn);
+        (out, n)
+    }
+
+    #[test]
+    fn hop_by_hop_and_client_forwarding_headers_go() {
+        let (out, n) = parse(
+            "GET /a?b HTTP/1.1\r\nHost: x:1\r\nConnection: keep-alive\r\nKeep-Alive: 5\r\n\
+             TE: trailers\r\nX-Forwarded-For: 6.6.6.6\r\nX-Client-Cert-Subject: CN=evil\r\n\
+             Foo: bar\r\n\r\nrest",
+        );
+        assert_eq!(n, 153);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("GET /a?b HTTP/1.1\r\nHost: x:1\r\nFoo: bar\r\n"));
+        assert!(text.contains("x-forwarded-for: 127.0.0.9\r\n"));
+        assert!(!text.contains("6.6.6.6") && !text.contains("evil"));
+        assert!(text.contains("x-forwarded-proto: http\r\nx-forwarded-host: x:1\r\n"));
+        assert!(text.contains("x-forwarded-port: 8080\r\nx-request-id: "));
+        assert!(text.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn a_client_request_id_is_kept() {
+        let (out, _) = parse("GET / HTTP/1.1\r\nHost: x\r\nX-Request-Id: abc\r\n\r\n");
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.matches("x-request-id").count(), 0);
+        assert!(text.contains("X-Request-Id: abc\r\n"));
+    }
+
+    #[test]
+    fn leaves_what_it_does_not_do_to_pingora() {
+        for text in [
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
+            "GET / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nConnection: close, x-secret\r\n\r\n",
+        ] {
+            let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut req = httparse::Request::new(&mut lines);
+            req.parse(text.as_bytes()).unwrap();
+            assert!(Head::read(req.headers).is_none(), "{text}");
+        }
+    }
+}

@@ -1,0 +1,744 @@
+//! One request on weir's own HTTP/1 path, once it is taken: its head (and body) to the
+//! upstream connection, the response head back with weir's changes (Date, Connection,
+//! HSTS), the body relayed as it arrives and framed as the instance framed it. A
+//! connection reset before any response byte is tried again as Pingora's proxy would
+//! (once more on a new connection when a kept-alive one was stale, then on another
+//! instance as the route's `retries` allow); other failures answer 502 or 504 and close.
+
+use std::io;
+use std::time::Duration;
+
+use http::HeaderValue;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use super::chunked::{Broken, Chunked};
+use super::{connect, read_some, write_all, Conn, Outcome, Plan};
+use crate::guard::Guarded;
+use crate::request::Request;
+use crate::retry::Failure;
+use crate::snapshot::{Snapshot, Target};
+use crate::upstream::{InFlight, Tried, Upstream};
+
+/// Most response header lines read; a response with more is answered 502.
+const MAX_RESPONSE_HEADERS: usize = 128;
+/// Largest response head, and most interim (1xx) responses before the final one.
+const MAX_RESPONSE_HEAD: usize = 64 << 10;
+const MAX_INTERIM: usize = 8;
+/// How long an instance may take to answer before weir checks whether the client is
+/// still there.
+const WATCH_AFTER: Duration = Duration::from_millis(20);
+
+/// How a response body is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Until the instance closes: the client connection closes after it too.
+    Close,
+}
+
+/// A response head, read and rewritten for the client.
+struct Head {
+    len: usize,
+    status: u16,
+    framing: Framing,
+    /// The instance keeps the connection open after this response.
+    reusable: bool,
+}
+
+/// Why an exchange failed before a response reached the client.
+enum Fail {
+    /// Closed or reset before a byte of the response came: may be tried again.
+    Reset(io::Error),
+    Timeout,
+    /// A response weir cannot relay, or another I/O failure.
+    Bad(&'static str),
+    /// The client went away; nothing to answer.
+    Client,
+}
+
+/// How opening an upstream connection went.
+pub(super) enum Opened {
+    Up,
+    /// The route has no instance left to try: Pingora's proxy routes the request
+    /// again (nothing of it was read yet).
+    Elsewhere,
+    /// Connecting failed and the route retries no more: 502.
+    Failed,
+}
+
+pub(super) struct Exchange<'s> {
+    snapshot: &'s Snapshot,
+    plan: Plan<'s>,
+    upstream: &'s Upstream,
+    up: Option<TcpStream>,
+    reused: bool,
+    tried: Tried,
+    retries_left: u32,
+    inflight: Option<InFlight>,
+    status: u16,
+    sent: usize,
+    read: u64,
+}
+
+impl<'s> Exchange<'s> {
+    pub(super) fn new(snapshot: &'s Snapshot, plan: Plan<'s>) -> Exchange<'s> {
+        Exchange {
+            snapshot,
+            upstream: plan.upstream,
+            retries_left: plan.route.retry.attempts,
+            plan,
+            up: None,
+            reused: false,
+            tried: Tried::default(),
+            inflight: None,
+            status: 0,
+            sent: 0,
+            read: 0,
+        }
+    }
+
+    /// Counts the request in its route's metrics.
+    pub(super) fn record(&self, elapsed: Duration) {
+        if self.status != 0 {
+            let m = &self.plan.route.metrics;
+            m.record(self.status, elapsed, self.sent, self.read as usize);
+        }
+    }
+
+    /// An upstream connection: an idle one of the instance (unless `fresh`), or a new
+    /// one; a failed connect marks the instance down (as Pingora's path does) and moves
+    /// to another instance as the route's retries allow.
+    pub(super) async fn open(&mut self, mut fresh: bool) -> Opened {
+        let max_idle = self.snapshot.defaults.idle_timeout;
+        loop {
+            let u = self.upstream;
+            self.inflight = Some(InFlight::new(u));
+            if !fresh {
+                if let Some(stream) = u.health.idle.take(max_idle) {
+                    self.up = Some(stream);
+                    self.reused = true;
+                    return Opened::Up;
+                }
+            }
+            fresh = false;
+            let e = match connect(u).await {
+                Ok(stream) => {
+                    u.health.mark_ok_passive();
+                    self.up = Some(stream);
+                    self.reused = false;
+                    return Opened::Up;
+                }
+                Err(e) => e,
+            };
+            let kind = match e.kind() {
+                io::ErrorKind::TimedOut => "connect_timeout",
+                _ => "connect",
+            };
+            log::debug!("connect to {} failed ({kind}): {e}", u.name);
+            let gateway = &self.snapshot.gateways[self.plan.selected.gateway].name;
+            self.snapshot
+                .connect_failed(gateway, self.plan.route, u, kind);
+            self.inflight = None;
+            self.tried.add(u.index);
+            if !self.may_retry(Failure::Connect) {
+                return Opened::Failed;
+            }
+            match self.next_instance() {
+                Some(next) => self.upstream = next,
+                None => return Opened::Elsewhere,
+            }
+        }
+    }
+
+    /// Whether the route tries again after `failure` (counted, paid from its budget).
+    fn may_retry(&mut self, failure: Failure) -> bool {
+        let route = self.plan.route;
+        if self.retries_left == 0 || !route.retry.covers_kind(failure, self.plan.idempotent) {
+            return false;
+        }
+        let another = match &route.target {
+            Target::Pool(p) => p.another(Some(self.upstream.index), self.tried),
+            _ => false,
+        };
+        // A connect failure may still move the request to another route.
+        if !another && failure != Failure::Connect {
+            return false;
+        }
+        let gateway = &self.snapshot.gateways[self.plan.selected.gateway].name;
+        let paid = route.retry.budget().withdraw();
+        crate::metrics::retry(gateway, &route.key, paid.then_some(failure.reason()));
+        if paid {
+            self.retries_left -= 1;
+        }
+        paid
+    }
+
+    /// The route's next instance not yet tried.
+    fn next_instance(&self) -> Option<&'s Upstream> {
+        let Target::Pool(pool) = &self.plan.route.target else {
+            return None;
+        };
+        let view = Request::new(b"", "", "", empty_headers(), None);
+        pool.pick(self.tried, &view)
+            .filter(|u| super::address(u).is_some())
+    }
+
+    /// Answers a request whose instances could not be reached: 502, then close.
+    pub(super) async fn connect_failed(&mut self, guarded: &mut Guarded) -> Outcome {
+        self.status = 502;
+        let answer = crate::answer::error_bytes(502);
+        let _ = guarded.write_all(&answer).await;
+        let _ = guarded.flush().await;
+        Outcome::Close
+    }
+
+    pub(super) async fn run(&mut self, guarded: &mut Guarded, conn: &Conn) -> Outcome {
+        let mut buf = Vec::with_capacity(16 << 10);
+        let head = match self.exchange(guarded, conn, &mut buf).await {
+            Ok(head) => head,
+            Err(fail) => return self.failed(guarded, fail).await,
+        };
+        self.relay(guarded, conn, buf, head).await
+    }
+
+    /// Sends the request and reads the response head into `buf`, trying again on a
+    /// reset as the route allows.
+    async fn exchange(
+        &mut self,
+        guarded: &mut Guarded,
+        conn: &Conn,
+        buf: &mut Vec<u8>,
+    ) -> Result<Head, Fail> {
+        let mut body = true;
+        loop {
+            let sent = self.send(guarded, std::mem::take(&mut body)).await;
+            let result = match sent {
+                Ok(()) => self.response_head(guarded, conn, buf).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Err(Fail::Reset(e)) if self.plan.body == 0 && self.plan.idempotent => {
+                    self.up = None;
+                    if !self.again(e).await {
+                        return Err(Fail::Bad("upstream closed the connection"));
+                    }
+                    buf.clear();
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// After a reset: a new connection to the same instance when the failed one was a
+    /// kept-alive one (it may have been closed while idle), else another instance if
+    /// the route retries resets. False: give up.
+    async fn again(&mut self, why: io::Error) -> bool {
+        log::debug!("{}: {why}", self.upstream.name);
+        if !std::mem::take(&mut self.reused) {
+            self.tried.add(self.upstream.index);
+            if !self.may_retry(Failure::Reset) {
+                return false;
+            }
+            match self.next_instance() {
+                Some(next) => self.upstream = next,
+                None => return false,
+            }
+        }
+        matches!(self.open(true).await, Opened::Up)
+    }
+
+    /// Writes the request head and, the first time, its body.
+    async fn send(&mut self, guarded: &mut Guarded, body: bool) -> Result<(), Fail> {
+        let write_timeout = self.upstream.peer.options.write_timeout;
+        let up = self.up.as_mut().ok_or(Fail::Bad("no connection"))?;
+        if !body || self.plan.body == 0 {
+            return write_all(up, &self.plan.out, write_timeout)
+                .await
+                .map_err(upstream_fail);
+        }
+        // The body's first bytes, already read, go with the head.
+        let mut out = std::mem::take(&mut self.plan.out);
+        let ready = guarded.buffered();
+        let take = (self.plan.body as usize).min(ready.len());
+        out.extend_from_slice(&ready[..take]);
+        guarded.consume(take);
+        self.read = take as u64;
+        write_all(up, &out, write_timeout)
+            .await
+            .map_err(upstream_fail)?;
+        let client_timeout = self.snapshot.defaults.request_header_timeout;
+        while self.read < self.plan.body {
+            out.clear();
+            let n = read_some(guarded, &mut out, Some(client_timeout))
+                .await
+                .map_err(|_| Fail::Client)?;
+            if n == 0 {
+                return Err(Fail::Client);
+            }
+            let n = (n as u64).min(self.plan.body - self.read) as usize;
+            self.read += n as u64;
+            write_all(up, &out[..n], write_timeout)
+                .await
+                .map_err(upstream_fail)?;
+        }
+        Ok(())
+    }
+
+    /// Reads the final response head (interim 1xx responses are dropped). A client
+    /// that leaves meanwhile ends the exchange (counted as an abort).
+    async fn response_head(
+        &mut self,
+        guarded: &mut Guarded,
+        conn: &Conn,
+        buf: &mut Vec<u8>,
+    ) -> Result<Head, Fail> {
+        let read_timeout = self.upstream.peer.options.read_timeout;
+        let up = self.up.as_mut().ok_or(Fail::Bad("no connection"))?;
+        let mut interim = 0;
+        let mut watching = guarded.buffered().is_empty();
+        loop {
+            if !buf.is_empty() {
+                match parse_head(buf, self.plan.head_method)? {
+                    Parsed::Final(head) => return Ok(head),
+                    Parsed::Interim(n) if interim < MAX_INTERIM => {
+                        interim += 1;
+                        buf.drain(..n);
+                        continue;
+                    }
+                    Parsed::Interim(_) => return Err(Fail::Bad("too many interim responses")),
+                    Parsed::Partial => {}
+                }
+            }
+            let first = buf.is_empty() && interim == 0;
+            let read = read_some(up, buf, read_timeout);
+            let got = if watching {
+                tokio::select! {
+                    biased;
+                    got = read => got,
+                    left = client_left(guarded) => {
+                        if left {
+                            if conn.metrics {
+                                crate::metrics::metrics().client_aborts.inc();
+                            }
+                            return Err(Fail::Client);
+                        }
+                        // The client sent more (a pipelined request): it stays.
+                        watching = false;
+                        continue;
+                    }
+                }
+            } else {
+                read.await
+            };
+            match got {
+                Ok(0) if first => return Err(Fail::Reset(io::ErrorKind::UnexpectedEof.into())),
+                Ok(0) => return Err(Fail::Bad("upstream closed mid-response")),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => return Err(Fail::Timeout),
+                Err(e) if first => return Err(Fail::Reset(e)),
+                Err(_) => return Err(Fail::Bad("upstream read failed")),
+            }
+        }
+    }
+
+    /// Answers a failure that reached the client before any response (502 or 504).
+    async fn failed(&mut self, guarded: &mut Guarded, fail: Fail) -> Outcome {
+        let (status, kind) = match fail {
+            Fail::Client => return Outcome::Close,
+            Fail::Timeout => (504, "timeout"),
+            Fail::Reset(_) => (502, "closed"),
+            Fail::Bad(why) => {
+                log::debug!("{}: {why}", self.upstream.name);
+                (502, "other")
+            }
+        };
+        let gateway = &self.snapshot.gateways[self.plan.selected.gateway].name;
+        crate::metrics::upstream_error(gateway, &self.plan.route.key, &self.upstream.name, kind);
+        self.status = status;
+        let answer = crate::answer::error_bytes(status);
+        let _ = guarded.write_all(&answer).await;
+        let _ = guarded.flush().await;
+        Outcome::Close
+    }
+
+    /// Writes the response head and relays the body; gives the upstream connection
+    /// back to its instance's pool when the exchange ended cleanly.
+    async fn relay(
+        &mut self,
+        guarded: &mut Guarded,
+        conn: &Conn,
+        mut buf: Vec<u8>,
+        head: Head,
+    ) -> Outcome {
+        let Some(mut up) = self.up.take() else {
+            return Outcome::Close;
+        };
+        self.status = head.status;
+        let keep_client = !self.plan.close && head.framing != Framing::Close;
+        let hsts = match conn.tls {
+            true => self.snapshot.hsts(self.plan.selected),
+            false => None,
+        };
+        let mut out = std::mem::take(&mut self.plan.out);
+        out.clear();
+        client_head(&buf[..head.len], keep_client, hsts, &mut out);
+        let mut body = Body::new(head.framing);
+        let mut rest = head.len;
+        let read_timeout = self.upstream.peer.options.read_timeout;
+        loop {
+            let chunk = &buf[rest..];
+            let Ok(take) = body.take(chunk) else {
+                log::debug!("{}: broken chunked framing", self.upstream.name);
+                return self
+                    .client_write(guarded, conn, &out)
+                    .await
+                    .and(Outcome::Close);
+            };
+            out.extend_from_slice(&chunk[..take]);
+            self.sent += take;
+            let extra = take < chunk.len();
+            if body.done || extra {
+                let written = self.client_write(guarded, conn, &out).await;
+                if body.done && !extra && head.reusable && written.is_next() {
+                    self.upstream.health.idle.give(up);
+                }
+                return if keep_client && body.done && !extra {
+                    written
+                } else {
+                    Outcome::Close
+                };
+            }
+            if !out.is_empty() {
+                if !self.client_write(guarded, conn, &out).await.is_next() {
+                    return Outcome::Close;
+                }
+                out.clear();
+            }
+            buf.clear();
+            rest = 0;
+            match read_some(&mut up, &mut buf, read_timeout).await {
+                Ok(0) if body.framing == Framing::Close => body.done = true,
+                Ok(0) | Err(_) => {
+                    // Truncated: the client sees the connection close.
+                    let _ = guarded.flush().await;
+                    return Outcome::Close;
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Writes `bytes` to the client and flushes: `Next` when it went, else `Close`
+    /// (counted as a client abort).
+    async fn client_write(&self, guarded: &mut Guarded, conn: &Conn, bytes: &[u8]) -> Outcome {
+        let written = match guarded.write_all(bytes).await {
+            Ok(()) => guarded.flush().await,
+            Err(e) => Err(e),
+        };
+        match written {
+            Ok(()) => Outcome::Next,
+            Err(e) => {
+                log::debug!("client: {e}");
+                if conn.metrics {
+                    crate::metrics::metrics().client_aborts.inc();
+                }
+                Outcome::Close
+            }
+        }
+    }
+}
+
+impl Outcome {
+    fn is_next(&self) -> bool {
+        matches!(self, Outcome::Next)
+    }
+
+    fn and(self, next: Outcome) -> Outcome {
+        if self.is_next() {
+            next
+        } else {
+            self
+        }
+    }
+}
+
+/// The response body's progress.
+struct Body {
+    framing: Framing,
+    left: u64,
+    chunked: Chunked,
+    done: bool,
+}
+
+impl Body {
+    fn new(framing: Framing) -> Body {
+        let left = match framing {
+            Framing::Length(n) => n,
+            _ => 0,
+        };
+        Body {
+            framing,
+            left,
+            chunked: Chunked::default(),
+            done: matches!(framing, Framing::Empty | Framing::Length(0)),
+        }
+    }
+
+    /// How many bytes of `chunk` belong to the body.
+    fn take(&mut self, chunk: &[u8]) -> Result<usize, Broken> {
+        if self.done {
+            return Ok(0);
+        }
+        match self.framing {
+            Framing::Empty => Ok(0),
+            Framing::Length(_) => {
+                let take = self.left.min(chunk.len() as u64);
+                self.left -= take;
+                self.done = self.left == 0;
+                Ok(take as usize)
+            }
+            Framing::Chunked => match self.chunked.feed(chunk)? {
+                Some(n) => {
+                    self.done = true;
+                    Ok(n)
+                }
+                None => Ok(chunk.len()),
+            },
+            Framing::Close => Ok(chunk.len()),
+        }
+    }
+}
+
+/// Whether the client left (true) or sent more (false), checked only once the instance
+/// has been slow for `WATCH_AFTER`: a prompt response costs no read of the client.
+async fn client_left(guarded: &mut Guarded) -> bool {
+    tokio::time::sleep(WATCH_AFTER).await;
+    !guarded.readable().await
+}
+
+fn upstream_fail(e: io::Error) -> Fail {
+    match e.kind() {
+        io::ErrorKind::TimedOut => Fail::Timeout,
+        _ => Fail::Reset(e),
+    }
+}
+
+fn empty_headers() -> &'static http::HeaderMap {
+    static EMPTY: std::sync::OnceLock<http::HeaderMap> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(http::HeaderMap::new)
+}
+
+enum Parsed {
+    Partial,
+    /// An interim (1xx) response of this many bytes.
+    Interim(usize),
+    Final(Head),
+}
+
+/// Reads a response head at the front of `buf`.
+fn parse_head(buf: &[u8], head_request: bool) -> Result<Parsed, Fail> {
+    let mut lines = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+    let mut resp = httparse::Response::new(&mut lines);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) if n <= MAX_RESPONSE_HEAD => n,
+        Ok(httparse::Status::Partial) if buf.len() < MAX_RESPONSE_HEAD => {
+            return Ok(Parsed::Partial)
+        }
+        Ok(_) => return Err(Fail::Bad("response head too large")),
+        Err(_) => return Err(Fail::Bad("invalid response head")),
+    };
+    let status = resp.code.unwrap_or(0);
+    if status == 101 {
+        return Err(Fail::Bad("upstream switched protocols unasked"));
+    }
+    if (100..200).contains(&status) {
+        return Ok(Parsed::Interim(len));
+    }
+    let mut close = resp.version != Some(1);
+    let mut length: Option<u64> = None;
+    let mut chunked = None;
+    for h in resp.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let n = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or(Fail::Bad("invalid Content-Length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(Fail::Bad("conflicting Content-Length"));
+            }
+            length = Some(n);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            let last = h.value.rsplit(|b| *b == b',').next().unwrap_or(b"");
+            chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            close |= h
+                .value
+                .split(|b| *b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+        }
+    }
+    if chunked.is_some() && length.is_some() {
+        return Err(Fail::Bad(
+            "response framed by both Content-Length and chunked",
+        ));
+    }
+    let framing = if head_request || status == 204 || status == 304 {
+        Framing::Empty
+    } else {
+        match (chunked, length) {
+            (Some(true), _) => Framing::Chunked,
+            (Some(false), _) => Framing::Close,
+            (None, Some(n)) => Framing::Length(n),
+            (None, None) => Framing::Close,
+        }
+    };
+    Ok(Parsed::Final(Head {
+        len,
+        status,
+        framing,
+        reusable: !close && framing != Framing::Close,
+    }))
+}
+
+/// The response head for the client: the instance's, with weir's Date and Connection,
+/// less its hop-by-hop lines, plus HSTS over TLS when the gateway sets it.
+fn client_head(head: &[u8], keep_alive: bool, hsts: Option<&HeaderValue>, out: &mut Vec<u8>) {
+    let mut lines = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+    let mut resp = httparse::Response::new(&mut lines);
+    // Parsed once already: this cannot fail.
+    let _ = resp.parse(head);
+    let status = resp.code.unwrap_or(502);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(itoa3(status).as_slice());
+    out.push(b' ');
+    let reason = resp.reason.filter(|r| !r.is_empty()).or_else(|| {
+        http::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+    });
+    out.extend_from_slice(reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for h in resp.headers.iter() {
+        let name = h.name;
+        let dropped = ["connection", "keep-alive", "date", "proxy-connection"]
+            .iter()
+            .any(|n| name.eq_ignore_ascii_case(n))
+            || (hsts.is_some() && name.eq_ignore_ascii_case("strict-transport-security"));
+        if !dropped {
+            super::line(out, name.as_bytes(), h.value);
+        }
+    }
+    let date = pingora::protocols::http::date::get_cached_date();
+    super::line(out, b"date", date.as_bytes());
+    let connection: &[u8] = if keep_alive { b"keep-alive" } else { b"close" };
+    super::line(out, b"connection", connection);
+    if let Some(v) = hsts {
+        super::line(out, b"strict-transport-security", v.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A status code's three digits.
+fn itoa3(n: u16) -> [u8; 3] {
+    let n = n.min(999);
+    [
+        b'0' + (n / 100) as u8,
+        b'0' + (n / 10 % 10) as u8,
+        b'0' + (n % 10) as u8,
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(text: &str, head_request: bool) -> Head {
+        match parse_head(text.as_bytes(), head_request) {
+            Ok(Parsed::Final(h)) => h,
+            _ => panic!("not a final head: {text}"),
+        }
+    }
+
+    #[test]
+    fn framing_follows_the_response() {
+        let h = head("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", false);
+        assert_eq!(
+            (h.framing, h.reusable, h.len),
+            (Framing::Length(5), true, 38)
+        );
+        let h = head(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            false,
+        );
+        assert_eq!(h.framing, Framing::Chunked);
+        let h = head(
+            "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n",
+            false,
+        );
+        assert!(!h.reusable);
+        let h = head("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", false);
+        assert!(!h.reusable);
+        let h = head("HTTP/1.1 200 OK\r\n\r\n", false);
+        assert_eq!((h.framing, h.reusable), (Framing::Close, false));
+        let h = head("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", true);
+        assert_eq!((h.framing, h.reusable), (Framing::Empty, true));
+        let h = head(
+            "HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+            false,
+        );
+        assert_eq!(h.framing, Framing::Empty);
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_relay() {
+        for text in [
+            "HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+            "HTTX 200\r\n\r\n",
+        ] {
+            assert!(
+                matches!(parse_head(text.as_bytes(), false), Err(Fail::Bad(_))),
+                "{text}"
+            );
+        }
+        let interim = parse_head(
+            b"HTTP/1.1 103 Early Hints\r\nLink: x\r\n\r\nHTTP/1.1",
+            false,
+        );
+        assert!(matches!(interim, Ok(Parsed::Interim(37))));
+    }
+
+    #[test]
+    fn the_client_head_has_weirs_date_and_connection() {
+        let mut out = Vec::new();
+        let upstream =
+            b"HTTP/1.1 200 OK\r\nDate: old\r\nConnection: keep-alive\r\nKeep-Alive: 5\r\n\
+                         Strict-Transport-Security: max-age=1\r\nX-A: b\r\n\r\n";
+        let hsts = HeaderValue::from_static("max-age=9");
+        client_head(upstream, false, Some(&hsts), &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.starts_with("HTTP/1.1 200 OK\r\nX-A: b\r\ndate: "),
+            "{text}"
+        );
+        assert!(text.ends_with("connection: close\r\nstrict-transport-security: max-age=9\r\n\r\n"));
+        assert!(!text.contains("old") && !text.contains("Keep-Alive") && !text.contains("=1"));
+    }
+
+    #[test]
+    fn bodies_end_where_their_framing_says() {
+        let mut b = Body::new(Framing::Length(3));
+        assert_eq!(b.take(b"ab").unwrap(), 2);
+        assert_eq!(b.take(b"cde").unwrap(), 1);
+        assert!(b.done);
+        let mut b = Body::new(Framing::Chunked);
+        assert_eq!(b.take(b"1\r\na\r\n0\r\n\r\nX").unwrap(), 11);
+        assert!(b.done);
+        assert!(Body::new(Framing::Empty).done);
+    }
+}

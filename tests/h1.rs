@@ -1,0 +1,306 @@
+//! weir's own HTTP/1 path (src/h1) through the real binary, against a scripted upstream
+//! on loopback: connection reuse, pipelining, each response framing, the forwarded
+//! request (compared with Pingora's path, `WEIR_H1_DIRECT=0`), a stale pooled
+//! connection, and each upstream failure with its bound.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use common::*;
+
+/// An upstream that answers by path, counting connections and keeping request heads.
+struct Scripted {
+    port: u16,
+    conns: Arc<AtomicUsize>,
+    heads: Arc<Mutex<Vec<String>>>,
+}
+
+impl Scripted {
+    fn start() -> Scripted {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let conns = Arc::new(AtomicUsize::new(0));
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let (c, h) = (conns.clone(), heads.clone());
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                c.fetch_add(1, Ordering::SeqCst);
+                let h = h.clone();
+                thread::spawn(move || serve(conn, &h));
+            }
+        });
+        Scripted { port, conns, heads }
+    }
+
+    fn conns(&self) -> usize {
+        self.conns.load(Ordering::SeqCst)
+    }
+
+    fn last_head(&self) -> String {
+        self.heads
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+fn serve(conn: TcpStream, heads: &Mutex<Vec<String>>) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(20)));
+    let mut writer = conn.try_clone().unwrap();
+    let mut reader = BufReader::new(conn);
+    loop {
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            head.push_str(&line);
+            if line == "\r\n" {
+                break;
+            }
+        }
+        heads.lock().unwrap().push(head.clone());
+        let length = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse::<usize>().unwrap())
+            })
+            .unwrap_or(0);
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+        let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+        if head.starts_with("HEAD ") {
+            let _ = writer.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n");
+            continue;
+        }
+        let answer: Vec<u8> = match path.as_str() {
+            "/echo" => {
+                let mut a = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+                a.extend_from_slice(&body);
+                a
+            }
+            "/chunked" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n6\r\n world\r\n0\r\n\r\n".to_vec(),
+            "/close" => {
+                let _ = writer.write_all(b"HTTP/1.1 200 OK\r\nX-Up: 1\r\n\r\nuntil the end");
+                return;
+            }
+            "/oneshot" => {
+                let _ = writer.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\none");
+                return;
+            }
+            "/reset" => return,
+            "/slow" => {
+                thread::sleep(Duration::from_secs(3));
+                return;
+            }
+            "/big-head" => format!("HTTP/1.1 200 OK\r\nX-Big: {}\r\nContent-Length: 0\r\n\r\n", "a".repeat(70 << 10)).into_bytes(),
+            "/many" => {
+                let mut a = String::from("HTTP/1.1 200 OK\r\n");
+                for i in 0..200 {
+                    a.push_str(&format!("X-{i}: v\r\n"));
+                }
+                a.push_str("Content-Length: 0\r\n\r\n");
+                a.into_bytes()
+            }
+            "/broken" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX".to_vec(),
+            "/early" => b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+            _ => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\r\nhello".to_vec(),
+        };
+        if writer.write_all(&answer).is_err() {
+            return;
+        }
+    }
+}
+
+fn start(up: &Scripted, env: &[(&str, &str)]) -> (Weir, u16) {
+    let port = free_port();
+    let yaml = format!(
+        "listeners:
+  http: {{ bind: \"127.0.0.1:{port}\" }}
+defaults: {{ timeouts: {{ upstream_read: 1s }}, retries: 0 }}
+gateways:
+  - name: g
+    virtual_hosts: [g.test]
+    routes: {{ r: {{ instances: [\"127.0.0.1:{}\"] }} }}
+",
+        up.port
+    );
+    let dir = config_dir(&[("weir.yaml", &yaml)]);
+    let config = dir.path().join("weir.yaml");
+    (Weir::spawn(dir, config, env, &[port]), port)
+}
+
+#[test]
+fn kept_alive_requests_share_one_upstream_connection() {
+    let up = Scripted::start();
+    let (_weir, port) = start(&up, &[]);
+    let mut c = Client::connect(port);
+    for _ in 0..20 {
+        let r = c.get("g.test", "/", &[]);
+        assert_eq!((r.status, r.body.as_str()), (200, "hello"));
+        assert_eq!(r.header("connection"), Some("keep-alive"));
+        assert!(r.header("date").is_some());
+        assert_eq!(
+            r.header("keep-alive"),
+            None,
+            "the instance's own Keep-Alive stays upstream"
+        );
+    }
+    assert_eq!(up.conns(), 1, "one upstream connection for 20 requests");
+    // A second client connection finds the idle one.
+    assert_eq!(get(port, "g.test", "/").status, 200);
+    assert_eq!(up.conns(), 1);
+}
+
+#[test]
+fn pipelined_requests_are_all_answered_in_order() {
+    let up = Scripted::start();
+    let (_weir, port) = start(&up, &[]);
+    let mut c = Client::connect(port);
+    c.send_raw(
+        b"GET / HTTP/1.1\r\nHost: g.test\r\n\r\nPOST /echo HTTP/1.1\r\nHost: g.test\r\nContent-Length: 4\r\n\r\nabcd\
+          GET /chunked HTTP/1.1\r\nHost: g.test\r\n\r\n",
+    );
+    assert_eq!(c.read_response(false).body, "hello");
+    assert_eq!(c.read_response(false).body, "abcd");
+    assert_eq!(c.read_response(false).body, "hello world");
+}
+
+#[test]
+fn bodies_are_relayed_as_the_instance_framed_them() {
+    let up = Scripted::start();
+    let (_weir, port) = start(&up, &[]);
+    let mut c = Client::connect(port);
+    let r = c.get("g.test", "/chunked", &[]);
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(r.body, "hello world");
+    let r = c.request("HEAD", "g.test", "/", &[]);
+    assert_eq!((r.status, r.header("content-length")), (200, Some("5")));
+    let r = c.get("g.test", "/early", &[]);
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "ok"),
+        "interim 103 dropped"
+    );
+    // A large body both ways, over the same connection.
+    let big: String = (0..300_000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let req = format!(
+        "POST /echo HTTP/1.1\r\nHost: g.test\r\nContent-Length: {}\r\n\r\n{big}",
+        big.len()
+    );
+    c.send_raw(req.as_bytes());
+    let r = c.read_response(false);
+    assert_eq!(r.body.len(), big.len());
+    assert!(r.body == big);
+    // No length: relayed until the instance closes, then the client connection closes.
+    let r = c.get("g.test", "/close", &[]);
+    assert_eq!(
+        (r.body.as_str(), r.header("connection")),
+        ("until the end", Some("close"))
+    );
+}
+
+/// What matters of a request as the instance saw it: lines less the request id's value.
+fn shape(head: &str) -> Vec<String> {
+    let mut lines: Vec<String> = head
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| match l.split_once(':') {
+            Some((n, _)) if n.eq_ignore_ascii_case("x-request-id") => "x-request-id".into(),
+            Some((n, v)) => format!("{}:{}", n.to_ascii_lowercase(), v.trim()),
+            None => l.to_string(),
+        })
+        .collect();
+    lines.sort();
+    lines
+}
+
+#[test]
+fn forwards_what_pingoras_path_forwards() {
+    let up = Scripted::start();
+    let (_direct, direct) = start(&up, &[]);
+    let (_pingora, pingora) = start(&up, &[("WEIR_H1_DIRECT", "0")]);
+    let headers = [
+        ("Connection", "keep-alive"),
+        ("Keep-Alive", "300"),
+        ("TE", "trailers"),
+        ("Proxy-Authorization", "Basic x"),
+        ("X-Forwarded-For", "203.0.113.9"),
+        ("X-Forwarded-Proto", "https"),
+        ("X-Client-Cert-Subject", "CN=forged"),
+        ("Cookie", "a=b"),
+        ("X-Custom", "v"),
+    ];
+    let mut seen = Vec::new();
+    for port in [direct, pingora] {
+        let r = Client::connect(port).get("g.test:81", "/p?q=1", &headers);
+        assert_eq!((r.status, r.body.as_str()), (200, "hello"));
+        // Pingora's path passes the instance's Keep-Alive on; weir's own does not: the
+        // two requests did take the two paths.
+        assert_eq!(r.header("keep-alive").is_some(), port == pingora);
+        seen.push(shape(&up.last_head().replace(&port.to_string(), "PORT")));
+    }
+    assert_eq!(
+        seen[0], seen[1],
+        "the same request reaches the instance either way"
+    );
+    assert!(seen[0].contains(&"x-forwarded-for:127.0.0.1".to_string()));
+    assert!(!seen[0]
+        .iter()
+        .any(|l| l.contains("forged") || l.starts_with("te:")));
+}
+
+#[test]
+fn a_stale_pooled_connection_is_replaced() {
+    let up = Scripted::start();
+    let (_weir, port) = start(&up, &[]);
+    let mut c = Client::connect(port);
+    // The instance closes the connection after this response (without saying so).
+    assert_eq!(c.get("g.test", "/oneshot", &[]).body, "one");
+    thread::sleep(Duration::from_millis(100));
+    let r = c.get("g.test", "/", &[]);
+    assert_eq!((r.status, r.body.as_str()), (200, "hello"));
+    assert_eq!(up.conns(), 2);
+}
+
+#[test]
+fn upstream_failures_answer_502_or_504_and_weir_serves_on() {
+    let up = Scripted::start();
+    let (weir, port) = start(&up, &[]);
+    for (path, status) in [
+        ("/reset", 502),
+        ("/slow", 504),
+        ("/big-head", 502),
+        ("/many", 502),
+    ] {
+        let mut c = Client::connect(port);
+        let r = c.get("g.test", path, &[]);
+        assert_eq!(r.status, status, "{path}");
+        assert_eq!(r.header("connection"), Some("close"), "{path}");
+    }
+    // A body whose chunked framing breaks: what came goes out, then the connection closes.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /broken HTTP/1.1\r\nHost: g.test\r\n\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
+    assert_eq!(get(port, "g.test", "/").body, "hello");
+    drop(weir);
+}
