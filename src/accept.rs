@@ -358,9 +358,9 @@ impl<A: HttpServerApp + Send + Sync + 'static> Accept<A> {
     }
 
     /// What weir's own HTTP/1 path needs to know of a connection; None when that path
-    /// is off (`WEIR_H1_DIRECT=0`, or an access log, which it does not write).
+    /// is off (`WEIR_H1_DIRECT=0`).
     fn direct(&self, stream: &Guarded) -> Option<crate::h1::Conn> {
-        if !crate::h1::enabled() || self.access_log.is_some() {
+        if !crate::h1::enabled() {
             return None;
         }
         let digest = stream.get_socket_digest();
@@ -370,16 +370,21 @@ impl<A: HttpServerApp + Send + Sync + 'static> Accept<A> {
         let local = digest.as_ref().and_then(|d| inet(d.local_addr()));
         let peer = digest.as_ref().and_then(|d| inet(d.peer_addr()));
         let tls = stream.get_ssl_digest();
-        let client_cert = tls
+        let tls_peer = tls
             .as_ref()
-            .and_then(|d| d.extension.get::<crate::tls::Peer>())
-            .is_some_and(|p| p.client_cert.is_some());
+            .and_then(|d| d.extension.get::<crate::tls::Peer>());
+        let log = self.access_log.clone();
+        // Copied for the access log only.
+        let logged = |s: Option<&str>| s.filter(|_| log.is_some()).map(Box::from);
         Some(crate::h1::Conn {
             local_port: local.map_or(0, |a| a.port()),
             tls: tls.is_some(),
             client: peer.map(|a| a.ip()),
-            client_cert,
+            client_cert: tls_peer.is_some_and(|p| p.client_cert.is_some()),
             metrics: self.metrics,
+            tls_version: logged(tls.as_ref().map(|d| &*d.version)),
+            sni: logged(tls_peer.and_then(|p| p.sni.as_deref())),
+            log,
         })
     }
 

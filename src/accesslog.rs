@@ -77,7 +77,12 @@ impl<'a> Entry<'a> {
         }
     }
 
-    fn new(client: Option<IpAddr>, status: u16, bytes_sent: usize, elapsed: Duration) -> Entry<'a> {
+    pub fn new(
+        client: Option<IpAddr>,
+        status: u16,
+        bytes_sent: usize,
+        elapsed: Duration,
+    ) -> Entry<'a> {
         Entry {
             ts: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
             client: client.map(|ip| ip.to_string()),

@@ -51,6 +51,18 @@ pub struct Conn {
     pub client_cert: bool,
     /// Record per-request metrics.
     pub metrics: bool,
+    /// Write access log lines, with the connection's TLS version and SNI name.
+    pub log: Option<std::sync::Arc<crate::accesslog::AccessLog>>,
+    pub tls_version: Option<Box<str>>,
+    pub sni: Option<Box<str>>,
+}
+
+/// What an access log line says of a request, copied from its head (only with a log).
+struct Logged {
+    method: String,
+    host: String,
+    path: String,
+    request_id: String,
 }
 
 /// How a request went.
@@ -77,12 +89,13 @@ struct Plan<'s> {
     selected: Selected,
     route: &'s Route,
     upstream: &'s Upstream,
+    log: Option<Box<Logged>>,
 }
 
 /// Serves the request whose head is at the front of `guarded`'s buffer, or leaves it
 /// untouched for Pingora.
 pub async fn serve(snapshot: &Snapshot, guarded: &mut Guarded, conn: &Conn) -> Outcome {
-    let started = conn.metrics.then(Instant::now);
+    let started = (conn.metrics || conn.log.is_some()).then(Instant::now);
     let plan = match plan(snapshot, guarded.buffered(), conn) {
         Some(Taken::Proxy(plan)) => plan,
         Some(Taken::TooLarge(len)) => {
@@ -108,7 +121,7 @@ pub async fn serve(snapshot: &Snapshot, guarded: &mut Guarded, conn: &Conn) -> O
         }
     };
     if let Some(started) = started {
-        exchange.record(started.elapsed());
+        exchange.record(conn, started.elapsed());
     }
     outcome
 }
@@ -171,7 +184,17 @@ fn plan<'s>(snapshot: &'s Snapshot, bytes: &[u8], conn: &Conn) -> Option<Taken<'
         .client
         .is_some_and(|ip| snapshot.defaults.is_trusted(ip));
     let mut out = Vec::with_capacity(head_len + 256);
-    write_request(&mut out, method, path, req.headers, &head, trusted, conn);
+    let id = write_request(&mut out, method, path, req.headers, &head, trusted, conn);
+    let log = conn.log.as_ref().map(|_| {
+        let id = id.as_ref().map_or(head.request_id, |id| &id[..]);
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        Box::new(Logged {
+            method: method.to_string(),
+            host: text(host),
+            path: path.to_string(),
+            request_id: text(id),
+        })
+    });
     Some(Taken::Proxy(Plan {
         head_len,
         out,
@@ -185,6 +208,7 @@ fn plan<'s>(snapshot: &'s Snapshot, bytes: &[u8], conn: &Conn) -> Option<Taken<'
         selected,
         route,
         upstream,
+        log,
     }))
 }
 
@@ -221,6 +245,8 @@ struct Head<'a> {
     close: bool,
     /// Which forwarding headers the client sent.
     has: [bool; 5],
+    /// The client's `X-Request-Id`.
+    request_id: &'a [u8],
 }
 
 /// Forwarding headers, in the order of `Head::has`.
@@ -257,6 +283,7 @@ impl<'a> Head<'a> {
             length: 0,
             close: false,
             has: [false; 5],
+            request_id: b"",
         };
         let mut hosts = 0;
         let mut lengths = 0;
@@ -284,6 +311,9 @@ impl<'a> Head<'a> {
                 return None;
             } else if let Some(i) = FORWARDING.iter().position(|n| name.eq_ignore_ascii_case(n)) {
                 head.has[i] = true;
+                if i == 4 {
+                    head.request_id = h.value;
+                }
             }
         }
         (hosts == 1 && lengths <= 1).then_some(head)
@@ -305,7 +335,8 @@ impl<'a> Head<'a> {
 }
 
 /// The request head as it goes upstream: HTTP/1.1, the client's header lines less the
-/// hop-by-hop ones, then the forwarding headers (`forward` has the rules).
+/// hop-by-hop ones, then the forwarding headers (`forward` has the rules). Returns the
+/// request id it made, if the client sent none.
 fn write_request(
     out: &mut Vec<u8>,
     method: &str,
@@ -314,7 +345,7 @@ fn write_request(
     head: &Head,
     trusted: bool,
     conn: &Conn,
-) {
+) -> Option<[u8; 32]> {
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
@@ -364,10 +395,12 @@ fn write_request(
         let port = format_into(&mut text, format_args!("{}", conn.local_port));
         line(out, b"x-forwarded-port", port);
     }
-    if !head.has[4] {
-        line(out, b"x-request-id", &crate::forward::request_id());
+    let id = (!head.has[4]).then(crate::forward::request_id);
+    if let Some(id) = &id {
+        line(out, b"x-request-id", id);
     }
     out.extend_from_slice(b"\r\n");
+    id
 }
 
 fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -435,6 +468,9 @@ mod tests {
             client: Some(IpAddr::from([127, 0, 0, 9])),
             client_cert: false,
             metrics: false,
+            log: None,
+            tls_version: None,
+            sni: None,
         };
         let mut out = Vec::new();
         let (m, p) = (req.method.unwrap(), req.path.unwrap());

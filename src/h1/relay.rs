@@ -79,6 +79,8 @@ pub(super) struct Exchange<'s> {
     retries_left: u32,
     inflight: Option<InFlight>,
     status: u16,
+    /// The instance's status, when its response went to the client.
+    upstream_status: Option<u16>,
     sent: usize,
     read: u64,
 }
@@ -95,16 +97,37 @@ impl<'s> Exchange<'s> {
             tried: Tried::default(),
             inflight: None,
             status: 0,
+            upstream_status: None,
             sent: 0,
             read: 0,
         }
     }
 
-    /// Counts the request in its route's metrics.
-    pub(super) fn record(&self, elapsed: Duration) {
-        if self.status != 0 {
+    /// Counts the request in its route's metrics and writes its access log line.
+    pub(super) fn record(&self, conn: &Conn, elapsed: Duration) {
+        if self.status == 0 {
+            return;
+        }
+        if conn.metrics {
             let m = &self.plan.route.metrics;
             m.record(self.status, elapsed, self.sent, self.read as usize);
+        }
+        if let (Some(log), Some(l)) = (&conn.log, &self.plan.log) {
+            let g = &self.snapshot.gateways[self.plan.selected.gateway];
+            let entry = crate::accesslog::Entry {
+                method: &l.method,
+                host: &l.host,
+                path: &l.path,
+                gateway: Some(&g.name),
+                route: Some(&self.plan.route.key),
+                instance: Some(&self.upstream.name),
+                upstream_status: self.upstream_status,
+                request_id: Some(&l.request_id),
+                tls_version: conn.tls_version.as_deref(),
+                sni: conn.sni.as_deref(),
+                ..crate::accesslog::Entry::new(conn.client, self.status, self.sent, elapsed)
+            };
+            log.log(&entry);
         }
     }
 
@@ -377,6 +400,7 @@ impl<'s> Exchange<'s> {
             return Outcome::Close;
         };
         self.status = head.status;
+        self.upstream_status = Some(head.status);
         let keep_client = !self.plan.close && head.framing != Framing::Close;
         let hsts = match conn.tls {
             true => self.snapshot.hsts(self.plan.selected),
