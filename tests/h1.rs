@@ -304,3 +304,90 @@ fn upstream_failures_answer_502_or_504_and_weir_serves_on() {
     assert_eq!(get(port, "g.test", "/").body, "hello");
     drop(weir);
 }
+
+fn start_tls(up: &Scripted, env: &[(&str, &str)]) -> (Weir, u16) {
+    let port = free_port();
+    let yaml = format!(
+        "listeners:
+  https: {{ bind: \"127.0.0.1:{port}\", tls: {{ self_signed: [g.test], default_certificate: 0 }} }}
+defaults: {{ timeouts: {{ upstream_read: 1s }}, retries: 0 }}
+gateways:
+  - name: g
+    virtual_hosts: [g.test]
+    hsts: {{ max_age: 60 }}
+    routes: {{ r: {{ instances: [\"127.0.0.1:{}\"] }} }}
+",
+        up.port
+    );
+    let dir = config_dir(&[("weir.yaml", &yaml)]);
+    let config = dir.path().join("weir.yaml");
+    (Weir::spawn(dir, config, env, &[port]), port)
+}
+
+/// One HTTP/2 request with curl: (status line and headers, body).
+fn h2(port: u16, path: &str, headers: &[&str]) -> (String, String) {
+    let url = format!("https://g.test:{port}{path}");
+    let resolve = format!("g.test:{port}:127.0.0.1");
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args([
+        "-sk",
+        "--http2",
+        "-i",
+        "--max-time",
+        "10",
+        "--resolve",
+        &resolve,
+        &url,
+    ]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    let out = cmd.output().expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (head.to_ascii_lowercase(), body.to_string())
+}
+
+#[test]
+fn http2_streams_reach_plain_instances_the_same_way() {
+    let up = Scripted::start();
+    let (_direct, direct) = start_tls(&up, &[]);
+    let (_pingora, pingora) = start_tls(&up, &[("WEIR_H1_DIRECT", "0")]);
+    let headers = [
+        "X-Forwarded-For: 203.0.113.9",
+        "TE: trailers",
+        "X-Custom: v",
+    ];
+    let mut seen = Vec::new();
+    for port in [direct, pingora] {
+        let (head, body) = h2(port, "/p?q=1", &headers);
+        assert!(head.starts_with("http/2 200"), "{head}");
+        assert!(
+            head.contains("strict-transport-security: max-age=60"),
+            "{head}"
+        );
+        assert_eq!(body, "hello");
+        seen.push(shape(&up.last_head().replace(&port.to_string(), "PORT")));
+    }
+    assert_eq!(
+        seen[0], seen[1],
+        "the same request reaches the instance either way"
+    );
+    let before = up.conns();
+    // Chunked framing comes off (HTTP/2 has its own); no length: until the instance closes.
+    for _ in 0..5 {
+        let (head, body) = h2(direct, "/chunked", &[]);
+        assert!(!head.contains("transfer-encoding"), "{head}");
+        assert_eq!(body, "hello world");
+    }
+    assert_eq!(
+        up.conns(),
+        before,
+        "kept-alive instance connections are reused"
+    );
+    assert_eq!(h2(direct, "/close", &[]).1, "until the end");
+    assert!(h2(direct, "/reset", &[]).0.starts_with("http/2 502"));
+    assert!(h2(direct, "/slow", &[]).0.starts_with("http/2 504"));
+    assert!(h2(direct, "/many", &[]).0.starts_with("http/2 502"));
+    assert_eq!(h2(direct, "/", &[]).1, "hello");
+}

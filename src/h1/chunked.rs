@@ -59,10 +59,21 @@ impl Default for Chunked {
 impl Chunked {
     /// Reads `bytes`; `Some(n)` when the body ended after its first `n` bytes.
     pub fn feed(&mut self, bytes: &[u8]) -> Result<Option<usize>, Broken> {
+        self.feed_data(bytes, |_| {})
+    }
+
+    /// `feed`, handing each piece of chunk data to `data` (for a client that is not
+    /// sent the chunked framing itself: HTTP/2).
+    pub fn feed_data(
+        &mut self,
+        bytes: &[u8],
+        mut data: impl FnMut(&[u8]),
+    ) -> Result<Option<usize>, Broken> {
         let mut i = 0;
         while i < bytes.len() {
             if let State::Data(left) = self.state {
                 let take = left.min((bytes.len() - i) as u64);
+                data(&bytes[i..i + take as usize]);
                 i += take as usize;
                 self.state = if take == left {
                     State::DataCr
@@ -185,6 +196,17 @@ mod tests {
         let mut trailers = b"0\r\n".to_vec();
         trailers.extend(std::iter::repeat_n(b'a', MAX_TRAILERS + 1));
         assert_eq!(end_of(&trailers), Err(Broken));
+    }
+
+    #[test]
+    fn data_comes_without_the_framing() {
+        let mut data = Vec::new();
+        let body = b"5;x=y\r\nhello\r\n6\r\n world\r\n0\r\nT: 1\r\n\r\n";
+        let mut c = Chunked::default();
+        for piece in body.chunks(3) {
+            c.feed_data(piece, |d| data.extend_from_slice(d)).unwrap();
+        }
+        assert_eq!(data, b"hello world");
     }
 
     #[test]

@@ -15,6 +15,10 @@
 //! fails (Pingora then tries it again, marks it down, retries and answers as usual).
 //! That decision is taken before a byte of the request is consumed, so handing over
 //! is free. `WEIR_H1_DIRECT=0` turns this path off.
+//!
+//! HTTP/2 streams without a body on such a gateway have their exchange with the
+//! instance done here too (`stream`), after Pingora's HTTP/2 server read them and
+//! `proxy` routed them.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -32,6 +36,7 @@ use crate::upstream::{Tried, Upstream};
 
 pub mod chunked;
 mod relay;
+pub mod stream;
 
 /// Most request header lines this path reads; a request with more goes to Pingora.
 const MAX_HEADERS: usize = 64;

@@ -9,6 +9,8 @@ use std::io;
 use std::time::Duration;
 
 use http::HeaderValue;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -220,7 +222,10 @@ impl<'s> Exchange<'s> {
 
     pub(super) async fn run(&mut self, guarded: &mut Guarded, conn: &Conn) -> Outcome {
         let mut buf = Vec::with_capacity(16 << 10);
-        let head = match self.exchange(guarded, conn, &mut buf).await {
+        let head = match self
+            .exchange(Some(&mut *guarded), conn.metrics, &mut buf)
+            .await
+        {
             Ok(head) => head,
             Err(fail) => return self.failed(guarded, fail).await,
         };
@@ -231,15 +236,20 @@ impl<'s> Exchange<'s> {
     /// reset as the route allows.
     async fn exchange(
         &mut self,
-        guarded: &mut Guarded,
-        conn: &Conn,
+        mut client: Option<&mut Guarded>,
+        metrics: bool,
         buf: &mut Vec<u8>,
     ) -> Result<Head, Fail> {
         let mut body = true;
         loop {
-            let sent = self.send(guarded, std::mem::take(&mut body)).await;
+            let sent = self
+                .send(client.as_deref_mut(), std::mem::take(&mut body))
+                .await;
             let result = match sent {
-                Ok(()) => self.response_head(guarded, conn, buf).await,
+                Ok(()) => {
+                    self.response_head(client.as_deref_mut(), metrics, buf)
+                        .await
+                }
                 Err(e) => Err(e),
             };
             match result {
@@ -273,15 +283,119 @@ impl<'s> Exchange<'s> {
         matches!(self.open(true).await, Opened::Up)
     }
 
+    /// The exchange for a request Pingora's HTTP/2 server read (`stream`): the response
+    /// goes back through the session, its body as data (chunked framing removed).
+    /// Returns the status the client got.
+    pub(super) async fn run_session(
+        &mut self,
+        session: &mut Session,
+        hsts: Option<&HeaderValue>,
+    ) -> pingora::Result<u16> {
+        let mut buf = Vec::with_capacity(16 << 10);
+        let waiting = self.exchange(None, false, &mut buf);
+        // A client that resets the stream meanwhile ends the exchange (Pingora counts
+        // a downstream error as a client abort).
+        let exchanged = tokio::select! {
+            biased;
+            exchanged = waiting => exchanged,
+            closed = session.as_mut().read_body_or_idle(true) => {
+                let e = closed.err().unwrap_or_else(|| {
+                    pingora::Error::explain(pingora::ErrorType::H2Error, "client closed the stream")
+                });
+                return Err(e.into_down());
+            }
+        };
+        let head = match exchanged {
+            Ok(head) => head,
+            Err(fail) => {
+                let status = self.count_failure(fail);
+                crate::answer::error(session, status).await;
+                return Ok(status);
+            }
+        };
+        let Some(mut up) = self.up.take() else {
+            return Ok(0);
+        };
+        self.status = head.status;
+        self.upstream_status = Some(head.status);
+        let mut body = Body::new(head.framing);
+        let header = session_head(&buf[..head.len], hsts)?;
+        session.write_response_header(header, body.done).await?;
+        let read_timeout = self.upstream.peer.options.read_timeout;
+        let (mut rest, mut data) = (head.len, Vec::new());
+        loop {
+            let chunk = &buf[rest..];
+            data.clear();
+            let take = body.take_data(chunk, &mut data).map_err(|_| {
+                pingora::Error::explain(
+                    pingora::ErrorType::InvalidHTTPHeader,
+                    "broken chunked body",
+                )
+            })?;
+            let extra = take < chunk.len();
+            self.sent += data.len();
+            if !data.is_empty() || body.done {
+                let piece = bytes::Bytes::copy_from_slice(&data);
+                session.write_response_body(Some(piece), body.done).await?;
+            }
+            if body.done || extra {
+                if body.done && !extra && head.reusable {
+                    self.upstream.health.idle.give(up);
+                }
+                return Ok(head.status);
+            }
+            buf.clear();
+            rest = 0;
+            match read_some(&mut up, &mut buf, read_timeout).await {
+                Ok(0) if body.framing == Framing::Close => body.done = true,
+                Ok(0) | Err(_) => {
+                    return pingora::Error::e_explain(
+                        pingora::ErrorType::ConnectionClosed,
+                        "upstream closed mid-body",
+                    )
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// What `stream` reports of a served stream.
+    pub(super) fn served(&self) -> super::stream::Served {
+        super::stream::Served {
+            instance: self.upstream.name.clone(),
+            upstream_status: self.upstream_status,
+        }
+    }
+
+    /// The status a failure is answered with; counted as an upstream error.
+    fn count_failure(&mut self, fail: Fail) -> u16 {
+        let (status, kind) = match fail {
+            Fail::Client => return 0,
+            Fail::Timeout => (504, "timeout"),
+            Fail::Reset(_) => (502, "closed"),
+            Fail::Bad(why) => {
+                log::debug!("{}: {why}", self.upstream.name);
+                (502, "other")
+            }
+        };
+        let gateway = &self.snapshot.gateways[self.plan.selected.gateway].name;
+        crate::metrics::upstream_error(gateway, &self.plan.route.key, &self.upstream.name, kind);
+        self.status = status;
+        status
+    }
+
     /// Writes the request head and, the first time, its body.
-    async fn send(&mut self, guarded: &mut Guarded, body: bool) -> Result<(), Fail> {
+    async fn send(&mut self, guarded: Option<&mut Guarded>, body: bool) -> Result<(), Fail> {
         let write_timeout = self.upstream.peer.options.write_timeout;
         let up = self.up.as_mut().ok_or(Fail::Bad("no connection"))?;
-        if !body || self.plan.body == 0 {
-            return write_all(up, &self.plan.out, write_timeout)
-                .await
-                .map_err(upstream_fail);
-        }
+        let guarded = match guarded {
+            Some(g) if body && self.plan.body > 0 => g,
+            _ => {
+                return write_all(up, &self.plan.out, write_timeout)
+                    .await
+                    .map_err(upstream_fail)
+            }
+        };
         // The body's first bytes, already read, go with the head.
         let mut out = std::mem::take(&mut self.plan.out);
         let ready = guarded.buffered();
@@ -314,14 +428,14 @@ impl<'s> Exchange<'s> {
     /// that leaves meanwhile ends the exchange (counted as an abort).
     async fn response_head(
         &mut self,
-        guarded: &mut Guarded,
-        conn: &Conn,
+        mut client: Option<&mut Guarded>,
+        metrics: bool,
         buf: &mut Vec<u8>,
     ) -> Result<Head, Fail> {
         let read_timeout = self.upstream.peer.options.read_timeout;
         let up = self.up.as_mut().ok_or(Fail::Bad("no connection"))?;
         let mut interim = 0;
-        let mut watching = guarded.buffered().is_empty();
+        let mut watching = client.as_ref().is_some_and(|g| g.buffered().is_empty());
         loop {
             if !buf.is_empty() {
                 match parse_head(buf, self.plan.head_method)? {
@@ -337,13 +451,13 @@ impl<'s> Exchange<'s> {
             }
             let first = buf.is_empty() && interim == 0;
             let read = read_some(up, buf, read_timeout);
-            let got = if watching {
-                tokio::select! {
+            let got = match client.as_deref_mut().filter(|_| watching) {
+                Some(guarded) => tokio::select! {
                     biased;
                     got = read => got,
                     left = client_left(guarded) => {
                         if left {
-                            if conn.metrics {
+                            if metrics {
                                 crate::metrics::metrics().client_aborts.inc();
                             }
                             return Err(Fail::Client);
@@ -352,9 +466,8 @@ impl<'s> Exchange<'s> {
                         watching = false;
                         continue;
                     }
-                }
-            } else {
-                read.await
+                },
+                None => read.await,
             };
             match got {
                 Ok(0) if first => return Err(Fail::Reset(io::ErrorKind::UnexpectedEof.into())),
@@ -369,21 +482,12 @@ impl<'s> Exchange<'s> {
 
     /// Answers a failure that reached the client before any response (502 or 504).
     async fn failed(&mut self, guarded: &mut Guarded, fail: Fail) -> Outcome {
-        let (status, kind) = match fail {
-            Fail::Client => return Outcome::Close,
-            Fail::Timeout => (504, "timeout"),
-            Fail::Reset(_) => (502, "closed"),
-            Fail::Bad(why) => {
-                log::debug!("{}: {why}", self.upstream.name);
-                (502, "other")
-            }
-        };
-        let gateway = &self.snapshot.gateways[self.plan.selected.gateway].name;
-        crate::metrics::upstream_error(gateway, &self.plan.route.key, &self.upstream.name, kind);
-        self.status = status;
-        let answer = crate::answer::error_bytes(status);
-        let _ = guarded.write_all(&answer).await;
-        let _ = guarded.flush().await;
+        let status = self.count_failure(fail);
+        if status != 0 {
+            let answer = crate::answer::error_bytes(status);
+            let _ = guarded.write_all(&answer).await;
+            let _ = guarded.flush().await;
+        }
         Outcome::Close
     }
 
@@ -541,6 +645,58 @@ impl Body {
 async fn client_left(guarded: &mut Guarded) -> bool {
     tokio::time::sleep(WATCH_AFTER).await;
     !guarded.readable().await
+}
+
+impl Body {
+    /// `take`, with the body's data (chunked framing removed) appended to `data`.
+    fn take_data(&mut self, chunk: &[u8], data: &mut Vec<u8>) -> Result<usize, Broken> {
+        if self.framing != Framing::Chunked || self.done {
+            let n = self.take(chunk)?;
+            data.extend_from_slice(&chunk[..n]);
+            return Ok(n);
+        }
+        match self
+            .chunked
+            .feed_data(chunk, |d| data.extend_from_slice(d))?
+        {
+            Some(n) => {
+                self.done = true;
+                Ok(n)
+            }
+            None => Ok(chunk.len()),
+        }
+    }
+}
+
+/// The response head for a client of Pingora's HTTP/2 server: the instance's status
+/// and header lines less the connection-specific ones, plus HSTS when the gateway sets it.
+fn session_head(head: &[u8], hsts: Option<&HeaderValue>) -> pingora::Result<Box<ResponseHeader>> {
+    let mut lines = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+    let mut resp = httparse::Response::new(&mut lines);
+    // Parsed once already: this cannot fail.
+    let _ = resp.parse(head);
+    let mut out = ResponseHeader::build(resp.code.unwrap_or(502), Some(resp.headers.len() + 1))?;
+    for h in resp.headers.iter() {
+        let dropped = [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "transfer-encoding",
+            "upgrade",
+            "te",
+            "trailer",
+        ]
+        .iter()
+        .any(|n| h.name.eq_ignore_ascii_case(n))
+            || (hsts.is_some() && h.name.eq_ignore_ascii_case("strict-transport-security"));
+        if !dropped {
+            out.append_header(h.name.to_string(), h.value)?;
+        }
+    }
+    if let Some(v) = hsts {
+        out.insert_header(http::header::STRICT_TRANSPORT_SECURITY, v.clone())?;
+    }
+    Ok(Box::new(out))
 }
 
 fn upstream_fail(e: io::Error) -> Fail {
