@@ -199,24 +199,20 @@ async fn unless_stopped(
 /// The TCP connection under `stream` (a PROXY header and a TLS handshake read it
 /// directly).
 fn tcp_of(stream: Stream) -> Option<Box<TcpStream>> {
-    match stream.into_any().downcast::<TcpStream>() {
-        Ok(tcp) => Some(tcp),
-        Err(_) => {
-            log::error!("not a TCP connection");
-            None
-        }
-    }
+    downcast(stream, "not a TCP connection")
 }
 
 /// The guard under a kept-alive HTTP/1 connection Pingora hands back.
 fn guarded_of(stream: Stream) -> Option<Box<Guarded>> {
-    match stream.into_any().downcast::<Guarded>() {
-        Ok(g) => Some(g),
-        Err(_) => {
-            log::error!("an HTTP/1 connection without its guard");
-            None
-        }
+    downcast(stream, "an HTTP/1 connection without its guard")
+}
+
+fn downcast<T: 'static>(stream: Stream, otherwise: &str) -> Option<Box<T>> {
+    let found = stream.into_any().downcast::<T>().ok();
+    if found.is_none() {
+        log::error!("{otherwise}");
     }
+    found
 }
 
 /// The connection's peer address, for logs.

@@ -36,6 +36,7 @@ use crate::upstream::{Tried, Upstream};
 
 pub mod chunked;
 mod relay;
+mod response;
 pub mod stream;
 
 /// Most request header lines this path reads; a request with more goes to Pingora.
@@ -264,8 +265,8 @@ const FORWARDING: [&str; 5] = [
 ];
 
 /// Request headers that end at weir (RFC 9110 §7.6.1), as Pingora's upstream request
-/// policy strips them, and client-certificate headers only weir may set.
-const NOT_FORWARDED: [&str; 10] = [
+/// policy strips them.
+const HOP_BY_HOP: [&str; 10] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -273,6 +274,13 @@ const NOT_FORWARDED: [&str; 10] = [
     "proxy-authorization",
     "te",
     "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "http2-settings",
+];
+
+/// Client-certificate headers: only weir may set them.
+const CLIENT_CERT: [&str; 3] = [
     crate::client_cert::SUBJECT,
     crate::client_cert::SAN,
     crate::client_cert::FINGERPRINT,
@@ -360,7 +368,11 @@ fn write_request(
     let mut forwarded_for: Vec<&[u8]> = Vec::new();
     for h in lines {
         let name = h.name;
-        if NOT_FORWARDED.iter().any(|n| name.eq_ignore_ascii_case(n)) {
+        if HOP_BY_HOP
+            .iter()
+            .chain(&CLIENT_CERT)
+            .any(|n| name.eq_ignore_ascii_case(n))
+        {
             continue;
         }
         if let Some(i) = FORWARDING.iter().position(|n| name.eq_ignore_ascii_case(n)) {

@@ -9,12 +9,11 @@ use std::io;
 use std::time::Duration;
 
 use http::HeaderValue;
-use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::chunked::{Broken, Chunked};
+use super::response::{client_head, parse_head, session_head, Body, Framing, Head, Parsed};
 use super::{connect, read_some, write_all, Conn, Outcome, Plan};
 use crate::guard::Guarded;
 use crate::request::Request;
@@ -22,33 +21,11 @@ use crate::retry::Failure;
 use crate::snapshot::{Snapshot, Target};
 use crate::upstream::{InFlight, Tried, Upstream};
 
-/// Most response header lines read; a response with more is answered 502.
-const MAX_RESPONSE_HEADERS: usize = 128;
-/// Largest response head, and most interim (1xx) responses before the final one.
-const MAX_RESPONSE_HEAD: usize = 64 << 10;
+/// Most interim (1xx) responses before the final one.
 const MAX_INTERIM: usize = 8;
 /// How long an instance may take to answer before weir checks whether the client is
 /// still there.
 const WATCH_AFTER: Duration = Duration::from_millis(20);
-
-/// How a response body is framed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    Empty,
-    Length(u64),
-    Chunked,
-    /// Until the instance closes: the client connection closes after it too.
-    Close,
-}
-
-/// A response head, read and rewritten for the client.
-struct Head {
-    len: usize,
-    status: u16,
-    framing: Framing,
-    /// The instance keeps the connection open after this response.
-    reusable: bool,
-}
 
 /// Why an exchange failed before a response reached the client.
 enum Fail {
@@ -438,7 +415,7 @@ impl<'s> Exchange<'s> {
         let mut watching = client.as_ref().is_some_and(|g| g.buffered().is_empty());
         loop {
             if !buf.is_empty() {
-                match parse_head(buf, self.plan.head_method)? {
+                match parse_head(buf, self.plan.head_method).map_err(Fail::Bad)? {
                     Parsed::Final(head) => return Ok(head),
                     Parsed::Interim(n) if interim < MAX_INTERIM => {
                         interim += 1;
@@ -593,110 +570,11 @@ impl Outcome {
     }
 }
 
-/// The response body's progress.
-struct Body {
-    framing: Framing,
-    left: u64,
-    chunked: Chunked,
-    done: bool,
-}
-
-impl Body {
-    fn new(framing: Framing) -> Body {
-        let left = match framing {
-            Framing::Length(n) => n,
-            _ => 0,
-        };
-        Body {
-            framing,
-            left,
-            chunked: Chunked::default(),
-            done: matches!(framing, Framing::Empty | Framing::Length(0)),
-        }
-    }
-
-    /// How many bytes of `chunk` belong to the body.
-    fn take(&mut self, chunk: &[u8]) -> Result<usize, Broken> {
-        if self.done {
-            return Ok(0);
-        }
-        match self.framing {
-            Framing::Empty => Ok(0),
-            Framing::Length(_) => {
-                let take = self.left.min(chunk.len() as u64);
-                self.left -= take;
-                self.done = self.left == 0;
-                Ok(take as usize)
-            }
-            Framing::Chunked => match self.chunked.feed(chunk)? {
-                Some(n) => {
-                    self.done = true;
-                    Ok(n)
-                }
-                None => Ok(chunk.len()),
-            },
-            Framing::Close => Ok(chunk.len()),
-        }
-    }
-}
-
 /// Whether the client left (true) or sent more (false), checked only once the instance
 /// has been slow for `WATCH_AFTER`: a prompt response costs no read of the client.
 async fn client_left(guarded: &mut Guarded) -> bool {
     tokio::time::sleep(WATCH_AFTER).await;
     !guarded.readable().await
-}
-
-impl Body {
-    /// `take`, with the body's data (chunked framing removed) appended to `data`.
-    fn take_data(&mut self, chunk: &[u8], data: &mut Vec<u8>) -> Result<usize, Broken> {
-        if self.framing != Framing::Chunked || self.done {
-            let n = self.take(chunk)?;
-            data.extend_from_slice(&chunk[..n]);
-            return Ok(n);
-        }
-        match self
-            .chunked
-            .feed_data(chunk, |d| data.extend_from_slice(d))?
-        {
-            Some(n) => {
-                self.done = true;
-                Ok(n)
-            }
-            None => Ok(chunk.len()),
-        }
-    }
-}
-
-/// The response head for a client of Pingora's HTTP/2 server: the instance's status
-/// and header lines less the connection-specific ones, plus HSTS when the gateway sets it.
-fn session_head(head: &[u8], hsts: Option<&HeaderValue>) -> pingora::Result<Box<ResponseHeader>> {
-    let mut lines = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-    let mut resp = httparse::Response::new(&mut lines);
-    // Parsed once already: this cannot fail.
-    let _ = resp.parse(head);
-    let mut out = ResponseHeader::build(resp.code.unwrap_or(502), Some(resp.headers.len() + 1))?;
-    for h in resp.headers.iter() {
-        let dropped = [
-            "connection",
-            "keep-alive",
-            "proxy-connection",
-            "transfer-encoding",
-            "upgrade",
-            "te",
-            "trailer",
-        ]
-        .iter()
-        .any(|n| h.name.eq_ignore_ascii_case(n))
-            || (hsts.is_some() && h.name.eq_ignore_ascii_case("strict-transport-security"));
-        if !dropped {
-            out.append_header(h.name.to_string(), h.value)?;
-        }
-    }
-    if let Some(v) = hsts {
-        out.insert_header(http::header::STRICT_TRANSPORT_SECURITY, v.clone())?;
-    }
-    Ok(Box::new(out))
 }
 
 fn upstream_fail(e: io::Error) -> Fail {
@@ -709,216 +587,4 @@ fn upstream_fail(e: io::Error) -> Fail {
 fn empty_headers() -> &'static http::HeaderMap {
     static EMPTY: std::sync::OnceLock<http::HeaderMap> = std::sync::OnceLock::new();
     EMPTY.get_or_init(http::HeaderMap::new)
-}
-
-enum Parsed {
-    Partial,
-    /// An interim (1xx) response of this many bytes.
-    Interim(usize),
-    Final(Head),
-}
-
-/// Reads a response head at the front of `buf`.
-fn parse_head(buf: &[u8], head_request: bool) -> Result<Parsed, Fail> {
-    let mut lines = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-    let mut resp = httparse::Response::new(&mut lines);
-    let len = match resp.parse(buf) {
-        Ok(httparse::Status::Complete(n)) if n <= MAX_RESPONSE_HEAD => n,
-        Ok(httparse::Status::Partial) if buf.len() < MAX_RESPONSE_HEAD => {
-            return Ok(Parsed::Partial)
-        }
-        Ok(_) => return Err(Fail::Bad("response head too large")),
-        Err(_) => return Err(Fail::Bad("invalid response head")),
-    };
-    let status = resp.code.unwrap_or(0);
-    if status == 101 {
-        return Err(Fail::Bad("upstream switched protocols unasked"));
-    }
-    if (100..200).contains(&status) {
-        return Ok(Parsed::Interim(len));
-    }
-    let mut close = resp.version != Some(1);
-    let mut length: Option<u64> = None;
-    let mut chunked = None;
-    for h in resp.headers.iter() {
-        if h.name.eq_ignore_ascii_case("content-length") {
-            let n = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .ok_or(Fail::Bad("invalid Content-Length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(Fail::Bad("conflicting Content-Length"));
-            }
-            length = Some(n);
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            let last = h.value.rsplit(|b| *b == b',').next().unwrap_or(b"");
-            chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if h.name.eq_ignore_ascii_case("connection") {
-            close |= h
-                .value
-                .split(|b| *b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
-        }
-    }
-    if chunked.is_some() && length.is_some() {
-        return Err(Fail::Bad(
-            "response framed by both Content-Length and chunked",
-        ));
-    }
-    let framing = if head_request || status == 204 || status == 304 {
-        Framing::Empty
-    } else {
-        match (chunked, length) {
-            (Some(true), _) => Framing::Chunked,
-            (Some(false), _) => Framing::Close,
-            (None, Some(n)) => Framing::Length(n),
-            (None, None) => Framing::Close,
-        }
-    };
-    Ok(Parsed::Final(Head {
-        len,
-        status,
-        framing,
-        reusable: !close && framing != Framing::Close,
-    }))
-}
-
-/// The response head for the client: the instance's, with weir's Date and Connection,
-/// less its hop-by-hop lines, plus HSTS over TLS when the gateway sets it.
-fn client_head(head: &[u8], keep_alive: bool, hsts: Option<&HeaderValue>, out: &mut Vec<u8>) {
-    let mut lines = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-    let mut resp = httparse::Response::new(&mut lines);
-    // Parsed once already: this cannot fail.
-    let _ = resp.parse(head);
-    let status = resp.code.unwrap_or(502);
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(itoa3(status).as_slice());
-    out.push(b' ');
-    let reason = resp.reason.filter(|r| !r.is_empty()).or_else(|| {
-        http::StatusCode::from_u16(status)
-            .ok()
-            .and_then(|s| s.canonical_reason())
-    });
-    out.extend_from_slice(reason.unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
-    for h in resp.headers.iter() {
-        let name = h.name;
-        let dropped = ["connection", "keep-alive", "date", "proxy-connection"]
-            .iter()
-            .any(|n| name.eq_ignore_ascii_case(n))
-            || (hsts.is_some() && name.eq_ignore_ascii_case("strict-transport-security"));
-        if !dropped {
-            super::line(out, name.as_bytes(), h.value);
-        }
-    }
-    let date = pingora::protocols::http::date::get_cached_date();
-    super::line(out, b"date", date.as_bytes());
-    let connection: &[u8] = if keep_alive { b"keep-alive" } else { b"close" };
-    super::line(out, b"connection", connection);
-    if let Some(v) = hsts {
-        super::line(out, b"strict-transport-security", v.as_bytes());
-    }
-    out.extend_from_slice(b"\r\n");
-}
-
-/// A status code's three digits.
-fn itoa3(n: u16) -> [u8; 3] {
-    let n = n.min(999);
-    [
-        b'0' + (n / 100) as u8,
-        b'0' + (n / 10 % 10) as u8,
-        b'0' + (n % 10) as u8,
-    ]
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn head(text: &str, head_request: bool) -> Head {
-        match parse_head(text.as_bytes(), head_request) {
-            Ok(Parsed::Final(h)) => h,
-            _ => panic!("not a final head: {text}"),
-        }
-    }
-
-    #[test]
-    fn framing_follows_the_response() {
-        let h = head("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", false);
-        assert_eq!(
-            (h.framing, h.reusable, h.len),
-            (Framing::Length(5), true, 38)
-        );
-        let h = head(
-            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
-            false,
-        );
-        assert_eq!(h.framing, Framing::Chunked);
-        let h = head(
-            "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n",
-            false,
-        );
-        assert!(!h.reusable);
-        let h = head("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", false);
-        assert!(!h.reusable);
-        let h = head("HTTP/1.1 200 OK\r\n\r\n", false);
-        assert_eq!((h.framing, h.reusable), (Framing::Close, false));
-        let h = head("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", true);
-        assert_eq!((h.framing, h.reusable), (Framing::Empty, true));
-        let h = head(
-            "HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
-            false,
-        );
-        assert_eq!(h.framing, Framing::Empty);
-    }
-
-    #[test]
-    fn refuses_what_it_cannot_relay() {
-        for text in [
-            "HTTP/1.1 101 Switching Protocols\r\n\r\n",
-            "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
-            "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
-            "HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
-            "HTTX 200\r\n\r\n",
-        ] {
-            assert!(
-                matches!(parse_head(text.as_bytes(), false), Err(Fail::Bad(_))),
-                "{text}"
-            );
-        }
-        let interim = parse_head(
-            b"HTTP/1.1 103 Early Hints\r\nLink: x\r\n\r\nHTTP/1.1",
-            false,
-        );
-        assert!(matches!(interim, Ok(Parsed::Interim(37))));
-    }
-
-    #[test]
-    fn the_client_head_has_weirs_date_and_connection() {
-        let mut out = Vec::new();
-        let upstream =
-            b"HTTP/1.1 200 OK\r\nDate: old\r\nConnection: keep-alive\r\nKeep-Alive: 5\r\n\
-                         Strict-Transport-Security: max-age=1\r\nX-A: b\r\n\r\n";
-        let hsts = HeaderValue::from_static("max-age=9");
-        client_head(upstream, false, Some(&hsts), &mut out);
-        let text = String::from_utf8(out).unwrap();
-        assert!(
-            text.starts_with("HTTP/1.1 200 OK\r\nX-A: b\r\ndate: "),
-            "{text}"
-        );
-        assert!(text.ends_with("connection: close\r\nstrict-transport-security: max-age=9\r\n\r\n"));
-        assert!(!text.contains("old") && !text.contains("Keep-Alive") && !text.contains("=1"));
-    }
-
-    #[test]
-    fn bodies_end_where_their_framing_says() {
-        let mut b = Body::new(Framing::Length(3));
-        assert_eq!(b.take(b"ab").unwrap(), 2);
-        assert_eq!(b.take(b"cde").unwrap(), 1);
-        assert!(b.done);
-        let mut b = Body::new(Framing::Chunked);
-        assert_eq!(b.take(b"1\r\na\r\n0\r\n\r\nX").unwrap(), 11);
-        assert!(b.done);
-        assert!(Body::new(Framing::Empty).done);
-    }
 }

@@ -33,20 +33,6 @@ pub struct Served {
     pub upstream_status: Option<u16>,
 }
 
-/// Request headers that end at weir (Pingora's upstream request policy strips them).
-const HOP_BY_HOP: [&str; 10] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "http2-settings",
-];
-
 /// A stream this module takes: its request as it goes upstream, and where.
 pub struct Prepared<'s>(Plan<'s>);
 
@@ -118,7 +104,7 @@ fn request_bytes(
     trusted: bool,
 ) -> pingora::Result<Vec<u8>> {
     let mut req = req.clone();
-    for name in HOP_BY_HOP {
+    for name in super::HOP_BY_HOP {
         req.remove_header(name);
     }
     let authority = req.uri.authority().map(|a| a.as_str().to_string());
