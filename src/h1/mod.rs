@@ -120,6 +120,8 @@ pub async fn serve(snapshot: &Snapshot, guarded: &mut Guarded, conn: &Conn) -> O
             guarded.consume(head_len);
             exchange.run(guarded, conn).await
         }
+        // Every instance of the route failed to connect (each now marked down): Pingora's
+        // proxy routes the request again, to another route, as its own path would.
         relay::Opened::Elsewhere => return Outcome::Pingora,
         relay::Opened::Failed => {
             guarded.consume(head_len);

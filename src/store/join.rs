@@ -70,15 +70,13 @@ pub fn named(errors: &Diagnostics, settings: &Settings) -> BTreeSet<String> {
 /// names is touched, whatever changed last: so the outcome follows from what the store
 /// holds, and edges that saw changes in another order reach the same config (of two
 /// gateways claiming one host, the build names the newer write: see `compose`).
-/// Returns the names taken back or out.
-pub fn blame(docs: &mut Docs, fallback: &Docs, blamed: &BTreeSet<String>) -> Vec<String> {
+pub fn blame(docs: &mut Docs, fallback: &Docs, blamed: &BTreeSet<String>) {
     for n in blamed {
         match fallback.get(n).filter(|f| docs.get(n) != Some(*f)) {
             Some(f) => docs.insert(n.clone(), f.clone()),
             None => docs.remove(n),
         };
     }
-    blamed.iter().cloned().collect()
 }
 
 /// The store's documents at start: from etcd (the certificates it holds written to the
@@ -226,10 +224,10 @@ mod tests {
     fn blame_takes_back_the_changed_blamed_document() {
         let fallback = docs(&[("a", "a1", 1), ("b", "b1", 2)]);
         let mut d = docs(&[("a", "a2", 3), ("b", "b1", 2), ("c", "c1", 4)]);
-        assert_eq!(blame(&mut d, &fallback, &set(&["a"])), ["a"]);
+        blame(&mut d, &fallback, &set(&["a"]));
         assert_eq!(d, docs(&[("a", "a1", 1), ("b", "b1", 2), ("c", "c1", 4)]));
         // A new document that is blamed goes (it had no version in service).
-        assert_eq!(blame(&mut d, &fallback, &set(&["c"])), ["c"]);
+        blame(&mut d, &fallback, &set(&["c"]));
         assert_eq!(d, fallback);
     }
 
@@ -239,7 +237,7 @@ mod tests {
         // b goes, on every edge alike, whatever their history.
         let fallback = docs(&[("a", "a1", 1), ("b", "b1", 2)]);
         let mut d = docs(&[("a", "a2", 3), ("b", "b1", 2)]);
-        assert_eq!(blame(&mut d, &fallback, &set(&["b"])), ["b"]);
+        blame(&mut d, &fallback, &set(&["b"]));
         assert_eq!(d, docs(&[("a", "a2", 3)]));
     }
 
