@@ -87,7 +87,8 @@ fn joined(req: &RequestHeader, name: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-fn format_into<'b>(buf: &'b mut [u8; 64], args: std::fmt::Arguments) -> &'b [u8] {
+/// `args` written into `buf` (addresses and ports: no allocation).
+pub(crate) fn format_into<'b>(buf: &'b mut [u8; 64], args: std::fmt::Arguments) -> &'b [u8] {
     let mut cursor = std::io::Cursor::new(&mut buf[..]);
     // 64 bytes hold any IP address or port; a failed write only truncates.
     let _ = cursor.write_fmt(args);

@@ -390,7 +390,7 @@ fn write_request(
     }
     let mut text = [0u8; 64];
     if let Some(ip) = conn.client {
-        let ip = format_into(&mut text, format_args!("{ip}"));
+        let ip = crate::forward::format_into(&mut text, format_args!("{ip}"));
         out.extend_from_slice(b"x-forwarded-for: ");
         for earlier in &forwarded_for {
             out.extend_from_slice(earlier);
@@ -411,7 +411,7 @@ fn write_request(
         line(out, b"x-forwarded-host", head.host);
     }
     if !keep(3) {
-        let port = format_into(&mut text, format_args!("{}", conn.local_port));
+        let port = crate::forward::format_into(&mut text, format_args!("{}", conn.local_port));
         line(out, b"x-forwarded-port", port);
     }
     let id = (!head.has[4]).then(crate::forward::request_id);
@@ -427,15 +427,6 @@ fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
-}
-
-fn format_into<'b>(buf: &'b mut [u8; 64], args: std::fmt::Arguments) -> &'b [u8] {
-    use std::io::Write;
-    let mut cursor = std::io::Cursor::new(&mut buf[..]);
-    // 64 bytes hold any IP address or port; a failed write only truncates.
-    let _ = cursor.write_fmt(args);
-    let len = cursor.position() as usize;
-    &buf[..len]
 }
 
 /// Reads from `r` into `buf`'s spare capacity, within `limit`.

@@ -191,10 +191,7 @@ impl<'s> Exchange<'s> {
     /// Answers a request whose instances could not be reached: 502, then close.
     pub(super) async fn connect_failed(&mut self, guarded: &mut Guarded) -> Outcome {
         self.status = 502;
-        let answer = crate::answer::error_bytes(502);
-        let _ = guarded.write_all(&answer).await;
-        let _ = guarded.flush().await;
-        Outcome::Close
+        answer(guarded, 502).await
     }
 
     pub(super) async fn run(&mut self, guarded: &mut Guarded, conn: &Conn) -> Outcome {
@@ -459,13 +456,10 @@ impl<'s> Exchange<'s> {
 
     /// Answers a failure that reached the client before any response (502 or 504).
     async fn failed(&mut self, guarded: &mut Guarded, fail: Fail) -> Outcome {
-        let status = self.count_failure(fail);
-        if status != 0 {
-            let answer = crate::answer::error_bytes(status);
-            let _ = guarded.write_all(&answer).await;
-            let _ = guarded.flush().await;
+        match self.count_failure(fail) {
+            0 => Outcome::Close,
+            status => answer(guarded, status).await,
         }
-        Outcome::Close
     }
 
     /// Writes the response head and relays the body; gives the upstream connection
@@ -568,6 +562,14 @@ impl Outcome {
             self
         }
     }
+}
+
+/// Answers a failed request with `status` (`answer::error`'s text); the connection
+/// closes after it.
+async fn answer(guarded: &mut Guarded, status: u16) -> Outcome {
+    let _ = guarded.write_all(&crate::answer::error_bytes(status)).await;
+    let _ = guarded.flush().await;
+    Outcome::Close
 }
 
 /// Whether the client left (true) or sent more (false), checked only once the instance
