@@ -311,6 +311,11 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Accept<A> {
             stream = Box::pin(self.handshake(tls, stream, arrival.deadline)).await?;
         }
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            if let Some(conn) = self.direct(&*stream) {
+                let serving = crate::http2::serve(&self.app, stream, conn, &self.current, shutdown);
+                Box::pin(serving).await;
+                return None;
+            }
             // HTTP/2: Pingora's own connection handling, stream by stream.
             while let Some(reused) = self.app.process_new(stream, shutdown).await {
                 stream = reused;
@@ -353,9 +358,9 @@ impl<A: HttpServerApp + Send + Sync + 'static> Accept<A> {
         unless_stopped(next, shutdown).await.then_some(guarded)
     }
 
-    /// What weir's own HTTP/1 path needs to know of a connection; None when that path
-    /// is off (`WEIR_H1_DIRECT=0`).
-    fn direct(&self, stream: &Guarded) -> Option<crate::h1::Conn> {
+    /// What weir's own paths (`h1`, `http2`) need to know of a connection; None when
+    /// they are off (`WEIR_H1_DIRECT=0`).
+    fn direct<S: GetSocketDigest + Ssl + ?Sized>(&self, stream: &S) -> Option<crate::h1::Conn> {
         if !crate::h1::enabled() {
             return None;
         }
@@ -449,7 +454,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> Accept<A> {
             accepted,
             arrival.label.clone(),
         ));
-        let direct = self.direct(&guarded);
+        let direct = self.direct(&*guarded);
         // Whole seconds: Pingora's unit here. The guard's deadline is the exact one.
         let keepalive = Some(arrival.deadline.as_secs_f64().ceil().max(1.0) as u64 + 1);
         let mut settings: Option<HttpPersistentSettings> = None;

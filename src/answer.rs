@@ -6,6 +6,7 @@
 
 use bytes::Bytes;
 use pingora::prelude::*;
+use pingora::protocols::http::v2::server::HttpSession;
 
 use crate::snapshot::{Refusal, Respond};
 
@@ -37,13 +38,27 @@ pub async fn plain(session: &mut Session, code: u16, body: &'static [u8]) -> Res
 
 /// A plain-text answer from weir, not cached.
 pub async fn text(session: &mut Session, code: u16, body: Bytes) -> Result<()> {
+    let resp = text_head(code, body.len())?;
+    session.write_error_response(resp, body).await
+}
+
+fn text_head(code: u16, len: usize) -> Result<pingora::http::ResponseHeader> {
     let mut resp = pingora::http::ResponseHeader::build(code, Some(4))?;
-    if !body.is_empty() {
+    if len > 0 {
         resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
     }
-    resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+    resp.insert_header(http::header::CONTENT_LENGTH, len)?;
     resp.insert_header(http::header::CACHE_CONTROL, "private, no-store")?;
-    session.write_error_response(resp, body).await
+    Ok(resp)
+}
+
+/// `error`'s answer on an HTTP/2 stream weir serves itself (`http2`); the stream ends
+/// with it.
+pub async fn error_on_stream(session: &mut HttpSession, code: u16) -> Result<()> {
+    let body = error_body(code);
+    let resp = text_head(code, body.len())?;
+    session.write_response_header(Box::new(resp), false)?;
+    session.write_body(Bytes::from_static(body), true).await
 }
 
 /// The answer to a failed request, as bytes for a connection weir writes to itself

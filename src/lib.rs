@@ -59,6 +59,7 @@ pub(crate) mod guard;
 pub(crate) mod h1;
 pub(crate) mod headers;
 pub(crate) mod health;
+pub(crate) mod http2;
 pub(crate) mod lifecycle;
 pub(crate) mod master;
 pub(crate) mod metrics;

@@ -9,7 +9,7 @@ use std::io;
 use std::time::Duration;
 
 use http::HeaderValue;
-use pingora::proxy::Session;
+use pingora::protocols::http::v2::server::HttpSession;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -257,22 +257,21 @@ impl<'s> Exchange<'s> {
         matches!(self.open(true).await, Opened::Up)
     }
 
-    /// The exchange for a request Pingora's HTTP/2 server read (`stream`): the response
-    /// goes back through the session, its body as data (chunked framing removed).
-    /// Returns the status the client got.
+    /// The exchange for an HTTP/2 stream (`stream`): the response goes back on the
+    /// stream, its body as data (chunked framing removed). Errors after the response
+    /// began are the client's (downstream) or the instance's.
     pub(super) async fn run_session(
         &mut self,
-        session: &mut Session,
+        session: &mut HttpSession,
         hsts: Option<&HeaderValue>,
-    ) -> pingora::Result<u16> {
+    ) -> pingora::Result<()> {
         let mut buf = Vec::with_capacity(16 << 10);
         let waiting = self.exchange(None, false, &mut buf);
-        // A client that resets the stream meanwhile ends the exchange (Pingora counts
-        // a downstream error as a client abort).
+        // A client that resets the stream meanwhile ends the exchange.
         let exchanged = tokio::select! {
             biased;
             exchanged = waiting => exchanged,
-            closed = session.as_mut().read_body_or_idle(true) => {
+            closed = session.read_body_or_idle(true) => {
                 let e = closed.err().unwrap_or_else(|| {
                     pingora::Error::explain(pingora::ErrorType::H2Error, "client closed the stream")
                 });
@@ -283,18 +282,22 @@ impl<'s> Exchange<'s> {
             Ok(head) => head,
             Err(fail) => {
                 let status = self.count_failure(fail);
-                crate::answer::error(session, status).await;
-                return Ok(status);
+                if status != 0 {
+                    self.answer_stream(session, status).await;
+                }
+                return Ok(());
             }
         };
         let Some(mut up) = self.up.take() else {
-            return Ok(0);
+            return Ok(());
         };
         self.status = head.status;
         self.upstream_status = Some(head.status);
         let mut body = Body::new(head.framing);
         let header = session_head(&buf[..head.len], hsts)?;
-        session.write_response_header(header, body.done).await?;
+        session
+            .write_response_header(header, body.done)
+            .map_err(|e| e.into_down())?;
         let read_timeout = self.upstream.peer.options.read_timeout;
         let (mut rest, mut data) = (head.len, Vec::new());
         loop {
@@ -310,13 +313,13 @@ impl<'s> Exchange<'s> {
             self.sent += data.len();
             if !data.is_empty() || body.done {
                 let piece = bytes::Bytes::copy_from_slice(&data);
-                session.write_response_body(Some(piece), body.done).await?;
+                session.write_body(piece, body.done).await?;
             }
             if body.done || extra {
                 if body.done && !extra && head.reusable {
                     self.upstream.health.idle.give(up);
                 }
-                return Ok(head.status);
+                return Ok(());
             }
             buf.clear();
             rest = 0;
@@ -333,12 +336,23 @@ impl<'s> Exchange<'s> {
         }
     }
 
-    /// What `stream` reports of a served stream.
-    pub(super) fn served(&self) -> super::stream::Served {
-        super::stream::Served {
-            instance: self.upstream.name.clone(),
-            upstream_status: self.upstream_status,
+    /// Whether an upstream connection is open for the request.
+    pub(super) fn is_open(&self) -> bool {
+        self.up.is_some()
+    }
+
+    /// Answers a stream whose exchange failed before any response (`answer`'s text).
+    pub(super) async fn answer_stream(&mut self, session: &mut HttpSession, status: u16) {
+        self.status = status;
+        if let Err(e) = crate::answer::error_on_stream(session, status).await {
+            log::debug!("could not send the error response: {e}");
         }
+    }
+
+    /// Counts an upstream error of this kind for the instance tried last.
+    pub(super) fn upstream_error(&self, kind: &str) {
+        let gateway = &self.snapshot.gateways[self.plan.selected.gateway].name;
+        crate::metrics::upstream_error(gateway, &self.plan.route.key, &self.upstream.name, kind);
     }
 
     /// The status a failure is answered with; counted as an upstream error.
@@ -352,8 +366,7 @@ impl<'s> Exchange<'s> {
                 (502, "other")
             }
         };
-        let gateway = &self.snapshot.gateways[self.plan.selected.gateway].name;
-        crate::metrics::upstream_error(gateway, &self.plan.route.key, &self.upstream.name, kind);
+        self.upstream_error(kind);
         self.status = status;
         status
     }

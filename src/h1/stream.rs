@@ -1,64 +1,90 @@
-//! HTTP/2 streams on weir's own path: Pingora's HTTP/2 server reads the stream and
-//! `proxy` routes it as usual; when the gateway is plain (`Gateway::plain`) and the
-//! request has no body, its exchange with the instance is this module's (`relay`, the
-//! idle connections of `pool`) instead of Pingora's upstream proxy, and the response
-//! goes back through the session. Decided before anything is sent: otherwise Pingora's
-//! proxy goes on with the request untouched.
+//! HTTP/2 streams on weir's own path: `http2` accepts the stream and offers it here.
+//! When it is for a plain gateway (`Gateway::plain`) and has no body, it is routed
+//! with the same snapshot calls as Pingora's path, its exchange with the instance is
+//! this module's (`relay`, the idle connections of `pool`), and the response goes back
+//! on the stream. Decided before anything is sent or any schedule advances: otherwise
+//! the stream goes to Pingora's proxy untouched.
 
-use std::net::IpAddr;
-use std::sync::Arc;
+use std::time::Instant;
 
 use pingora::http::RequestHeader;
-use pingora::proxy::Session;
+use pingora::protocols::http::v2::server::HttpSession;
+use pingora::ErrorSource;
 
 use super::relay::{Exchange, Opened};
-use super::Plan;
-use crate::client_cert::ClientCert;
+use super::{Conn, Logged, Plan};
 use crate::forward::Forwarding;
 use crate::request::Request;
-use crate::snapshot::{Selected, Snapshot, Target};
+use crate::snapshot::{Snapshot, StickyWrites, Target};
 use crate::upstream::Tried;
-
-/// What a stream's connection is.
-pub struct StreamConn<'a> {
-    pub client: Option<IpAddr>,
-    pub local_port: u16,
-    pub tls: bool,
-    pub client_cert: Option<&'a ClientCert>,
-}
-
-/// A stream this module served.
-pub struct Served {
-    pub instance: Arc<str>,
-    pub upstream_status: Option<u16>,
-}
 
 /// A stream this module takes: its request as it goes upstream, and where.
 pub struct Prepared<'s>(Plan<'s>);
 
-/// Takes a stream routed to `selected` (its body known to be empty), or `None` to
-/// leave it to Pingora's proxy. Nothing is sent yet.
+/// Takes the stream if this path can serve it, or `None` to leave it to Pingora's
+/// proxy. Routing happens here only for a stream that is taken: a stream left to
+/// Pingora is routed once, there.
 pub fn prepare<'s>(
-    req: &RequestHeader,
-    view: &Request<'_>,
+    session: &HttpSession,
     snapshot: &'s Snapshot,
-    selected: Selected,
-    conn: StreamConn<'_>,
+    conn: &Conn,
 ) -> Option<Prepared<'s>> {
-    if !super::enabled() || !snapshot.gateways[selected.gateway].plain {
+    if snapshot.tracer.is_some() || conn.client_cert || crate::lifecycle::draining() {
         return None;
     }
+    let req = session.req_header();
+    if !session.is_body_empty() || req.method == http::Method::CONNECT {
+        return None;
+    }
+    if crate::challenge::challenges()
+        .http_answer(req.uri.path())
+        .is_some()
+    {
+        return None;
+    }
+    let entry = snapshot.entry(conn.local_port)?;
+    if snapshot.redirect_of(entry).is_some() {
+        return None;
+    }
+    let host = request_host(req);
+    let gateway = snapshot.gateway_for(entry, host).ok()?;
+    if !snapshot.gateways[gateway].plain {
+        return None;
+    }
+    let view = Request::new(
+        host,
+        req.uri.path(),
+        req.method.as_str(),
+        &req.headers,
+        conn.client,
+    );
+    let mut writes = StickyWrites::default();
+    // A plain gateway sets no cookie and pins nothing; routing refusals go to Pingora,
+    // which refuses them the same way (a refusal advances no schedule).
+    let selected = snapshot.select(entry, host, &view, &mut writes).ok()?;
     let route = snapshot.route(selected);
     let Target::Pool(pool) = &route.target else {
         return None;
     };
-    let upstream = pool.pick(Tried::default(), view)?;
+    let upstream = pool.pick(Tried::default(), &view)?;
     super::address(upstream)?;
     let trusted = conn
         .client
         .is_some_and(|ip| snapshot.defaults.is_trusted(ip));
-    // (The retry budget had this request's deposit when `proxy` routed it.)
-    let out = request_bytes(req, &conn, trusted).ok()?;
+    let (out, request_id) = request_bytes(req, conn, trusted).ok()?;
+    route.retry.budget().deposit();
+    let log = conn.log.as_ref().map(|_| {
+        Box::new(Logged {
+            method: req.method.to_string(),
+            host: String::from_utf8_lossy(host).into_owned(),
+            path: req
+                .uri
+                .path_and_query()
+                .map_or("/", |pq| pq.as_str())
+                .to_string(),
+            request_id,
+        })
+    });
     Some(Prepared(Plan {
         head_len: 0,
         out,
@@ -69,40 +95,59 @@ pub fn prepare<'s>(
         selected,
         route,
         upstream,
-        log: None,
+        log,
     }))
 }
 
-/// Serves a prepared stream; `None` when its instances could not be reached and the
-/// route has none left: Pingora's proxy then routes it again.
+/// Serves a prepared stream, counts it in the route's metrics and writes its access
+/// log line. False when its instances could not be reached and the route has none
+/// left: nothing was sent, and Pingora's proxy routes it again.
 pub async fn run(
-    session: &mut Session,
+    session: &mut HttpSession,
     snapshot: &Snapshot,
     prepared: Prepared<'_>,
-    tls: bool,
-) -> Option<pingora::Result<Served>> {
+    conn: &Conn,
+) -> bool {
+    let started = Instant::now();
     let selected = prepared.0.selected;
     let mut exchange = Exchange::new(snapshot, prepared.0);
     match exchange.open(false).await {
         Opened::Up => {}
-        Opened::Elsewhere => return None,
-        Opened::Failed => {
-            crate::answer::error(session, 502).await;
-            return Some(Ok(exchange.served()));
+        Opened::Elsewhere => return false,
+        Opened::Failed => exchange.answer_stream(session, 502).await,
+    }
+    if exchange.is_open() {
+        let hsts = conn.tls.then(|| snapshot.hsts(selected)).flatten();
+        // A stalled client (no flow-control window) holds the stream no longer than
+        // an idle connection may stay open.
+        session.set_write_timeout(Some(snapshot.defaults.idle_timeout));
+        if let Err(e) = exchange.run_session(session, hsts).await {
+            exchange.count_stream_error(&e, conn.metrics);
         }
     }
-    let hsts = tls.then(|| snapshot.hsts(selected)).flatten();
-    let result = exchange.run_session(session, hsts).await;
-    Some(result.map(|_| exchange.served()))
+    exchange.record(conn, started.elapsed());
+    true
+}
+
+/// The Host a request is for: the URI authority (HTTP/2's `:authority`) or `Host`.
+fn request_host(req: &RequestHeader) -> &[u8] {
+    match req.uri.authority() {
+        Some(a) => a.as_str().as_bytes(),
+        None => req
+            .headers
+            .get(http::header::HOST)
+            .map_or(b"", |v| v.as_bytes()),
+    }
 }
 
 /// The request as it goes to an HTTP/1 instance: origin-form target, `Host` from the
 /// authority, hop-by-hop headers removed, the forwarding headers set (`forward`).
+/// Returns it with the `X-Request-Id` it carries.
 fn request_bytes(
     req: &RequestHeader,
-    conn: &StreamConn,
+    conn: &Conn,
     trusted: bool,
-) -> pingora::Result<Vec<u8>> {
+) -> pingora::Result<(Vec<u8>, String)> {
     let mut req = req.clone();
     for name in super::HOP_BY_HOP {
         req.remove_header(name);
@@ -123,7 +168,8 @@ fn request_bytes(
         port: conn.local_port,
     };
     crate::forward::apply(&mut req, &fwd)?;
-    crate::client_cert::forward(&mut req, conn.client_cert)?;
+    // Streams with a client certificate go to Pingora: none is forwarded here.
+    crate::client_cert::forward(&mut req, None)?;
     let target = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let mut out = Vec::with_capacity(256 + 64 * req.headers.len());
     out.extend_from_slice(req.method.as_str().as_bytes());
@@ -134,5 +180,29 @@ fn request_bytes(
         super::line(&mut out, name.as_str().as_bytes(), value.as_bytes());
     }
     out.extend_from_slice(b"\r\n");
-    Ok(out)
+    let id = match conn.log {
+        Some(_) => req
+            .headers
+            .get(crate::forward::X_REQUEST_ID)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_default(),
+        None => String::new(),
+    };
+    Ok((out, id))
+}
+
+impl Exchange<'_> {
+    /// Counts a stream that failed after its response began: a client that reset it
+    /// or went away is a client abort, an instance that failed mid-body an upstream
+    /// error.
+    fn count_stream_error(&self, e: &pingora::Error, metrics: bool) {
+        log::debug!("HTTP/2 stream: {e}");
+        if e.esource() == &ErrorSource::Downstream {
+            if metrics {
+                crate::metrics::metrics().client_aborts.inc();
+            }
+        } else {
+            self.upstream_error("closed");
+        }
+    }
 }

@@ -243,9 +243,6 @@ impl ProxyHttp for Weir {
             answer::plain(session, 413, b"request body too large\n").await?;
             return Ok(true);
         }
-        if let Some(done) = Self::direct_stream(session, ctx).await {
-            return done;
-        }
         Ok(false)
     }
 

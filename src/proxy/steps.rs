@@ -230,39 +230,6 @@ impl Weir {
         external.pick(Tried::default()).map(|u| u.peer)
     }
 
-    /// An HTTP/2 stream with no body, for a plain gateway: its exchange with the
-    /// instance is weir's own (`h1::stream`), not Pingora's upstream proxy. `None`:
-    /// Pingora's proxy goes on with it.
-    pub(super) async fn direct_stream(
-        session: &mut Session,
-        ctx: &mut Ctx,
-    ) -> Option<Result<bool>> {
-        if !session.is_http2() || ctx.trace.is_some() || ctx.mirror.is_some() {
-            return None;
-        }
-        if !session.as_mut().is_body_empty() {
-            return None;
-        }
-        let snapshot = ctx.snapshot.clone()?;
-        let selected = ctx.selected?;
-        let prepared = {
-            let conn = crate::h1::stream::StreamConn {
-                client: client_ip(session),
-                local_port: ctx.local_port,
-                tls: ctx.tls,
-                client_cert: client_cert(session),
-            };
-            let view = request_view(session);
-            crate::h1::stream::prepare(session.req_header(), &view, &snapshot, selected, conn)?
-        };
-        let served = crate::h1::stream::run(session, &snapshot, prepared, ctx.tls).await?;
-        Some(served.map(|s| {
-            ctx.instance = Some(s.instance);
-            ctx.upstream_status = s.upstream_status;
-            true
-        }))
-    }
-
     /// The try failed after connecting: the next goes to another instance.
     pub(super) fn retry_elsewhere(ctx: &mut Ctx) {
         ctx.retries_left = ctx.retries_left.saturating_sub(1);
