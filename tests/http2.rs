@@ -1,0 +1,122 @@
+//! HTTP/2 connections weir accepts itself (src/http2), through the real binary and
+//! curl: streams weir serves in the connection's task and streams it hands to
+//! Pingora's proxy, multiplexed on one connection; streams in flight when the process
+//! stops.
+
+mod common;
+
+use std::process::Command;
+use std::thread;
+use std::time::Duration;
+
+use common::*;
+
+fn yaml(tls: u16, admin: u16, up: &str, extra: &str) -> String {
+    format!(
+        "listeners:
+  https: {{ bind: \"127.0.0.1:{tls}\", tls: {{ self_signed: [g.test], default_certificate: 0 }} }}
+admin: {{ bind: \"127.0.0.1:{admin}\" }}
+{extra}gateways:
+  - name: g
+    virtual_hosts: [g.test]
+    routes: {{ r: {{ instances: [\"{up}\"] }} }}
+"
+    )
+}
+
+/// Runs curl with HTTP/2 against `g.test` on `port`; its stdout.
+fn curl(port: u16, args: &[&str]) -> String {
+    let resolve = format!("g.test:{port}:127.0.0.1");
+    let out = Command::new("curl")
+        .args(["-sk", "--http2", "--max-time", "20", "--resolve", &resolve])
+        .args(args)
+        .output()
+        .expect("run curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn one_connection_carries_weirs_streams_and_pingoras_together() {
+    let up = Upstream::start("up");
+    let (tls, admin) = (free_port(), free_port());
+    let _weir = Weir::start(&yaml(tls, admin, &up.addr(), ""), &[tls, admin]);
+    let url = |path: &str| format!("https://g.test:{tls}{path}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    let each = "%{http_code} %{num_connects}\\n";
+    // Bodiless GETs are weir's; a POST with a body goes to Pingora's proxy. All in
+    // parallel, on one multiplexed connection.
+    // Each transfer its own option set (`--next`); curl's own options repeated in each.
+    let resolve = format!("g.test:{tls}:127.0.0.1");
+    let mut args: Vec<String> = vec!["-Z".into()];
+    let mut transfer = |path: String, data: Option<String>| {
+        if args.len() > 1 {
+            args.push("--next".into());
+        }
+        let common = ["-sk", "--http2", "--resolve", &resolve, "-w", each, "-o"];
+        args.extend(common.iter().map(|a| a.to_string()));
+        args.push(file(&path[1..]));
+        if let Some(d) = data {
+            args.extend(["-d".into(), d]);
+        }
+        args.push(url(&path));
+    };
+    for i in 0..6 {
+        transfer(format!("/get{i}"), None);
+    }
+    for i in 0..3 {
+        transfer(format!("/post{i}"), Some(format!("body{i}")));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = curl(tls, &args);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 9, "{out}");
+    assert!(lines.iter().all(|l| l.starts_with("200 ")), "{out}");
+    let connects: u32 = lines
+        .iter()
+        .map(|l| l.split(' ').nth(1).unwrap().parse::<u32>().unwrap())
+        .sum();
+    assert_eq!(connects, 1, "one connection for every stream: {out}");
+    for name in ["get0", "get5", "post0", "post2"] {
+        let body = std::fs::read_to_string(dir.path().join(name)).unwrap();
+        assert_eq!(body, "up", "{name}");
+    }
+    let seen = up.seen();
+    assert_eq!(seen.len(), 9);
+    for i in 0..3 {
+        let post = seen
+            .iter()
+            .find(|s| s.target == format!("/post{i}"))
+            .expect("the POST reached the instance");
+        assert_eq!(post.method, "POST");
+        assert_eq!(post.header("content-length"), Some("5"));
+    }
+    let get = seen.iter().find(|s| s.target == "/get3").unwrap();
+    assert_eq!(get.method, "GET");
+    assert_eq!(get.header("x-forwarded-proto"), Some("https"));
+    assert_eq!(get.header("host"), Some(&*format!("g.test:{tls}")));
+    // Both kinds counted for the route.
+    let m = scrape(admin);
+    assert_eq!(
+        m.get(r#"weir_requests_total{code="2xx",gateway="g",route="r"}"#),
+        Some(&9.0),
+        "{m:?}"
+    );
+}
+
+#[test]
+fn a_stop_lets_http2_streams_in_flight_finish() {
+    let slow = Upstream::start_slow("slow", Duration::from_secs(2));
+    let (tls, admin) = (free_port(), free_port());
+    let extra = "defaults: { shutdown: { drain: 1s, grace: 20s } }\n";
+    let mut weir = Weir::start(&yaml(tls, admin, &slow.addr(), extra), &[tls, admin]);
+    let url = format!("https://g.test:{tls}/slow");
+    let in_flight = thread::spawn(move || curl(tls, &["-w", " %{http_code}", &url]));
+    assert!(within(Duration::from_secs(10), || slow.count() == 1));
+    signal(weir.pid(), "TERM");
+    assert_eq!(in_flight.join().unwrap(), "slow 200");
+    assert!(
+        weir.wait_exit(Duration::from_secs(20)),
+        "exits once the stream is done"
+    );
+}
