@@ -192,7 +192,8 @@ fn plan<'s>(snapshot: &'s Snapshot, bytes: &[u8], conn: &Conn) -> Option<Taken<'
         .client
         .is_some_and(|ip| snapshot.defaults.is_trusted(ip));
     let mut out = Vec::with_capacity(head_len + 256);
-    let id = write_request(&mut out, method, path, req.headers, &head, trusted, conn);
+    let lines = req.headers.iter().map(|h| (h.name, h.value));
+    let id = write_request(&mut out, method, path, lines, &head, trusted, conn);
     let log = conn.log.as_ref().map(|_| {
         let id = id.as_ref().map_or(head.request_id, |id| &id[..]);
         let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
@@ -324,14 +325,37 @@ impl<'a> Head<'a> {
                 .any(|n| name.eq_ignore_ascii_case(n))
             {
                 return None;
-            } else if let Some(i) = FORWARDING.iter().position(|n| name.eq_ignore_ascii_case(n)) {
-                head.has[i] = true;
-                if i == 4 {
-                    head.request_id = h.value;
-                }
+            } else {
+                head.note(name, h.value);
             }
         }
         (hosts == 1 && lengths <= 1).then_some(head)
+    }
+
+    /// What an HTTP/2 stream's headers say: its host (`:authority` or `Host`), which
+    /// forwarding headers it has. It has no body and no connection options.
+    fn of_stream(host: &'a [u8], headers: &'a HeaderMap) -> Head<'a> {
+        let mut head = Head {
+            host,
+            length: 0,
+            close: false,
+            has: [false; 5],
+            request_id: b"",
+        };
+        for (name, value) in headers {
+            head.note(name.as_str(), value.as_bytes());
+        }
+        head
+    }
+
+    /// Notes a forwarding header the client sent.
+    fn note(&mut self, name: &str, value: &'a [u8]) {
+        if let Some(i) = FORWARDING.iter().position(|n| name.eq_ignore_ascii_case(n)) {
+            self.has[i] = true;
+            if i == 4 {
+                self.request_id = value;
+            }
+        }
     }
 
     /// The header lines as a map, for routing's view of the request.
@@ -352,11 +376,11 @@ impl<'a> Head<'a> {
 /// The request head as it goes upstream: HTTP/1.1, the client's header lines less the
 /// hop-by-hop ones, then the forwarding headers (`forward` has the rules). Returns the
 /// request id it made, if the client sent none.
-fn write_request(
+fn write_request<'l>(
     out: &mut Vec<u8>,
     method: &str,
     target: &str,
-    lines: &[httparse::Header],
+    lines: impl Iterator<Item = (&'l str, &'l [u8])>,
     head: &Head,
     trusted: bool,
     conn: &Conn,
@@ -368,8 +392,7 @@ fn write_request(
     // A trusted proxy's forwarding headers stay (its X-Forwarded-For is extended).
     let keep = |i: usize| trusted && head.has[i] && i != 0;
     let mut forwarded_for: Vec<&[u8]> = Vec::new();
-    for h in lines {
-        let name = h.name;
+    for (name, value) in lines {
         if HOP_BY_HOP
             .iter()
             .chain(&CLIENT_CERT)
@@ -379,14 +402,14 @@ fn write_request(
         }
         if let Some(i) = FORWARDING.iter().position(|n| name.eq_ignore_ascii_case(n)) {
             if i == 0 && trusted {
-                forwarded_for.push(h.value);
+                forwarded_for.push(value);
             }
             if i == 4 || keep(i) {
-                line(out, name.as_bytes(), h.value);
+                line(out, name.as_bytes(), value);
             }
             continue;
         }
-        line(out, name.as_bytes(), h.value);
+        line(out, name.as_bytes(), value);
     }
     let mut text = [0u8; 64];
     if let Some(ip) = conn.client {
@@ -484,7 +507,8 @@ mod tests {
         };
         let mut out = Vec::new();
         let (m, p) = (req.method.unwrap(), req.path.unwrap());
-        write_request(&mut out, m, p, req.headers, &head, false, &conn);
+        let lines = req.headers.iter().map(|h| (h.name, h.value));
+        write_request(&mut out, m, p, lines, &head, false, &conn);
         (out, n)
     }
 

@@ -105,11 +105,15 @@ pub(super) fn session_head(
     head: &[u8],
     hsts: Option<&HeaderValue>,
 ) -> pingora::Result<Box<ResponseHeader>> {
+    // Every value a slice of one copy of the head (the session clones the header once
+    // more to send it), and no header-case map (HTTP/2 names are lower case).
+    let shared = bytes::Bytes::copy_from_slice(head);
     let mut lines = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
     let mut resp = httparse::Response::new(&mut lines);
     // Parsed once already: this cannot fail.
-    let _ = resp.parse(head);
-    let mut out = ResponseHeader::build(resp.code.unwrap_or(502), Some(resp.headers.len() + 1))?;
+    let _ = resp.parse(&shared);
+    let size = Some(resp.headers.len() + 1);
+    let mut out = ResponseHeader::build_no_case(resp.code.unwrap_or(502), size)?;
     for h in resp.headers.iter() {
         let dropped = [
             "connection",
@@ -123,9 +127,16 @@ pub(super) fn session_head(
         .iter()
         .any(|n| h.name.eq_ignore_ascii_case(n))
             || (hsts.is_some() && h.name.eq_ignore_ascii_case("strict-transport-security"));
-        if !dropped {
-            out.append_header(h.name.to_string(), h.value)?;
+        if dropped {
+            continue;
         }
+        let invalid =
+            |_| pingora::Error::explain(pingora::ErrorType::InvalidHTTPHeader, "bad header");
+        let name = http::HeaderName::from_bytes(h.name.as_bytes()).map_err(invalid)?;
+        let value = HeaderValue::from_maybe_shared(shared.slice_ref(h.value)).map_err(|_| {
+            pingora::Error::explain(pingora::ErrorType::InvalidHTTPHeader, "bad header value")
+        })?;
+        out.append_header(name, value)?;
     }
     if let Some(v) = hsts {
         out.insert_header(http::header::STRICT_TRANSPORT_SECURITY, v.clone())?;
@@ -330,6 +341,25 @@ mod tests {
         );
         assert!(text.ends_with("connection: close\r\nstrict-transport-security: max-age=9\r\n\r\n"));
         assert!(!text.contains("old") && !text.contains("Keep-Alive") && !text.contains("=1"));
+    }
+
+    #[test]
+    fn the_stream_head_drops_connection_headers_and_keeps_values() {
+        let text = "HTTP/1.1 201 Created\r\nX-Empty:\r\nConnection: close\r\n\
+                    Transfer-Encoding: chunked\r\nStrict-Transport-Security: max-age=1\r\n\
+                    X-A: b c\r\n\r\n";
+        let hsts = HeaderValue::from_static("max-age=60");
+        let out = session_head(text.as_bytes(), Some(&hsts)).unwrap();
+        assert_eq!(out.status, 201);
+        assert_eq!(out.headers.get("x-empty").unwrap(), "");
+        assert_eq!(out.headers.get("x-a").unwrap(), "b c");
+        assert_eq!(
+            out.headers.get("strict-transport-security").unwrap(),
+            "max-age=60"
+        );
+        assert!(out.headers.get("connection").is_none());
+        assert!(out.headers.get("transfer-encoding").is_none());
+        assert_eq!(out.headers.len(), 3);
     }
 
     #[test]

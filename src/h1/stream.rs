@@ -12,8 +12,7 @@ use pingora::protocols::http::v2::server::HttpSession;
 use pingora::ErrorSource;
 
 use super::relay::{Exchange, Opened};
-use super::{Conn, Logged, Plan};
-use crate::forward::Forwarding;
+use super::{Conn, Head, Logged, Plan};
 use crate::request::Request;
 use crate::snapshot::{Snapshot, StickyWrites, Target};
 use crate::upstream::Tried;
@@ -47,6 +46,9 @@ pub fn prepare<'s>(
         return None;
     }
     let host = request_host(req);
+    if host.is_empty() {
+        return None;
+    }
     let gateway = snapshot.gateway_for(entry, host).ok()?;
     if !snapshot.gateways[gateway].plain {
         return None;
@@ -71,7 +73,7 @@ pub fn prepare<'s>(
     let trusted = conn
         .client
         .is_some_and(|ip| snapshot.defaults.is_trusted(ip));
-    let (out, request_id) = request_bytes(req, conn, trusted).ok()?;
+    let (out, request_id) = request_bytes(req, host, conn, trusted);
     route.retry.budget().deposit();
     let log = conn.log.as_ref().map(|_| {
         Box::new(Logged {
@@ -140,55 +142,31 @@ fn request_host(req: &RequestHeader) -> &[u8] {
     }
 }
 
-/// The request as it goes to an HTTP/1 instance: origin-form target, `Host` from the
-/// authority, hop-by-hop headers removed, the forwarding headers set (`forward`).
-/// Returns it with the `X-Request-Id` it carries.
+/// The request as it goes to an HTTP/1 instance (`write_request`, as for HTTP/1):
+/// origin-form target, `Host` from the authority, hop-by-hop headers removed, the
+/// forwarding headers set. Returns it with the `X-Request-Id` it carries, when there
+/// is an access log to write it in.
 fn request_bytes(
     req: &RequestHeader,
+    host: &[u8],
     conn: &Conn,
     trusted: bool,
-) -> pingora::Result<(Vec<u8>, String)> {
-    let mut req = req.clone();
-    for name in super::HOP_BY_HOP {
-        req.remove_header(name);
-    }
-    let authority = req.uri.authority().map(|a| a.as_str().to_string());
-    if let (Some(a), false) = (&authority, req.headers.contains_key(http::header::HOST)) {
-        req.insert_header(http::header::HOST, a.as_str())?;
-    }
-    let host = req
-        .headers
-        .get(http::header::HOST)
-        .map(|v| v.as_bytes().to_vec());
-    let fwd = Forwarding {
-        client: conn.client,
-        trusted,
-        proto: if conn.tls { "https" } else { "http" },
-        host: host.as_deref().filter(|h| !h.is_empty()),
-        port: conn.local_port,
-    };
-    crate::forward::apply(&mut req, &fwd)?;
-    // Streams with a client certificate go to Pingora: none is forwarded here.
-    crate::client_cert::forward(&mut req, None)?;
+) -> (Vec<u8>, String) {
+    let head = Head::of_stream(host, &req.headers);
     let target = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let host_line = (!req.headers.contains_key(http::header::HOST)).then_some(("host", host));
+    let lines = host_line
+        .into_iter()
+        .chain(req.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())));
     let mut out = Vec::with_capacity(256 + 64 * req.headers.len());
-    out.extend_from_slice(req.method.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(target.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in req.headers.iter() {
-        super::line(&mut out, name.as_str().as_bytes(), value.as_bytes());
-    }
-    out.extend_from_slice(b"\r\n");
-    let id = match conn.log {
-        Some(_) => req
-            .headers
-            .get(crate::forward::X_REQUEST_ID)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .unwrap_or_default(),
-        None => String::new(),
+    let method = req.method.as_str();
+    let made = super::write_request(&mut out, method, target, lines, &head, trusted, conn);
+    let id = match (&conn.log, &made) {
+        (None, _) => String::new(),
+        (Some(_), Some(id)) => String::from_utf8_lossy(id).into_owned(),
+        (Some(_), None) => String::from_utf8_lossy(head.request_id).into_owned(),
     };
-    Ok((out, id))
+    (out, id)
 }
 
 impl Exchange<'_> {
