@@ -1,8 +1,9 @@
 //! Accepted connections, before HTTP: each is counted in `weir_connections_active`
 //! while it is open; on a `proxy_protocol` listener its PROXY header is read and the
 //! client it names becomes the peer; on a TLS listener it is put through weir's TLS
-//! handshake; then the HTTP proxy takes it, HTTP/1 connections with `request_header`
-//! for their first request. A TCP gateway's port goes to `tcp` instead.
+//! handshake; then HTTP/1 connections go through weir's session loop (`h1` first,
+//! else the HTTP proxy), with `request_header` for their first request, and HTTP/2
+//! connections to `http2`. A TCP gateway's port goes to `tcp` instead.
 //!
 //! weir terminates TLS here rather than in Pingora's TLS listener so that it owns the
 //! rustls `ServerConfig`: `min_version`, ALPN, session tickets with rotating

@@ -21,7 +21,8 @@
 //!    certificates issued by `acme`, whose
 //!    challenges `challenge` answers) and runs HTTP/1
 //!    connections through `guard`, which holds each request to `framing`; `h1` proxies
-//!    the plain HTTP/1 requests itself (idle upstream connections in `pool`), and `proxy` is
+//!    the plain HTTP/1 requests itself (idle upstream connections in `pool`), `http2`
+//!    accepts HTTP/2 connections and has `h1` serve their plain streams, and `proxy` is
 //!    the `ProxyHttp` implementation, for everything else, reading one snapshot per request, with `answer` for
 //!    what weir answers itself, `ratelimit`, `forward` for forwarding headers, `headers` for
 //!    header rules, `retry` for retries and their budget, `outlier` for

@@ -16,9 +16,8 @@
 //! That decision is taken before a byte of the request is consumed, so handing over
 //! is free. `WEIR_H1_DIRECT=0` turns this path off.
 //!
-//! HTTP/2 streams without a body on such a gateway have their exchange with the
-//! instance done here too (`stream`), after Pingora's HTTP/2 server read them and
-//! `proxy` routed them.
+//! HTTP/2 streams without a body on such a gateway are taken, routed and served here
+//! too (`stream`), inside their connection's task (`http2`).
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
