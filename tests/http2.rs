@@ -1,7 +1,7 @@
 //! HTTP/2 connections weir accepts itself (src/http2), through the real binary and
 //! curl: streams weir serves in the connection's task and streams it hands to
 //! Pingora's proxy, multiplexed on one connection; streams in flight when the process
-//! stops.
+//! stops; the budget of malformed streams a connection may open.
 
 mod common;
 
@@ -119,4 +119,68 @@ fn a_stop_lets_http2_streams_in_flight_finish() {
         weir.wait_exit(Duration::from_secs(20)),
         "exits once the stream is done"
     );
+}
+
+/// One HTTP/2 frame: 9-byte header, then the payload.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A GET for `/` with no `:authority` and no `Host`, in HPACK: `:method GET` and
+/// `:scheme https` from the static table, `:path` a literal for its static name.
+fn get_without_authority() -> Vec<u8> {
+    vec![0x82, 0x87, 0x04, 1, b'/']
+}
+
+/// A client that keeps opening malformed streams (no authority: each answered 400)
+/// is cut off after weir's budget of them, though it never goes idle.
+#[test]
+fn a_connection_of_malformed_streams_is_closed() {
+    let up = Upstream::start("up");
+    let (tls, admin) = (free_port(), free_port());
+    let extra = "defaults: { timeouts: { idle: 60s } }\n";
+    let _weir = Weir::start(&yaml(tls, admin, &up.addr(), extra), &[tls, admin]);
+    let run = |streams: u32| {
+        let mut client = Command::new("timeout")
+            .args(["20", "openssl", "s_client", "-quiet", "-alpn", "h2"])
+            .args(["-servername", "g.test", "-connect"])
+            .arg(format!("127.0.0.1:{tls}"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("run openssl s_client");
+        let mut stdin = client.stdin.take().unwrap();
+        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        out.extend(frame(4, 0, 0, &[]));
+        let bad = get_without_authority();
+        for i in 0..streams {
+            // HEADERS with END_STREAM and END_HEADERS.
+            out.extend(frame(1, 0x5, 1 + 2 * i, &bad));
+        }
+        use std::io::Write;
+        let _ = stdin.write_all(&out);
+        let _ = stdin.flush();
+        let started = std::time::Instant::now();
+        let closed = within(Duration::from_secs(8), || {
+            client.try_wait().ok().flatten().is_some()
+        });
+        let _ = client.kill();
+        let _ = client.wait();
+        drop(stdin);
+        (closed, started.elapsed())
+    };
+    // Within the budget the connection stays open (the client holds it).
+    let (closed, after) = run(8);
+    assert!(!closed, "closed after {after:?} with 8 malformed streams");
+    let (closed, after) = run(40);
+    assert!(
+        closed,
+        "still open after {after:?} with 40 malformed streams"
+    );
+    assert_eq!(up.count(), 0, "no malformed request reached the instance");
 }
