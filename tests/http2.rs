@@ -39,9 +39,11 @@ fn curl(port: u16, args: &[&str]) -> String {
 fn one_connection_carries_weirs_streams_and_pingoras_together() {
     let up = Upstream::start("up");
     let (tls, admin) = (free_port(), free_port());
-    let _weir = Weir::start(&yaml(tls, admin, &up.addr(), ""), &[tls, admin]);
-    let url = |path: &str| format!("https://g.test:{tls}{path}");
     let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("access.log");
+    let extra = format!("access_log: {}\n", log_path.display());
+    let _weir = Weir::start(&yaml(tls, admin, &up.addr(), &extra), &[tls, admin]);
+    let url = |path: &str| format!("https://g.test:{tls}{path}");
     let file = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
     let each = "%{http_code} %{num_connects}\\n";
     // Bodiless GETs are weir's; a POST with a body goes to Pingora's proxy. All in
@@ -102,6 +104,27 @@ fn one_connection_carries_weirs_streams_and_pingoras_together() {
         Some(&9.0),
         "{m:?}"
     );
+    // And each has its access log line, with the request id the instance got.
+    let lines = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(
+        within(Duration::from_secs(5), || lines().lines().count() == 9),
+        "{}",
+        lines()
+    );
+    let log = lines();
+    let get_line = log
+        .lines()
+        .find(|l| l.contains("\"path\":\"/get3\""))
+        .unwrap();
+    assert!(get_line.contains("\"method\":\"GET\""), "{get_line}");
+    assert!(get_line.contains("\"route\":\"r\""), "{get_line}");
+    assert!(get_line.contains("\"status\":200"), "{get_line}");
+    let id = get.header("x-request-id").unwrap();
+    assert!(
+        get_line.contains(&format!("\"request_id\":\"{id}\"")),
+        "{get_line}"
+    );
+    assert_eq!(log.matches("\"method\":\"POST\"").count(), 3, "{log}");
 }
 
 #[test]

@@ -30,7 +30,7 @@ use tokio::net::TcpStream;
 
 use crate::guard::Guarded;
 use crate::request::Request;
-use crate::snapshot::{Route, Selected, Snapshot, StickyWrites, Target};
+use crate::snapshot::{Entry, Route, Selected, Snapshot, StickyWrites, Target};
 use crate::upstream::{Tried, Upstream};
 
 pub mod chunked;
@@ -142,9 +142,6 @@ enum Taken<'s> {
 
 /// Reads the request head and routes it; `None` leaves the request to Pingora.
 fn plan<'s>(snapshot: &'s Snapshot, bytes: &[u8], conn: &Conn) -> Option<Taken<'s>> {
-    if snapshot.tracer.is_some() || conn.client_cert || crate::lifecycle::draining() {
-        return None;
-    }
     let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut lines);
     let head_len = match req.parse(bytes) {
@@ -156,37 +153,15 @@ fn plan<'s>(snapshot: &'s Snapshot, bytes: &[u8], conn: &Conn) -> Option<Taken<'
         return None;
     }
     let head = Head::read(req.headers)?;
-    if crate::challenge::challenges().http_answer(path).is_some() {
-        return None;
-    }
-    let entry = snapshot.entry(conn.local_port)?;
-    if snapshot.redirect_of(entry).is_some() {
-        return None;
-    }
     let host = head.host;
-    // Decided before routing: a request routed here is never routed again by Pingora
-    // (weights and strengths advance once per request).
-    let gateway = snapshot.gateway_for(entry, host).ok()?;
-    if !snapshot.gateways[gateway].plain {
-        return None;
-    }
+    let entry = plain_entry(snapshot, conn, path, host)?;
     let map = head.map(req.headers);
     let view = Request::new(host, path_only(path), method, &map, conn.client);
-    let mut writes = StickyWrites::default();
-    let selected = snapshot.select(entry, host, &view, &mut writes).ok()?;
-    let route = snapshot.route(selected);
-    if writes.iter().next().is_some() || !route.is_plain() || selected.pinned.is_some() {
-        return None;
-    }
+    let (selected, route) = select(snapshot, entry, host, &view)?;
     if route.max_body > 0 && head.length > route.max_body {
         return Some(Taken::TooLarge(head_len));
     }
-    let Target::Pool(pool) = &route.target else {
-        return None;
-    };
-    let upstream = pool.pick(Tried::default(), &view)?;
-    address(upstream)?;
-    route.retry.budget().deposit();
+    let upstream = instance(route, &view)?;
     let trusted = conn
         .client
         .is_some_and(|ip| snapshot.defaults.is_trusted(ip));
@@ -195,13 +170,7 @@ fn plan<'s>(snapshot: &'s Snapshot, bytes: &[u8], conn: &Conn) -> Option<Taken<'
     let id = write_request(&mut out, method, path, lines, &head, trusted, conn);
     let log = conn.log.as_ref().map(|_| {
         let id = id.as_ref().map_or(head.request_id, |id| &id[..]);
-        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-        Box::new(Logged {
-            method: method.to_string(),
-            host: text(host),
-            path: path.to_string(),
-            request_id: text(id),
-        })
+        Logged::new(method, host, path, id)
     });
     Some(Taken::Proxy(Plan {
         head_len,
@@ -218,6 +187,64 @@ fn plan<'s>(snapshot: &'s Snapshot, bytes: &[u8], conn: &Conn) -> Option<Taken<'
         upstream,
         log,
     }))
+}
+
+/// The listener entry of a request this path may take, checked before routing so that
+/// a request left to Pingora is routed once, there (weights and strengths advance once
+/// per request): no tracing, no client certificate, not stopping, no ACME challenge,
+/// no redirect, and a plain gateway for `host`.
+fn plain_entry(snapshot: &Snapshot, conn: &Conn, path: &str, host: &[u8]) -> Option<Entry> {
+    if snapshot.tracer.is_some() || conn.client_cert || crate::lifecycle::draining() {
+        return None;
+    }
+    if crate::challenge::challenges().http_answer(path).is_some() {
+        return None;
+    }
+    let entry = snapshot.entry(conn.local_port)?;
+    if snapshot.redirect_of(entry).is_some() {
+        return None;
+    }
+    let gateway = snapshot.gateway_for(entry, host).ok()?;
+    snapshot.gateways[gateway].plain.then_some(entry)
+}
+
+/// Routes the request (a plain gateway's: no cookie to set, nothing pinned). Refusals
+/// go to Pingora, which refuses them the same way (a refusal advances no schedule).
+fn select<'s>(
+    snapshot: &'s Snapshot,
+    entry: Entry,
+    host: &[u8],
+    view: &Request,
+) -> Option<(Selected, &'s Route)> {
+    let mut writes = StickyWrites::default();
+    let selected = snapshot.select(entry, host, view, &mut writes).ok()?;
+    let route = snapshot.route(selected);
+    let plain = writes.iter().next().is_none() && route.is_plain() && selected.pinned.is_none();
+    plain.then_some((selected, route))
+}
+
+/// The route's instance for the request, which pays its deposit into the route's
+/// retry budget.
+fn instance<'s>(route: &'s Route, view: &Request) -> Option<&'s Upstream> {
+    let Target::Pool(pool) = &route.target else {
+        return None;
+    };
+    let upstream = pool.pick(Tried::default(), view)?;
+    address(upstream)?;
+    route.retry.budget().deposit();
+    Some(upstream)
+}
+
+impl Logged {
+    fn new(method: &str, host: &[u8], path: &str, request_id: &[u8]) -> Box<Logged> {
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        Box::new(Logged {
+            method: method.to_string(),
+            host: text(host),
+            path: path.to_string(),
+            request_id: text(request_id),
+        })
+    }
 }
 
 /// The path without its query, as routing reads it.

@@ -336,11 +336,6 @@ impl<'s> Exchange<'s> {
         }
     }
 
-    /// Whether an upstream connection is open for the request.
-    pub(super) fn is_open(&self) -> bool {
-        self.up.is_some()
-    }
-
     /// Answers a stream whose exchange failed before any response (`answer`'s text).
     pub(super) async fn answer_stream(&mut self, session: &mut HttpSession, status: u16) {
         self.status = status;

@@ -114,6 +114,7 @@ pub(super) fn session_head(
     let _ = resp.parse(&shared);
     let size = Some(resp.headers.len() + 1);
     let mut out = ResponseHeader::build_no_case(resp.code.unwrap_or(502), size)?;
+    let invalid = |what| pingora::Error::explain(pingora::ErrorType::InvalidHTTPHeader, what);
     for h in resp.headers.iter() {
         let dropped = [
             "connection",
@@ -130,12 +131,10 @@ pub(super) fn session_head(
         if dropped {
             continue;
         }
-        let invalid =
-            |_| pingora::Error::explain(pingora::ErrorType::InvalidHTTPHeader, "bad header");
-        let name = http::HeaderName::from_bytes(h.name.as_bytes()).map_err(invalid)?;
-        let value = HeaderValue::from_maybe_shared(shared.slice_ref(h.value)).map_err(|_| {
-            pingora::Error::explain(pingora::ErrorType::InvalidHTTPHeader, "bad header value")
-        })?;
+        let name = http::HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| invalid("bad header name"))?;
+        let value = HeaderValue::from_maybe_shared(shared.slice_ref(h.value))
+            .map_err(|_| invalid("bad header value"))?;
         out.append_header(name, value)?;
     }
     if let Some(v) = hsts {

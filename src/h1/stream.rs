@@ -13,9 +13,8 @@ use pingora::ErrorSource;
 
 use super::relay::{Exchange, Opened};
 use super::{Conn, Head, Logged, Plan};
-use crate::request::Request;
-use crate::snapshot::{Snapshot, StickyWrites, Target};
-use crate::upstream::Tried;
+use crate::request::{request_host, Request};
+use crate::snapshot::Snapshot;
 
 /// A stream this module takes: its request as it goes upstream, and where.
 pub struct Prepared<'s>(Plan<'s>);
@@ -28,65 +27,24 @@ pub fn prepare<'s>(
     snapshot: &'s Snapshot,
     conn: &Conn,
 ) -> Option<Prepared<'s>> {
-    if snapshot.tracer.is_some() || conn.client_cert || crate::lifecycle::draining() {
-        return None;
-    }
     let req = session.req_header();
     if !session.is_body_empty() || req.method == http::Method::CONNECT {
-        return None;
-    }
-    if crate::challenge::challenges()
-        .http_answer(req.uri.path())
-        .is_some()
-    {
-        return None;
-    }
-    let entry = snapshot.entry(conn.local_port)?;
-    if snapshot.redirect_of(entry).is_some() {
         return None;
     }
     let host = request_host(req);
     if host.is_empty() {
         return None;
     }
-    let gateway = snapshot.gateway_for(entry, host).ok()?;
-    if !snapshot.gateways[gateway].plain {
-        return None;
-    }
-    let view = Request::new(
-        host,
-        req.uri.path(),
-        req.method.as_str(),
-        &req.headers,
-        conn.client,
-    );
-    let mut writes = StickyWrites::default();
-    // A plain gateway sets no cookie and pins nothing; routing refusals go to Pingora,
-    // which refuses them the same way (a refusal advances no schedule).
-    let selected = snapshot.select(entry, host, &view, &mut writes).ok()?;
-    let route = snapshot.route(selected);
-    let Target::Pool(pool) = &route.target else {
-        return None;
-    };
-    let upstream = pool.pick(Tried::default(), &view)?;
-    super::address(upstream)?;
+    let path = req.uri.path();
+    let entry = super::plain_entry(snapshot, conn, path, host)?;
+    let method = req.method.as_str();
+    let view = Request::new(host, path, method, &req.headers, conn.client);
+    let (selected, route) = super::select(snapshot, entry, host, &view)?;
+    let upstream = super::instance(route, &view)?;
     let trusted = conn
         .client
         .is_some_and(|ip| snapshot.defaults.is_trusted(ip));
-    let (out, request_id) = request_bytes(req, host, conn, trusted);
-    route.retry.budget().deposit();
-    let log = conn.log.as_ref().map(|_| {
-        Box::new(Logged {
-            method: req.method.to_string(),
-            host: String::from_utf8_lossy(host).into_owned(),
-            path: req
-                .uri
-                .path_and_query()
-                .map_or("/", |pq| pq.as_str())
-                .to_string(),
-            request_id,
-        })
-    });
+    let (out, log) = request_bytes(req, host, conn, trusted);
     Some(Prepared(Plan {
         head_len: 0,
         out,
@@ -110,48 +68,37 @@ pub async fn run(
     prepared: Prepared<'_>,
     conn: &Conn,
 ) -> bool {
-    let started = Instant::now();
+    let started = (conn.metrics || conn.log.is_some()).then(Instant::now);
     let selected = prepared.0.selected;
     let mut exchange = Exchange::new(snapshot, prepared.0);
     match exchange.open(false).await {
-        Opened::Up => {}
         Opened::Elsewhere => return false,
         Opened::Failed => exchange.answer_stream(session, 502).await,
-    }
-    if exchange.is_open() {
-        let hsts = conn.tls.then(|| snapshot.hsts(selected)).flatten();
-        // A stalled client (no flow-control window) holds the stream no longer than
-        // an idle connection may stay open.
-        session.set_write_timeout(Some(snapshot.defaults.idle_timeout));
-        if let Err(e) = exchange.run_session(session, hsts).await {
-            exchange.count_stream_error(&e, conn.metrics);
+        Opened::Up => {
+            let hsts = conn.tls.then(|| snapshot.hsts(selected)).flatten();
+            // A stalled client (no flow-control window) holds the stream no longer
+            // than an idle connection may stay open.
+            session.set_write_timeout(Some(snapshot.defaults.idle_timeout));
+            if let Err(e) = exchange.run_session(session, hsts).await {
+                exchange.count_stream_error(&e, conn.metrics);
+            }
         }
     }
-    exchange.record(conn, started.elapsed());
-    true
-}
-
-/// The Host a request is for: the URI authority (HTTP/2's `:authority`) or `Host`.
-fn request_host(req: &RequestHeader) -> &[u8] {
-    match req.uri.authority() {
-        Some(a) => a.as_str().as_bytes(),
-        None => req
-            .headers
-            .get(http::header::HOST)
-            .map_or(b"", |v| v.as_bytes()),
+    if let Some(started) = started {
+        exchange.record(conn, started.elapsed());
     }
+    true
 }
 
 /// The request as it goes to an HTTP/1 instance (`write_request`, as for HTTP/1):
 /// origin-form target, `Host` from the authority, hop-by-hop headers removed, the
-/// forwarding headers set. Returns it with the `X-Request-Id` it carries, when there
-/// is an access log to write it in.
+/// forwarding headers set. With an access log, also what its line says.
 fn request_bytes(
     req: &RequestHeader,
     host: &[u8],
     conn: &Conn,
     trusted: bool,
-) -> (Vec<u8>, String) {
+) -> (Vec<u8>, Option<Box<Logged>>) {
     let head = Head::of_stream(host, &req.headers);
     let target = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let host_line = (!req.headers.contains_key(http::header::HOST)).then_some(("host", host));
@@ -161,12 +108,11 @@ fn request_bytes(
     let mut out = Vec::with_capacity(256 + 64 * req.headers.len());
     let method = req.method.as_str();
     let made = super::write_request(&mut out, method, target, lines, &head, trusted, conn);
-    let id = match (&conn.log, &made) {
-        (None, _) => String::new(),
-        (Some(_), Some(id)) => String::from_utf8_lossy(id).into_owned(),
-        (Some(_), None) => String::from_utf8_lossy(head.request_id).into_owned(),
-    };
-    (out, id)
+    let log = conn.log.as_ref().map(|_| {
+        let id = made.as_ref().map_or(head.request_id, |id| &id[..]);
+        Logged::new(method, host, target, id)
+    });
+    (out, log)
 }
 
 impl Exchange<'_> {

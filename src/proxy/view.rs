@@ -34,17 +34,7 @@ pub(super) fn view_of(req: &RequestHeader, client: Option<std::net::IpAddr>) -> 
     )
 }
 
-/// The Host a request is for: the URI authority (HTTP/2, absolute-form) or `Host`.
-pub(super) fn request_host(req: &RequestHeader) -> &[u8] {
-    match req.uri.authority() {
-        Some(a) => a.as_str().as_bytes(),
-        None => req
-            .headers
-            .get(http::header::HOST)
-            .map(|v| v.as_bytes())
-            .unwrap_or(b""),
-    }
-}
+pub(super) use crate::request::request_host;
 
 /// The request's Content-Length. The guard has let through only identical repeated
 /// values (as lines, or as a comma list), so the first one stands for all.
