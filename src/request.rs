@@ -51,17 +51,6 @@ fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
         })
 }
 
-/// The Host a request is for: the URI authority (HTTP/2, absolute-form) or `Host`.
-pub fn request_host(req: &pingora::http::RequestHeader) -> &[u8] {
-    match req.uri.authority() {
-        Some(a) => a.as_str().as_bytes(),
-        None => req
-            .headers
-            .get(http::header::HOST)
-            .map_or(b"", |v| v.as_bytes()),
-    }
-}
-
 impl<'a> Request<'a> {
     pub fn new(
         host: &'a [u8],

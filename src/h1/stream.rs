@@ -13,7 +13,8 @@ use pingora::ErrorSource;
 
 use super::relay::{Exchange, Opened};
 use super::{Conn, Head, Logged, Plan};
-use crate::request::{request_host, Request};
+use crate::proxy::view::request_host;
+use crate::request::Request;
 use crate::snapshot::Snapshot;
 
 /// A stream this module takes: its request as it goes upstream, and where.

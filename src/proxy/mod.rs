@@ -23,7 +23,7 @@ use pingora::upstreams::peer::HttpPeer;
 use std::time::Instant;
 
 mod steps;
-mod view;
+pub(crate) mod view;
 
 use crate::accesslog::AccessLog;
 use crate::answer;

@@ -34,7 +34,16 @@ pub(super) fn view_of(req: &RequestHeader, client: Option<std::net::IpAddr>) -> 
     )
 }
 
-pub(super) use crate::request::request_host;
+/// The Host a request is for: the URI authority (HTTP/2, absolute-form) or `Host`.
+pub(crate) fn request_host(req: &RequestHeader) -> &[u8] {
+    match req.uri.authority() {
+        Some(a) => a.as_str().as_bytes(),
+        None => req
+            .headers
+            .get(http::header::HOST)
+            .map_or(b"", |v| v.as_bytes()),
+    }
+}
 
 /// The request's Content-Length. The guard has let through only identical repeated
 /// values (as lines, or as a comma list), so the first one stands for all.
