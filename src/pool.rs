@@ -12,10 +12,6 @@ use tokio::net::TcpStream;
 
 /// Idle connections kept per instance; more are closed.
 const PER_INSTANCE: usize = 64;
-/// A connection idle longer than this is checked before use (the instance may have
-/// closed it); a fresher one is used as it is, and a request that finds it closed
-/// before any response byte is tried once more on a new connection when it can be.
-const CHECK_AFTER: Duration = Duration::from_secs(1);
 
 /// The idle connections of one instance.
 #[derive(Default)]
@@ -34,7 +30,11 @@ impl std::fmt::Debug for Idle {
 }
 
 impl Idle {
-    /// An idle connection that is still open and was idle less than `max_idle`.
+    /// An idle connection that is still open, has nothing to read, and was idle less
+    /// than `max_idle`. Every one is checked, however fresh: an instance may have
+    /// closed it, or written bytes after its last response that would otherwise be
+    /// read as the next client's response. One that the instance closes after the
+    /// check is tried once more on a new connection when the request allows it.
     pub fn take(&self, max_idle: Duration) -> Option<TcpStream> {
         let queue = self.0.get()?;
         while let Some(p) = queue.pop() {
@@ -42,7 +42,7 @@ impl Idle {
             if idle >= max_idle {
                 continue;
             }
-            if idle < CHECK_AFTER || is_open(&p.stream) {
+            if is_open(&p.stream) {
                 return Some(p.stream);
             }
         }

@@ -33,7 +33,6 @@ use crate::request::Request;
 use crate::snapshot::{Entry, Route, Selected, Snapshot, StickyWrites, Target};
 use crate::upstream::{Tried, Upstream};
 
-pub mod chunked;
 mod relay;
 mod response;
 pub mod stream;

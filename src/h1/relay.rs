@@ -15,14 +15,13 @@ use tokio::net::TcpStream;
 
 use super::response::{client_head, parse_head, session_head, Body, Framing, Head, Parsed};
 use super::{connect, read_some, write_all, Conn, Outcome, Plan};
+use crate::framing::MAX_INTERIM;
 use crate::guard::Guarded;
 use crate::request::Request;
 use crate::retry::Failure;
 use crate::snapshot::{Snapshot, Target};
 use crate::upstream::{InFlight, Tried, Upstream};
 
-/// Most interim (1xx) responses before the final one.
-const MAX_INTERIM: usize = 8;
 /// How long an instance may take to answer before weir checks whether the client is
 /// still there.
 const WATCH_AFTER: Duration = Duration::from_millis(20);
@@ -291,27 +290,43 @@ impl<'s> Exchange<'s> {
         let Some(mut up) = self.up.take() else {
             return Ok(());
         };
-        self.status = head.status;
-        self.upstream_status = Some(head.status);
         let mut body = Body::new(head.framing);
         let header = session_head(&buf[..head.len], hsts)?;
-        session
-            .write_response_header(header, body.done)
-            .map_err(|e| e.into_down())?;
         let read_timeout = self.upstream.peer.options.read_timeout;
         let (mut rest, mut data) = (head.len, Vec::new());
+        let mut header = Some(header);
+        // No body at all: the head ends the stream.
+        let empty = body.done;
         loop {
             let chunk = &buf[rest..];
             data.clear();
-            let take = body.take_data(chunk, &mut data).map_err(|_| {
-                pingora::Error::explain(
-                    pingora::ErrorType::InvalidHTTPHeader,
-                    "broken chunked body",
-                )
-            })?;
+            let take = match body.take_data(chunk, &mut data) {
+                Ok(take) => take,
+                Err(broken) => {
+                    self.upstream_error("other");
+                    if header.is_some() {
+                        // Nothing went to the client yet: 502 rather than a cut body.
+                        log::debug!("{}: {}", self.upstream.name, broken.reason());
+                        self.status = 502;
+                        self.answer_stream(session, 502).await;
+                        return Ok(());
+                    }
+                    return pingora::Error::e_explain(
+                        pingora::ErrorType::InvalidHTTPHeader,
+                        broken.reason(),
+                    );
+                }
+            };
+            if let Some(header) = header.take() {
+                self.status = head.status;
+                self.upstream_status = Some(head.status);
+                session
+                    .write_response_header(header, empty)
+                    .map_err(|e| e.into_down())?;
+            }
             let extra = take < chunk.len();
             self.sent += data.len();
-            if !data.is_empty() || body.done {
+            if !data.is_empty() || (body.done && !empty) {
                 let piece = bytes::Bytes::copy_from_slice(&data);
                 session.write_body(piece, body.done).await?;
             }
@@ -495,14 +510,21 @@ impl<'s> Exchange<'s> {
         let mut body = Body::new(head.framing);
         let mut rest = head.len;
         let read_timeout = self.upstream.peer.options.read_timeout;
+        // Nothing reached the client yet: a broken body can still be answered 502.
+        let mut untouched = true;
         loop {
             let chunk = &buf[rest..];
-            let Ok(take) = body.take(chunk) else {
-                log::debug!("{}: broken chunked framing", self.upstream.name);
-                return self
-                    .client_write(guarded, conn, &out)
-                    .await
-                    .and(Outcome::Close);
+            let take = match body.take(chunk) {
+                Ok(take) => take,
+                Err(broken) if untouched => {
+                    return self.failed(guarded, Fail::Bad(broken.reason())).await;
+                }
+                Err(broken) => {
+                    log::debug!("{}: {}", self.upstream.name, broken.reason());
+                    self.upstream_error("other");
+                    let _ = guarded.flush().await;
+                    return Outcome::Close;
+                }
             };
             out.extend_from_slice(&chunk[..take]);
             self.sent += take;
@@ -512,13 +534,15 @@ impl<'s> Exchange<'s> {
                 if body.done && !extra && head.reusable && written.is_next() {
                     self.upstream.health.idle.give(up);
                 }
-                return if keep_client && body.done && !extra {
+                // Bytes past the framing end the upstream connection, not the client's.
+                return if keep_client && body.done {
                     written
                 } else {
                     Outcome::Close
                 };
             }
             if !out.is_empty() {
+                untouched = false;
                 if !self.client_write(guarded, conn, &out).await.is_next() {
                     return Outcome::Close;
                 }
@@ -561,14 +585,6 @@ impl<'s> Exchange<'s> {
 impl Outcome {
     fn is_next(&self) -> bool {
         matches!(self, Outcome::Next)
-    }
-
-    fn and(self, next: Outcome) -> Outcome {
-        if self.is_next() {
-            next
-        } else {
-            self
-        }
     }
 }
 

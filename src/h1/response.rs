@@ -5,12 +5,14 @@
 use http::HeaderValue;
 use pingora::http::ResponseHeader;
 
-use super::chunked::{Broken, Chunked};
+use crate::framing::chunk::{Broken, Chunked};
 
 /// Most response header lines read; a response with more is answered 502.
 const MAX_RESPONSE_HEADERS: usize = 128;
 /// Largest response head.
 const MAX_RESPONSE_HEAD: usize = 64 << 10;
+/// Most trailer bytes after a chunked response body.
+const MAX_TRAILERS: usize = 16 << 10;
 
 /// How a response body is framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +50,7 @@ impl Body {
         Body {
             framing,
             left,
-            chunked: Chunked::default(),
+            chunked: Chunked::new(MAX_TRAILERS),
             done: matches!(framing, Framing::Empty | Framing::Length(0)),
         }
     }
@@ -174,14 +176,7 @@ pub(super) fn parse_head(buf: &[u8], head_request: bool) -> Result<Parsed, &'sta
     let mut chunked = None;
     for h in resp.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
-            let n = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .ok_or("invalid Content-Length")?;
-            if length.is_some_and(|l| l != n) {
-                return Err("conflicting Content-Length");
-            }
-            length = Some(n);
+            length = Some(crate::framing::content_length(h.value, length)?);
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             let last = h.value.rsplit(|b| *b == b',').next().unwrap_or(b"");
             chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));

@@ -72,6 +72,8 @@ pub struct Ctx {
     deadline: Option<Instant>,
     /// `upstream_response_filter` refused a response to try another instance.
     status_retry: bool,
+    /// Interim (1xx) responses the instance sent so far.
+    interim: usize,
     /// Compresses the response body (`compression:`).
     encoder: Option<crate::compress::Encoder>,
     /// The copy of this request for the route's mirror, while it is filled.
@@ -146,6 +148,7 @@ impl ProxyHttp for Weir {
             body_read: 0,
             deadline: None,
             status_retry: false,
+            interim: 0,
             encoder: None,
             mirror: None,
             trace: None,
@@ -462,6 +465,13 @@ impl ProxyHttp for Weir {
         if status == 101 && !session.is_upgrade_req() {
             // A switch nobody asked for would turn the connection into a raw tunnel.
             return Error::e_explain(HTTPStatus(502), "upstream switched protocols unasked");
+        }
+        if (100..200).contains(&status) {
+            ctx.interim += 1;
+            if ctx.interim > crate::framing::MAX_INTERIM {
+                return Error::e_explain(HTTPStatus(502), "too many interim responses");
+            }
+            return Ok(());
         }
         Self::outcome(ctx, status >= 500);
         if ctx.retries_left > 0

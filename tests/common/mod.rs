@@ -5,6 +5,7 @@
 
 mod certs;
 mod client;
+mod legs;
 mod metrics;
 mod ocsp;
 mod ports;
@@ -14,6 +15,7 @@ mod upstream;
 
 pub use certs::*;
 pub use client::*;
+pub use legs::*;
 pub use metrics::*;
 pub use ocsp::*;
 pub use ports::*;

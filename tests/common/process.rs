@@ -171,3 +171,13 @@ pub fn config_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
 pub fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }
+
+impl Weir {
+    /// `start`, on one of weir's two proxy legs.
+    pub fn start_on(leg: Leg, yaml: &str, ports: &[u16]) -> Weir {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("weir.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        Weir::spawn(dir, config, leg.env(), ports)
+    }
+}

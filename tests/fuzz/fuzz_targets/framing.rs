@@ -6,7 +6,7 @@
 use libfuzzer_sys::fuzz_target;
 
 #[allow(dead_code)]
-#[path = "../../../src/framing.rs"]
+#[path = "../../../src/framing/mod.rs"]
 mod framing;
 
 use framing::{Limits, Scanner};

@@ -11,6 +11,35 @@
 //! weir never forwards a request that a stricter or looser parser would split
 //! differently.
 
+pub mod chunk;
+
+use chunk::{is_field_byte, is_tchar, Broken, Chunked};
+
+/// Most interim (1xx) responses an instance may send before its final one, on either
+/// leg; past it the response is refused (502).
+pub const MAX_INTERIM: usize = 8;
+
+/// One Content-Length field value (`5`, or a list `5, 5`) read against the value seen
+/// so far: only digits, and every value the same (RFC 9110 §8.6). Rust's integer
+/// parsing would take `+5`, which a stricter parser behind or before weir would not.
+pub fn content_length(value: &[u8], seen: Option<u64>) -> Result<u64, &'static str> {
+    let mut length = seen;
+    for item in value.split(|b| *b == b',') {
+        let digits = item.trim_ascii();
+        if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+            return Err("invalid Content-Length");
+        }
+        let n = digits
+            .iter()
+            .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+        if length.is_some_and(|l| l != n) {
+            return Err("conflicting Content-Length");
+        }
+        length = Some(n);
+    }
+    length.ok_or("invalid Content-Length")
+}
+
 /// Bounds on a request head (per listener, from `limits:`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -60,10 +89,6 @@ impl Refusal {
 
 /// Longest method token (the longest registered method is 17 bytes).
 const MAX_METHOD: usize = 32;
-/// Longest chunk-size line, extensions included.
-const MAX_CHUNK_LINE: usize = 4096;
-/// Most hex digits in a chunk size (2^64 - 1).
-const MAX_CHUNK_DIGITS: u32 = 16;
 /// Header names kept to recognise the framing headers; longer names are other headers.
 const NAME_KEEP: usize = 20;
 
@@ -90,34 +115,14 @@ enum Field {
     Upgrade,
 }
 
-/// Chunked body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
-    /// Hex digits of a chunk size.
-    Size,
-    /// Whitespace after the size.
-    Bws,
-    /// An extension, from its `;`.
-    Ext,
-    /// After the size line's CR.
-    SizeLf,
-    Data(u64),
-    DataCr,
-    DataLf,
-    /// The start of a trailer line, or the empty line ending the body.
-    TrailerStart,
-    Trailer,
-    TrailerLf,
-    EndLf,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Between requests: no byte of the next one yet.
     Idle,
     Head(Head),
     Fixed(u64),
-    Chunked(Chunk),
+    /// A chunked body, read by the one chunk reader.
+    Chunked,
     /// An upgrade request is complete; what follows depends on the
     /// response (see `Scanner::response`).
     AwaitResponse,
@@ -157,25 +162,9 @@ pub struct Scanner {
     te_last_chunked: bool,
     te_space: bool,
     upgrade: bool,
-    chunk_size: u64,
-    chunk_digits: u32,
-    chunk_line: usize,
+    chunk: Chunked,
     /// A complete head asked for a protocol switch (Upgrade).
     switching: bool,
-}
-
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
-/// A byte allowed in a field value or chunk extension: visible ASCII, space, tab and
-/// obs-text; no other control character.
-fn is_field_byte(b: u8) -> bool {
-    b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80
-}
-
-fn hex(b: u8) -> Option<u64> {
-    (b as char).to_digit(16).map(u64::from)
 }
 
 impl Scanner {
@@ -205,9 +194,7 @@ impl Scanner {
             te_last_chunked: false,
             te_space: false,
             upgrade: false,
-            chunk_size: 0,
-            chunk_digits: 0,
-            chunk_line: 0,
+            chunk: Chunked::new(0),
             switching: false,
         }
     }
@@ -262,15 +249,15 @@ impl Scanner {
                         self.state = State::Fixed(left - take);
                     }
                 }
-                State::Chunked(Chunk::Data(left)) => {
-                    let take = left.min((bytes.len() - i) as u64);
-                    i += take as usize;
-                    self.pos += take;
-                    self.state = State::Chunked(if take == left {
-                        Chunk::DataCr
-                    } else {
-                        Chunk::Data(left - take)
-                    });
+                State::Chunked => {
+                    let rest = &bytes[i..];
+                    let Some(n) = self.chunk.feed(rest).map_err(refusal)? else {
+                        self.pos += rest.len() as u64;
+                        return Ok(());
+                    };
+                    i += n;
+                    self.pos += n as u64;
+                    self.body_done();
                 }
                 State::Tunnel => {
                     self.pos += (bytes.len() - i) as u64;
@@ -298,8 +285,7 @@ impl Scanner {
                 self.head_byte(b)
             }
             State::Head(_) => self.head_byte(b),
-            State::Chunked(c) => self.chunk_byte(c, b),
-            State::Fixed(_) | State::Tunnel | State::AwaitResponse => Ok(()),
+            State::Fixed(_) | State::Chunked | State::Tunnel | State::AwaitResponse => Ok(()),
         }
     }
 
@@ -561,93 +547,18 @@ impl Scanner {
     }
 
     fn chunk_start(&mut self) {
-        self.state = State::Chunked(Chunk::Size);
-        self.chunk_size = 0;
-        self.chunk_digits = 0;
-        self.chunk_line = 0;
+        self.state = State::Chunked;
+        // Trailers share the head's budget.
+        let left = self.limits.header_bytes.saturating_sub(self.head_bytes);
+        self.chunk = Chunked::new(left);
     }
+}
 
-    fn chunk_byte(&mut self, at: Chunk, b: u8) -> Result<(), Refusal> {
-        const BAD_LINE: Refusal = Refusal::Bad("invalid chunk-size line");
-        if matches!(at, Chunk::Size | Chunk::Bws | Chunk::Ext | Chunk::SizeLf) {
-            self.chunk_line += 1;
-            if self.chunk_line > MAX_CHUNK_LINE {
-                return Err(Refusal::Bad("chunk-size line too long"));
-            }
-        }
-        let next = match at {
-            Chunk::Size => match (b, hex(b)) {
-                (_, Some(d)) => {
-                    self.chunk_digits += 1;
-                    if self.chunk_digits > MAX_CHUNK_DIGITS {
-                        return Err(Refusal::Bad("chunk size too large"));
-                    }
-                    self.chunk_size = self.chunk_size << 4 | d;
-                    Chunk::Size
-                }
-                (b'\r', _) if self.chunk_digits > 0 => Chunk::SizeLf,
-                (b';', _) if self.chunk_digits > 0 => Chunk::Ext,
-                (b' ' | b'\t', _) if self.chunk_digits > 0 => Chunk::Bws,
-                _ => return Err(BAD_LINE),
-            },
-            Chunk::Bws => match b {
-                b' ' | b'\t' => Chunk::Bws,
-                b';' => Chunk::Ext,
-                b'\r' => Chunk::SizeLf,
-                _ => return Err(BAD_LINE),
-            },
-            Chunk::Ext => match b {
-                b'\r' => Chunk::SizeLf,
-                _ if is_field_byte(b) => Chunk::Ext,
-                _ => return Err(BAD_LINE),
-            },
-            Chunk::SizeLf => match b {
-                b'\n' if self.chunk_size == 0 => Chunk::TrailerStart,
-                b'\n' => Chunk::Data(self.chunk_size),
-                _ => return Err(BAD_LINE),
-            },
-            Chunk::DataCr => match b {
-                b'\r' => Chunk::DataLf,
-                _ => return Err(Refusal::Bad("chunk data not followed by CRLF")),
-            },
-            Chunk::DataLf => match b {
-                b'\n' => {
-                    self.chunk_start();
-                    return Ok(());
-                }
-                _ => return Err(Refusal::Bad("chunk data not followed by CRLF")),
-            },
-            Chunk::TrailerStart => match b {
-                b'\r' => Chunk::EndLf,
-                _ if is_tchar(b) => Chunk::Trailer,
-                _ => return Err(Refusal::Bad("invalid trailer")),
-            },
-            Chunk::Trailer => {
-                self.head_bytes += 1;
-                if self.head_bytes > self.limits.header_bytes {
-                    return Err(Refusal::TooLarge("trailers too large"));
-                }
-                match b {
-                    b'\r' => Chunk::TrailerLf,
-                    _ if is_field_byte(b) => Chunk::Trailer,
-                    _ => return Err(Refusal::Bad("invalid trailer")),
-                }
-            }
-            Chunk::TrailerLf => match b {
-                b'\n' => Chunk::TrailerStart,
-                _ => return Err(Refusal::Bad("invalid trailer")),
-            },
-            Chunk::EndLf => match b {
-                b'\n' => {
-                    self.body_done();
-                    return Ok(());
-                }
-                _ => return Err(Refusal::Bad("invalid end of chunked body")),
-            },
-            Chunk::Data(_) => unreachable!("data is skipped in feed"),
-        };
-        self.state = State::Chunked(next);
-        Ok(())
+/// A broken chunked body's answer: 400, or 431 for trailers over the budget.
+fn refusal(broken: Broken) -> Refusal {
+    match broken {
+        Broken::Bad(why) => Refusal::Bad(why),
+        Broken::TooLarge(why) => Refusal::TooLarge(why),
     }
 }
 
