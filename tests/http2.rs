@@ -28,10 +28,11 @@ admin: {{ bind: \"127.0.0.1:{admin}\" }}
 fn curl(port: u16, args: &[&str]) -> String {
     let resolve = format!("g.test:{port}:127.0.0.1");
     let out = Command::new("curl")
-        .args(["-sk", "--http2", "--max-time", "20", "--resolve", &resolve])
+        .args(["-sSk", "--http2", "--max-time", "20", "--resolve", &resolve])
         .args(args)
         .output()
         .expect("run curl");
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -206,4 +207,58 @@ fn a_connection_of_malformed_streams_is_closed() {
         "still open after {after:?} with 40 malformed streams"
     );
     assert_eq!(up.count(), 0, "no malformed request reached the instance");
+}
+
+#[test]
+fn http2_heads_are_held_to_the_listeners_limits_on_both_legs() {
+    let up = Upstream::start("up");
+    for leg in Leg::BOTH {
+        let (tls, admin) = (free_port(), free_port());
+        let limits = "defaults:\n  limits: { max_request_header_bytes: 4KiB, max_headers: 20, max_uri_bytes: 1KiB }\n";
+        let weir = Weir::start_on(leg, &yaml(tls, admin, &up.addr(), limits), &[tls, admin]);
+        let url = |path: &str| format!("https://g.test:{tls}{path}");
+        let status = |path: &str, headers: &[String]| {
+            let mut args: Vec<String> = vec![
+                "-o".into(),
+                "/dev/null".into(),
+                "-w".into(),
+                "%{http_code}".into(),
+            ];
+            for h in headers {
+                args.extend(["-H".to_string(), h.clone()]);
+            }
+            args.push(url(path));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            curl(tls, &args)
+        };
+        let big = vec![format!("X-Big: {}", "a".repeat(32 << 10))];
+        let just_under = vec![format!("X-Big: {}", "a".repeat(3 << 10))];
+        let many: Vec<String> = (0..30).map(|i| format!("X-H{i}: v")).collect();
+        let long_path = format!("/{}", "p".repeat(2 << 10));
+        // (Over the limits, weir's own leg hands a stream to Pingora's, which refuses it.)
+        assert_eq!(status("/", &just_under), "200", "{leg:?}");
+        assert_eq!(
+            status("/", &big),
+            "431",
+            "{leg:?}: a 32 KiB header over 4 KiB"
+        );
+        assert_eq!(status("/", &many), "431", "{leg:?}: 30 fields over 20");
+        assert_eq!(
+            status(&long_path, &[]),
+            "414",
+            "{leg:?}: a 2 KiB target over 1 KiB"
+        );
+        let m = scrape(admin);
+        let refused = |code: &str| {
+            m.get(&format!(
+                "weir_requests_refused_total{{code=\"{code}\",listener=\"https\"}}"
+            ))
+            .copied()
+        };
+        assert_eq!(refused("431"), Some(2.0), "{leg:?}: {m:?}");
+        assert_eq!(refused("414"), Some(1.0), "{leg:?}");
+        drop(weir);
+    }
+    // Only the two requests within the limits reached the instance.
+    assert_eq!(up.count(), 2);
 }

@@ -59,6 +59,41 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// A request head that did not come as HTTP/1 bytes (an HTTP/2 stream's, later an
+    /// HTTP/3 one's) held to the same limits as one that did: its target's length, its
+    /// field count, and its size as HTTP/1 would write it (request line, one
+    /// `name: value` line per field, the empty line), so that a listener's limits mean
+    /// the same on every protocol.
+    pub fn check_head(
+        &self,
+        method: &http::Method,
+        uri: &http::Uri,
+        fields: &http::HeaderMap,
+    ) -> Result<(), Refusal> {
+        let target = uri.path_and_query().map_or(0, |p| p.as_str().len());
+        if target > self.uri_bytes {
+            return Err(Refusal::UriTooLong);
+        }
+        if fields.len() > self.headers {
+            return Err(Refusal::TooLarge("too many header fields"));
+        }
+        // "METHOD TARGET HTTP/1.1\r\n" ... "\r\n"
+        let mut bytes = method.as_str().len() + target + 12 + 2;
+        for (name, value) in fields {
+            let (name, value) = (name.as_str(), value.as_bytes());
+            bytes += name.len() + value.len() + 4;
+            if bytes > self.header_bytes {
+                return Err(Refusal::TooLarge("request header too large"));
+            }
+        }
+        match bytes > self.header_bytes {
+            true => Err(Refusal::TooLarge("request header too large")),
+            false => Ok(()),
+        }
+    }
+}
+
 /// Why a request is refused, and with what status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {

@@ -36,6 +36,14 @@ pub fn prepare<'s>(
     if host.is_empty() {
         return None;
     }
+    // Over the listener's head limits: Pingora's leg refuses it (431 or 414).
+    let limits = snapshot.limits_for(conn.local_port).framing;
+    if limits
+        .check_head(&req.method, &req.uri, &req.headers)
+        .is_err()
+    {
+        return None;
+    }
     let path = req.uri.path();
     let entry = super::plain_entry(snapshot, conn, path, host)?;
     let method = req.method.as_str();

@@ -175,6 +175,9 @@ impl ProxyHttp for Weir {
         }
         session.set_read_timeout(Some(defaults.request_header_timeout));
         ctx.local_port = port;
+        if let Some(refused) = self.refuse_over_limits(session, snapshot, port).await {
+            return refused;
+        }
         let Some(entry) = snapshot.entry(port) else {
             return answer::refuse(session, Refusal::UnknownHost).await;
         };

@@ -16,6 +16,31 @@ use pingora::http::RequestHeader;
 use pingora::prelude::*;
 
 impl Weir {
+    /// An HTTP/2 request head over its listener's limits, answered 431 or 414 (HTTP/1
+    /// heads are held to them by the guard before Pingora parses them).
+    pub(super) async fn refuse_over_limits(
+        &self,
+        session: &mut Session,
+        snapshot: &Snapshot,
+        port: u16,
+    ) -> Option<Result<bool>> {
+        if !session.is_http2() {
+            return None;
+        }
+        let req = session.req_header();
+        let limits = snapshot.limits_for(port).framing;
+        let refused = limits
+            .check_head(&req.method, &req.uri, &req.headers)
+            .err()?;
+        if self.metrics {
+            metrics::request_refused(&snapshot.port_label(port), refused.status());
+        }
+        log::debug!("refused an HTTP/2 request: {}", refused.reason());
+        let body = bytes::Bytes::from(format!("{}\n", refused.reason()));
+        let answered = answer::text(session, refused.status(), body).await;
+        Some(answered.map(|()| true))
+    }
+
     pub(super) fn write_access_log(
         &self,
         log: &AccessLog,

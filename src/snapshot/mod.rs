@@ -404,6 +404,15 @@ impl Snapshot {
     }
 
     /// The name a local port is known by in metrics: its listener's, or the gateway's.
+    /// The client limits of the listener on `port`: its own, or `defaults.limits` for
+    /// a gateway's dedicated port.
+    pub fn limits_for(&self, port: u16) -> ClientLimits {
+        match self.entry(port) {
+            Some(Entry::Shared(l)) => self.listeners[l].limits,
+            _ => self.defaults.limits,
+        }
+    }
+
     pub fn port_label(&self, port: u16) -> String {
         match self.entry(port) {
             Some(Entry::Shared(l)) => self.listeners[l].name.to_string(),
