@@ -312,15 +312,11 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Accept<A> {
             stream = Box::pin(self.handshake(tls, stream, arrival.deadline)).await?;
         }
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            if let Some(conn) = self.direct(&*stream) {
-                let serving = crate::http2::serve(&self.app, stream, conn, &self.current, shutdown);
-                Box::pin(serving).await;
-                return None;
-            }
-            // HTTP/2: Pingora's own connection handling, stream by stream.
-            while let Some(reused) = self.app.process_new(stream, shutdown).await {
-                stream = reused;
-            }
+            // Every HTTP/2 connection is weir's (its bounds hold on both legs); its
+            // streams go to Pingora's proxy unless weir's own leg takes them.
+            let conn = self.conn(&*stream);
+            let serving = crate::http2::serve(&self.app, stream, conn, &self.current, shutdown);
+            Box::pin(serving).await;
             return None;
         }
         // Pingora's session, its request future and its header buffer are made only
@@ -362,9 +358,11 @@ impl<A: HttpServerApp + Send + Sync + 'static> Accept<A> {
     /// What weir's own paths (`h1`, `http2`) need to know of a connection; None when
     /// they are off (`WEIR_H1_DIRECT=0`).
     fn direct<S: GetSocketDigest + Ssl + ?Sized>(&self, stream: &S) -> Option<crate::h1::Conn> {
-        if !crate::h1::enabled() {
-            return None;
-        }
+        crate::h1::enabled().then(|| self.conn(stream))
+    }
+
+    /// What a connection is, read once when it opens.
+    fn conn<S: GetSocketDigest + Ssl + ?Sized>(&self, stream: &S) -> crate::h1::Conn {
         let digest = stream.get_socket_digest();
         let inet = |a: Option<&pingora::protocols::l4::socket::SocketAddr>| {
             a.and_then(|a| a.as_inet()).copied()
@@ -378,7 +376,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> Accept<A> {
         let log = self.access_log.clone();
         // Copied for the access log only.
         let logged = |s: Option<&str>| s.filter(|_| log.is_some()).map(Box::from);
-        Some(crate::h1::Conn {
+        crate::h1::Conn {
             local_port: local.map_or(0, |a| a.port()),
             tls: tls.is_some(),
             client: peer.map(|a| a.ip()),
@@ -387,7 +385,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> Accept<A> {
             tls_version: logged(tls.as_ref().map(|d| &*d.version)),
             sni: logged(tls_peer.and_then(|p| p.sni.as_deref())),
             log,
-        })
+        }
     }
 
     /// Waits for a place on a listener at `max_connections`, for as long as a client

@@ -26,6 +26,7 @@ use pingora::protocols::{
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use crate::framing::pace::{BodyPace, Pacing};
 use crate::framing::{Limits, Refusal, Scanner};
 
 /// Held bytes' buffer capacity kept between requests; a larger one is freed.
@@ -60,6 +61,9 @@ pub struct Guarded {
     parked: Option<Waker>,
     /// The listener label refusals are counted under, when metrics are on.
     report: Option<Arc<str>>,
+    /// The pace a request body must keep, and the current body's progress.
+    pace: BodyPace,
+    pacing: Option<Pacing>,
 }
 
 impl Guarded {
@@ -75,6 +79,8 @@ impl Guarded {
         Guarded {
             inner,
             scan: Scanner::new(limits),
+            pace: limits.body,
+            pacing: None,
             held: Vec::new(),
             ready: Vec::new(),
             ready_pos: 0,
@@ -150,13 +156,35 @@ impl Guarded {
         sleep.as_mut().poll(cx).is_ready()
     }
 
-    /// The deadline passed: 408 if the client sent part of a head, else a quiet close.
+    /// The deadline passed: 408 if the client sent part of a head or a body too slowly,
+    /// else a quiet close.
     fn timed_out(&mut self) {
         self.deadline = None;
-        if self.scan.head_start().is_some() {
+        if self.pacing.take().is_some() {
+            self.refuse(408, "request body not received in time");
+        } else if self.scan.head_start().is_some() {
             self.refuse(408, "request header not received in time");
         } else {
             self.closed = true;
+        }
+    }
+
+    /// After a read: the body being read keeps its pace, and its deadline is the one
+    /// the guard waits on (`timeouts.client_body`, `limits.min_body_rate`).
+    fn pace_body(&mut self) {
+        match self.scan.body_read() {
+            Some(read) => {
+                let now = std::time::Instant::now();
+                let p = self.pacing.get_or_insert_with(|| Pacing::start(now));
+                p.advance(read.saturating_sub(p.bytes()), now);
+                self.deadline = Some(Instant::from_std(p.deadline(self.pace)));
+            }
+            None => {
+                if self.pacing.take().is_some() {
+                    // The body ended: the next head gets its own deadline.
+                    self.deadline = None;
+                }
+            }
         }
     }
 
@@ -181,7 +209,7 @@ impl Guarded {
         let head = self.scan.head_start();
         if head.is_some() && self.deadline.is_none() {
             self.deadline = Some(Instant::now() + self.head_timeout);
-        } else if head.is_none() {
+        } else if head.is_none() && self.pacing.is_none() {
             self.deadline = None;
         }
         // Offset in `new` where a held (incomplete) head starts.
@@ -383,6 +411,7 @@ impl AsyncRead for Guarded {
                 this.refuse(r.status(), r.reason());
                 continue;
             }
+            this.pace_body();
             // An upgrade answered before its request was all read.
             this.settle_upgrade();
             if this.sort(buf, before, start).is_some() {

@@ -24,6 +24,7 @@ use pingora::protocols::{Digest, Stream};
 use pingora::server::ShutdownWatch;
 use tokio::sync::Notify;
 
+use crate::framing::pace::{BodyPace, Progress};
 use crate::h1::Conn;
 use crate::snapshot::Snapshot;
 
@@ -55,7 +56,17 @@ pub async fn serve<A>(
         }
     };
     let idle = app.server_options().and_then(|o| o.h2_idle_timeout);
-    let elsewhere = Arc::new(Elsewhere::default());
+    let elsewhere = {
+        let snapshot = current.load();
+        Arc::new(Elsewhere {
+            open: AtomicUsize::new(0),
+            done: Notify::new(),
+            pace: snapshot.limits_for(conn.local_port).framing.body,
+            label: conn
+                .metrics
+                .then(|| Arc::from(snapshot.port_label(conn.local_port))),
+        })
+    };
     let mut streams = FuturesUnordered::new();
     let mut stopping = shutdown.clone();
     let mut watching = true;
@@ -133,10 +144,12 @@ async fn serve_stream(
 
 /// The connection's streams served by Pingora's proxy, each in its own task: counted,
 /// so that the connection is idle only when none is open.
-#[derive(Default)]
 struct Elsewhere {
     open: AtomicUsize,
     done: Notify,
+    /// The pace their request bodies must keep, and the listener they are counted on.
+    pace: BodyPace,
+    label: Option<Arc<str>>,
 }
 
 impl Elsewhere {
@@ -145,19 +158,57 @@ impl Elsewhere {
     }
 
     /// Runs the stream through Pingora's proxy, as Pingora's HTTP/2 server does.
-    fn hand_over<A>(self: &Arc<Self>, app: &Arc<A>, session: HttpSession, shutdown: &ShutdownWatch)
-    where
+    fn hand_over<A>(
+        self: &Arc<Self>,
+        app: &Arc<A>,
+        mut session: HttpSession,
+        shutdown: &ShutdownWatch,
+    ) where
         A: HttpServerApp + Send + Sync + 'static,
     {
         self.open.fetch_add(1, Ordering::AcqRel);
         let counted = Counted(self.clone());
         let app = app.clone();
         let shutdown = shutdown.clone();
+        // Its body is read by Pingora's proxy, which reports each piece here.
+        let progress = Arc::new(Progress::new(std::time::Instant::now()));
+        if session.is_body_empty() {
+            progress.finish();
+        }
+        session
+            .req_header_mut()
+            .extensions_mut()
+            .insert(progress.clone());
+        let (pace, label) = (self.pace, self.label.clone());
         tokio::spawn(async move {
             let _counted = counted;
-            app.process_new_http(ServerSession::new_http2(session), &shutdown)
-                .await;
+            let served = app.process_new_http(ServerSession::new_http2(session), &shutdown);
+            tokio::select! {
+                _ = served => {}
+                () = overdue(&progress, pace) => {
+                    // Dropping the stream resets it (RST_STREAM) and ends its upstream
+                    // request: a stalled or trickling body holds nothing longer.
+                    log::debug!("HTTP/2: request body not received in time");
+                    if let Some(label) = &label {
+                        crate::metrics::request_refused(label, 408);
+                    }
+                }
+            }
         });
+    }
+}
+
+/// Resolves once a body is past its pace's deadline; never once it is all read.
+async fn overdue(progress: &Progress, pace: BodyPace) {
+    loop {
+        let Some(pacing) = progress.pacing() else {
+            return std::future::pending().await;
+        };
+        let deadline = pacing.deadline(pace);
+        if std::time::Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep_until(deadline.into()).await;
     }
 }
 

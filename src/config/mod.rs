@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 
 pub use source::{ConfigSource, EtcdSource, EtcdTls};
 pub use units::{
-    Balance, ByteSize, ConfigDuration, Instance, InstanceSpec, Percent, PortKind, PortSpec,
+    Balance, ByteRate, ByteSize, ConfigDuration, Instance, InstanceSpec, Percent, PortKind,
+    PortSpec,
 };
 
 /// The main config file.
@@ -124,6 +125,10 @@ pub struct HttpLimits {
     pub max_connections: Option<u32>,
     #[serde(default)]
     pub max_connections_per_client: Option<u32>,
+    /// The lowest average rate of a request body once it is older than
+    /// `timeouts.client_body`.
+    #[serde(default)]
+    pub min_body_rate: Option<ByteRate>,
 }
 
 /// `rate_limit:` on a gateway or route.
@@ -327,6 +332,9 @@ pub struct Timeouts {
     pub upstream_read: ConfigDuration,
     #[serde(default = "secs::<60>")]
     pub idle: ConfigDuration,
+    /// Longest wait for the next bytes of a request body.
+    #[serde(default = "secs::<30>")]
+    pub client_body: ConfigDuration,
 }
 
 fn secs<const N: u64>() -> ConfigDuration {
@@ -340,6 +348,7 @@ impl Default for Timeouts {
             request_header: secs::<5>(),
             upstream_read: secs::<50>(),
             idle: secs::<60>(),
+            client_body: secs::<30>(),
         }
     }
 }

@@ -105,6 +105,41 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
+/// A rate in bytes per second, written `1KiB/s` or `512/s` in the config (0: none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteRate(pub u64);
+
+/// `SIZE/s`.
+pub fn parse_rate(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let size = text
+        .strip_suffix("/s")
+        .ok_or_else(|| format!("invalid rate {text:?}: expected e.g. 1KiB/s or 512/s"))?;
+    parse_size(size)
+}
+
+impl<'de> Deserialize<'de> for ByteRate {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = ByteRate;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a rate such as 1KiB/s or 512/s")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                match v {
+                    0 => Ok(ByteRate(0)),
+                    _ => Err(E::custom("a rate needs a unit: e.g. 1KiB/s (0 for none)")),
+                }
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                parse_rate(v).map(ByteRate).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
 /// A percentage in hundredths of a percent (basis points): `"12.5%"` is 1250.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Percent(pub u32);

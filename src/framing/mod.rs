@@ -12,6 +12,7 @@
 //! differently.
 
 pub mod chunk;
+pub mod pace;
 
 use chunk::{is_field_byte, is_tchar, Broken, Chunked};
 
@@ -47,6 +48,8 @@ pub struct Limits {
     pub header_bytes: usize,
     pub headers: usize,
     pub uri_bytes: usize,
+    /// How long the body may take (`timeouts.client_body`, `limits.min_body_rate`).
+    pub body: pace::BodyPace,
 }
 
 impl Default for Limits {
@@ -55,6 +58,7 @@ impl Default for Limits {
             header_bytes: 32 << 10,
             headers: 100,
             uri_bytes: 8 << 10,
+            body: pace::BodyPace::default(),
         }
     }
 }
@@ -200,6 +204,8 @@ pub struct Scanner {
     chunk: Chunked,
     /// A complete head asked for a protocol switch (Upgrade).
     switching: bool,
+    /// Where the current request's body started.
+    body_start: u64,
 }
 
 impl Scanner {
@@ -231,7 +237,13 @@ impl Scanner {
             upgrade: false,
             chunk: Chunked::new(0),
             switching: false,
+            body_start: 0,
         }
+    }
+
+    /// Bytes of the current request's body read so far, while one is being read.
+    pub fn body_read(&self) -> Option<u64> {
+        matches!(self.state, State::Fixed(_) | State::Chunked).then(|| self.pos - self.body_start)
     }
 
     /// Offset (in bytes fed) where a request head that is not yet complete starts.
@@ -553,6 +565,8 @@ impl Scanner {
 
     fn head_done(&mut self) -> Result<(), Refusal> {
         self.head_start = None;
+        // Called on the head's last byte, before `pos` counts it.
+        self.body_start = self.pos + 1;
         let http10 = &self.version[..self.version_len] == b"HTTP/1.0";
         // CONNECT is no switch here: weir is no forward proxy and refuses it (405).
         self.switching = self.upgrade && !http10;
@@ -636,6 +650,21 @@ mod tests {
         let (_, b) = scan_bytewise(bytes);
         assert_eq!(a, b, "{:?}", String::from_utf8_lossy(bytes));
         a.expect_err("refused").status()
+    }
+
+    #[test]
+    fn counts_the_body_read_so_far() {
+        let mut s = Scanner::new(Limits::default());
+        let head = b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc";
+        s.feed(head).unwrap();
+        assert_eq!(s.body_read(), Some(3));
+        s.feed(b"defg").unwrap();
+        assert_eq!(s.body_read(), Some(7));
+        s.feed(b"hij").unwrap();
+        assert_eq!(s.body_read(), None);
+        s.feed(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab")
+            .unwrap();
+        assert_eq!(s.body_read(), Some(5));
     }
 
     #[test]

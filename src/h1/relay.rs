@@ -403,10 +403,10 @@ impl<'s> Exchange<'s> {
         write_all(up, &out, write_timeout)
             .await
             .map_err(upstream_fail)?;
-        let client_timeout = self.snapshot.defaults.request_header_timeout;
         while self.read < self.plan.body {
             out.clear();
-            let n = read_some(guarded, &mut out, Some(client_timeout))
+            // The guard holds the body to its pace (408 past it): no timer here.
+            let n = read_some(guarded, &mut out, None)
                 .await
                 .map_err(|_| Fail::Client)?;
             if n == 0 {

@@ -29,7 +29,7 @@ pub fn prepare<'s>(
     conn: &Conn,
 ) -> Option<Prepared<'s>> {
     let req = session.req_header();
-    if !session.is_body_empty() || req.method == http::Method::CONNECT {
+    if !super::enabled() || !session.is_body_empty() || req.method == http::Method::CONNECT {
         return None;
     }
     let host = request_host(req);

@@ -74,6 +74,7 @@ pub struct Ctx {
     status_retry: bool,
     /// Interim (1xx) responses the instance sent so far.
     interim: usize,
+
     /// Compresses the response body (`compression:`).
     encoder: Option<crate::compress::Encoder>,
     /// The copy of this request for the route's mirror, while it is filled.
@@ -173,7 +174,12 @@ impl ProxyHttp for Weir {
         } else if session.get_keepalive().is_some() {
             session.set_keepalive(Some(defaults.idle_timeout.as_secs().max(1)));
         }
-        session.set_read_timeout(Some(defaults.request_header_timeout));
+        // The guard holds HTTP/1 heads and bodies to their deadlines (408 past them);
+        // Pingora's own read timeout only backs it up.
+        let backstop = defaults
+            .request_header_timeout
+            .max(defaults.limits.framing.body.idle);
+        session.set_read_timeout(Some(backstop + std::time::Duration::from_secs(1)));
         ctx.local_port = port;
         if let Some(refused) = self.refuse_over_limits(session, snapshot, port).await {
             return refused;
@@ -254,11 +260,15 @@ impl ProxyHttp for Weir {
 
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if session.is_http2() {
+            let n = body.as_ref().map_or(0, |b| b.len() as u64);
+            Self::pace_stream(session, n, end_of_stream);
+        }
         if let Some(b) = body {
             if let Some(copy) = &mut ctx.mirror {
                 copy.add(b);

@@ -6,6 +6,7 @@ use super::{Ctx, Weir};
 use crate::accesslog::{self, AccessLog};
 use crate::answer;
 use crate::forward;
+use crate::framing::pace::Progress;
 use crate::metrics;
 use crate::mirror::MirrorTarget;
 use crate::retry::Failure;
@@ -39,6 +40,21 @@ impl Weir {
         let body = bytes::Bytes::from(format!("{}\n", refused.reason()));
         let answered = answer::text(session, refused.status(), body).await;
         Some(answered.map(|()| true))
+    }
+
+    /// `n` more bytes of an HTTP/2 request body, reported to the connection task that
+    /// holds the stream to its pace (HTTP/1 bodies are paced by the guard).
+    pub(super) fn pace_stream(session: &Session, n: u64, end: bool) {
+        let watched = session
+            .req_header()
+            .extensions
+            .get::<std::sync::Arc<Progress>>();
+        if let Some(progress) = watched {
+            progress.advance(n, std::time::Instant::now());
+            if end {
+                progress.finish();
+            }
+        }
     }
 
     pub(super) fn write_access_log(

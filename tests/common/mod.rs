@@ -5,6 +5,7 @@
 
 mod certs;
 mod client;
+mod h2raw;
 mod legs;
 mod metrics;
 mod ocsp;
@@ -15,6 +16,7 @@ mod upstream;
 
 pub use certs::*;
 pub use client::*;
+pub use h2raw::*;
 pub use legs::*;
 pub use metrics::*;
 pub use ocsp::*;

@@ -56,6 +56,9 @@ impl Builder<'_> {
         if let Some(n) = given.max_connections_per_client {
             out.per_client = n;
         }
+        if let Some(rate) = given.min_body_rate {
+            out.framing.body.min_rate = rate.0;
+        }
         out
     }
 

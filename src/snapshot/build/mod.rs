@@ -368,6 +368,7 @@ impl Builder<'_> {
             ("request_header", t.request_header),
             ("upstream_read", t.upstream_read),
             ("idle", t.idle),
+            ("client_body", t.client_body),
         ] {
             // Deadlines are instants: a bound keeps them representable.
             if value.0 > MAX_TIMEOUT {
@@ -388,7 +389,15 @@ impl Builder<'_> {
         if d.retries > 16 {
             self.main_error("defaults.retries", "retries must be 16 or fewer");
         }
-        let limits = self.client_limits("defaults.limits", ClientLimits::default(), &d.limits);
+        if t.client_body.0.is_zero() {
+            self.main_error(
+                "defaults.timeouts.client_body",
+                "client_body must be more than 0 (it bounds how long a body may stall)",
+            );
+        }
+        let mut base = ClientLimits::default();
+        base.framing.body.idle = t.client_body.0;
+        let limits = self.client_limits("defaults.limits", base, &d.limits);
         Defaults {
             limits,
             trusted_proxies: trusted,

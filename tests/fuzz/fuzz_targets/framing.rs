@@ -12,7 +12,7 @@ mod framing;
 use framing::{Limits, Scanner};
 
 fn run(bytes: &[u8], cuts: &[usize]) -> (Result<(), framing::Refusal>, Option<u64>, u64) {
-    let limits = Limits { header_bytes: 256, headers: 8, uri_bytes: 64 };
+    let limits = Limits { header_bytes: 256, headers: 8, uri_bytes: 64, ..Limits::default() };
     let mut s = Scanner::new(limits);
     let mut from = 0;
     for &cut in cuts.iter().chain(std::iter::once(&bytes.len())) {
