@@ -15,6 +15,10 @@ pub const X_FORWARDED_HOST: &str = "x-forwarded-host";
 pub const X_FORWARDED_PORT: &str = "x-forwarded-port";
 pub const X_REQUEST_ID: &str = "x-request-id";
 
+/// Response headers that describe the instance's connection to weir, not weir's to
+/// the client (RFC 9110 §7.6.1): no leg relays them; weir writes its own `Connection`.
+pub const RESPONSE_HOP_BY_HOP: [&str; 3] = ["connection", "keep-alive", "proxy-connection"];
+
 /// What the forwarding headers say about one request.
 pub struct Forwarding<'a> {
     pub client: Option<IpAddr>,

@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 
-fn start(trusted: &str) -> (Weir, Upstream, u16) {
+fn start(leg: Leg, trusted: &str) -> (Weir, Upstream, u16) {
     let port = free_port();
     let up = Upstream::start("up");
     let yaml = format!(
@@ -18,7 +18,7 @@ gateways:
 ",
         up.addr()
     );
-    (Weir::start(&yaml, &[port]), up, port)
+    (Weir::start_on(leg, &yaml, &[port]), up, port)
 }
 
 const SPOOFED: &[(&str, &str)] = &[
@@ -30,70 +30,79 @@ const SPOOFED: &[(&str, &str)] = &[
 
 #[test]
 fn untrusted_peer_values_are_replaced() {
-    let (_weir, up, port) = start("10.0.0.0/8");
-    let r = Client::connect(port).get("g.test:8080", "/p", SPOOFED);
-    assert_eq!(r.status, 200);
-    let seen = up.last();
-    assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
-    assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
-    assert_eq!(seen.header("x-forwarded-host"), Some("g.test:8080"));
-    assert_eq!(
-        seen.header("x-forwarded-port"),
-        Some(port.to_string().as_str())
-    );
-    let id = seen.header("x-request-id").expect("request id set");
-    assert_eq!(id.len(), 32);
-    assert_eq!(
-        seen.header("host"),
-        Some("g.test:8080"),
-        "Host passes unchanged"
-    );
+    for leg in Leg::BOTH {
+        eprintln!("leg: {leg:?}");
+        let (_weir, up, port) = start(leg, "10.0.0.0/8");
+        let r = Client::connect(port).get("g.test:8080", "/p", SPOOFED);
+        assert_eq!(r.status, 200);
+        let seen = up.last();
+        assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
+        assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
+        assert_eq!(seen.header("x-forwarded-host"), Some("g.test:8080"));
+        assert_eq!(
+            seen.header("x-forwarded-port"),
+            Some(port.to_string().as_str())
+        );
+        let id = seen.header("x-request-id").expect("request id set");
+        assert_eq!(id.len(), 32);
+        assert_eq!(
+            seen.header("host"),
+            Some("g.test:8080"),
+            "Host passes unchanged"
+        );
+    }
 }
 
 #[test]
 fn trusted_peer_values_are_kept_and_client_appended() {
-    let (_weir, up, port) = start("127.0.0.1/32");
-    let mut headers = SPOOFED.to_vec();
-    headers.push(("X-Request-Id", "req-42"));
-    Client::connect(port).get("g.test", "/", &headers);
-    let seen = up.last();
-    assert_eq!(
-        seen.header("x-forwarded-for"),
-        Some("203.0.113.9, 127.0.0.1")
-    );
-    assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
-    assert_eq!(seen.header("x-forwarded-host"), Some("spoofed.test"));
-    assert_eq!(seen.header("x-forwarded-port"), Some("443"));
-    assert_eq!(seen.header("x-request-id"), Some("req-42"));
+    for leg in Leg::BOTH {
+        eprintln!("leg: {leg:?}");
+        let (_weir, up, port) = start(leg, "127.0.0.1/32");
+        let mut headers = SPOOFED.to_vec();
+        headers.push(("X-Request-Id", "req-42"));
+        Client::connect(port).get("g.test", "/", &headers);
+        let seen = up.last();
+        assert_eq!(
+            seen.header("x-forwarded-for"),
+            Some("203.0.113.9, 127.0.0.1")
+        );
+        assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
+        assert_eq!(seen.header("x-forwarded-host"), Some("spoofed.test"));
+        assert_eq!(seen.header("x-forwarded-port"), Some("443"));
+        assert_eq!(seen.header("x-request-id"), Some("req-42"));
+    }
 }
 
 #[test]
 fn request_ids_are_unique_and_hop_by_hop_headers_dropped() {
-    let (_weir, up, port) = start("10.0.0.0/8");
-    let mut c = Client::connect(port);
-    for _ in 0..2 {
-        c.get(
-            "g.test",
-            "/",
-            &[
-                ("Connection", "keep-alive, X-Secret"),
-                ("X-Secret", "1"),
-                ("Keep-Alive", "timeout=5"),
-            ],
+    for leg in Leg::BOTH {
+        eprintln!("leg: {leg:?}");
+        let (_weir, up, port) = start(leg, "10.0.0.0/8");
+        let mut c = Client::connect(port);
+        for _ in 0..2 {
+            c.get(
+                "g.test",
+                "/",
+                &[
+                    ("Connection", "keep-alive, X-Secret"),
+                    ("X-Secret", "1"),
+                    ("Keep-Alive", "timeout=5"),
+                ],
+            );
+        }
+        let seen = up.seen();
+        assert_ne!(
+            seen[0].header("x-request-id"),
+            seen[1].header("x-request-id")
         );
-    }
-    let seen = up.seen();
-    assert_ne!(
-        seen[0].header("x-request-id"),
-        seen[1].header("x-request-id")
-    );
-    for s in &seen {
-        assert_eq!(
-            s.header("x-secret"),
-            None,
-            "connection-nominated header forwarded"
-        );
-        assert_eq!(s.header("keep-alive"), None);
+        for s in &seen {
+            assert_eq!(
+                s.header("x-secret"),
+                None,
+                "connection-nominated header forwarded"
+            );
+            assert_eq!(s.header("keep-alive"), None);
+        }
     }
 }
 
@@ -188,4 +197,28 @@ gateways:
     // Listeners without the option are unaffected.
     assert_eq!(get(plain, "g.test", "/").body, "up");
     assert_eq!(up.last().header("x-forwarded-for"), Some("127.0.0.1"));
+}
+
+/// The response carries one Date and one Connection, weir's, whatever the instance
+/// sent, on both legs (read as raw header lines: a duplicate would show).
+#[test]
+fn hop_by_hop_response_headers_are_weirs_and_not_doubled() {
+    for leg in Leg::BOTH {
+        let (_weir, up, port) = start(leg, "10.0.0.0/8");
+        up.reply.set_headers(&[
+            ("connection", "keep-alive"),
+            ("keep-alive", "timeout=5"),
+            ("x-two", "a"),
+            ("x-two", "b"),
+        ]);
+        let mut c = Client::connect(port);
+        for _ in 0..2 {
+            let r = c.get("g.test", "/", &[]);
+            assert_eq!(r.status, 200, "{leg:?}");
+            assert_eq!(r.all("date").count(), 1, "{leg:?}: {:?}", r.headers);
+            assert_eq!(r.all("connection").count(), 1, "{leg:?}: {:?}", r.headers);
+            assert_eq!(r.all("x-two").collect::<Vec<_>>(), ["a", "b"], "{leg:?}");
+            assert_eq!(r.header("keep-alive"), None, "{leg:?}: {:?}", r.headers);
+        }
+    }
 }

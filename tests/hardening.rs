@@ -14,6 +14,7 @@ use common::*;
 const OK_REQUEST: &[u8] = b"GET /fine HTTP/1.1\r\nHost: g.test\r\n\r\n";
 
 fn start_with(
+    leg: Leg,
     defaults: &str,
     gateway_extra: &str,
     answer: Answer,
@@ -33,11 +34,11 @@ gateways:
         http_listener(port),
         up.addr()
     );
-    (Weir::start(&yaml, &[port, admin]), up, port, admin)
+    (Weir::start_on(leg, &yaml, &[port, admin]), up, port, admin)
 }
 
-fn start() -> (Weir, RawUpstream, u16, u16) {
-    start_with("  retries: 0", "", Answer::Ok)
+fn start(leg: Leg) -> (Weir, RawUpstream, u16, u16) {
+    start_with(leg, "  retries: 0", "", Answer::Ok)
 }
 
 /// Sends `parts` (pausing between them), then reads until the connection closes or
@@ -95,50 +96,55 @@ fn still_serves(port: u16) {
 
 #[test]
 fn oversized_heads_get_431_or_414_before_anything_goes_upstream() {
-    let (_weir, up, port, admin) = start();
-    let big = format!(
-        "GET /big HTTP/1.1\r\nHost: g.test\r\nX-Big: {}\r\n\r\n",
-        "a".repeat(100_000)
-    );
-    assert_eq!(refused_with(port, big.as_bytes()), 431);
-    let line = format!(
-        "GET /line HTTP/1.1\r\nHost: g.test\r\nX-Line: {}\r\n\r\n",
-        "b".repeat(64 << 10)
-    );
-    assert_eq!(refused_with(port, line.as_bytes()), 431);
-    let many: String = (0..101).map(|i| format!("X-H{i}: v\r\n")).collect();
-    let many = format!("GET /many HTTP/1.1\r\nHost: g.test\r\n{many}\r\n");
-    assert_eq!(refused_with(port, many.as_bytes()), 431);
-    let uri = format!("GET /{} HTTP/1.1\r\nHost: g.test\r\n\r\n", "u".repeat(9000));
-    assert_eq!(refused_with(port, uri.as_bytes()), 414);
-    still_serves(port);
-    let got = up.received();
-    assert!(
-        !got.contains("/big") && !got.contains("/line") && !got.contains("/many"),
-        "{got}"
-    );
-    assert!(
-        !got.contains("uuuu"),
-        "a refused target reached the upstream"
-    );
-    let m = scrape(admin);
-    assert_eq!(
-        m.get("weir_requests_refused_total{code=\"431\",listener=\"http\"}"),
-        Some(&3.0),
-        "{m:?}"
-    );
-    assert_eq!(
-        m.get("weir_requests_refused_total{code=\"414\",listener=\"http\"}"),
-        Some(&1.0)
-    );
+    for leg in Leg::BOTH {
+        eprintln!("leg: {leg:?}");
+        let (_weir, up, port, admin) = start(leg);
+        let big = format!(
+            "GET /big HTTP/1.1\r\nHost: g.test\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(100_000)
+        );
+        assert_eq!(refused_with(port, big.as_bytes()), 431);
+        let line = format!(
+            "GET /line HTTP/1.1\r\nHost: g.test\r\nX-Line: {}\r\n\r\n",
+            "b".repeat(64 << 10)
+        );
+        assert_eq!(refused_with(port, line.as_bytes()), 431);
+        let many: String = (0..101).map(|i| format!("X-H{i}: v\r\n")).collect();
+        let many = format!("GET /many HTTP/1.1\r\nHost: g.test\r\n{many}\r\n");
+        assert_eq!(refused_with(port, many.as_bytes()), 431);
+        let uri = format!("GET /{} HTTP/1.1\r\nHost: g.test\r\n\r\n", "u".repeat(9000));
+        assert_eq!(refused_with(port, uri.as_bytes()), 414);
+        still_serves(port);
+        let got = up.received();
+        assert!(
+            !got.contains("/big") && !got.contains("/line") && !got.contains("/many"),
+            "{got}"
+        );
+        assert!(
+            !got.contains("uuuu"),
+            "a refused target reached the upstream"
+        );
+        let m = scrape(admin);
+        assert_eq!(
+            m.get("weir_requests_refused_total{code=\"431\",listener=\"http\"}"),
+            Some(&3.0),
+            "{m:?}"
+        );
+        assert_eq!(
+            m.get("weir_requests_refused_total{code=\"414\",listener=\"http\"}"),
+            Some(&1.0)
+        );
+    }
 }
 
 #[test]
 fn a_listener_can_set_its_own_limits() {
-    let port = free_port();
-    let up = RawUpstream::start(Answer::Ok);
-    let yaml = format!(
-        "listeners:
+    for leg in Leg::BOTH {
+        eprintln!("leg: {leg:?}");
+        let port = free_port();
+        let up = RawUpstream::start(Answer::Ok);
+        let yaml = format!(
+            "listeners:
   http: {{ bind: \"127.0.0.1:{port}\", limits: {{ max_headers: 3, max_uri_bytes: 64 }} }}
 defaults:
   limits: {{ max_request_header_bytes: 16KiB }}
@@ -147,208 +153,228 @@ gateways:
     virtual_hosts: [g.test]
     routes: {{ r: {{ instances: [\"{}\"] }} }}
 ",
-        up.addr()
-    );
-    let _weir = Weir::start(&yaml, &[port]);
-    let four = b"GET / HTTP/1.1\r\nHost: g.test\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n";
-    assert_eq!(refused_with(port, four), 431);
-    let long = format!("GET /{} HTTP/1.1\r\nHost: g.test\r\n\r\n", "x".repeat(64));
-    assert_eq!(refused_with(port, long.as_bytes()), 414);
-    let head = format!(
-        "GET / HTTP/1.1\r\nHost: g.test\r\nX: {}\r\n\r\n",
-        "y".repeat(17 << 10)
-    );
-    assert_eq!(refused_with(port, head.as_bytes()), 431);
-    still_serves(port);
+            up.addr()
+        );
+        let _weir = Weir::start_on(leg, &yaml, &[port]);
+        let four = b"GET / HTTP/1.1\r\nHost: g.test\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n";
+        assert_eq!(refused_with(port, four), 431);
+        let long = format!("GET /{} HTTP/1.1\r\nHost: g.test\r\n\r\n", "x".repeat(64));
+        assert_eq!(refused_with(port, long.as_bytes()), 414);
+        let head = format!(
+            "GET / HTTP/1.1\r\nHost: g.test\r\nX: {}\r\n\r\n",
+            "y".repeat(17 << 10)
+        );
+        assert_eq!(refused_with(port, head.as_bytes()), 431);
+        still_serves(port);
+    }
 }
 
 #[test]
 fn request_targets_must_be_one_clean_token() {
-    let (_weir, up, port, admin) = start();
-    for bad in [
-        &b"GET /a b HTTP/1.1\r\nHost: g.test\r\n\r\n"[..],
-        b"GET  /x HTTP/1.1\r\nHost: g.test\r\n\r\n",
-        b"GET /t\tab HTTP/1.1\r\nHost: g.test\r\n\r\n",
-        b"GET /ctl\x01 HTTP/1.1\r\nHost: g.test\r\n\r\n",
-        b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: g.test\r\n\r\n",
-        b"GET /del\x7f HTTP/1.1\r\nHost: g.test\r\n\r\n",
-    ] {
+    for leg in Leg::BOTH {
+        eprintln!("leg: {leg:?}");
+        let (_weir, up, port, admin) = start(leg);
+        for bad in [
+            &b"GET /a b HTTP/1.1\r\nHost: g.test\r\n\r\n"[..],
+            b"GET  /x HTTP/1.1\r\nHost: g.test\r\n\r\n",
+            b"GET /t\tab HTTP/1.1\r\nHost: g.test\r\n\r\n",
+            b"GET /ctl\x01 HTTP/1.1\r\nHost: g.test\r\n\r\n",
+            b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: g.test\r\n\r\n",
+            b"GET /del\x7f HTTP/1.1\r\nHost: g.test\r\n\r\n",
+        ] {
+            assert_eq!(
+                refused_with(port, bad),
+                400,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        still_serves(port);
+        let got = up.received();
         assert_eq!(
-            refused_with(port, bad),
-            400,
-            "{:?}",
-            String::from_utf8_lossy(bad)
+            got.matches("GET ").count(),
+            1,
+            "only the good request went upstream: {got}"
         );
+        assert_eq!(
+            scrape(admin).get("weir_requests_refused_total{code=\"400\",listener=\"http\"}"),
+            Some(&6.0)
+        );
+        // weir is no forward proxy.
+        let connect: &[u8] = b"CONNECT g.test:443 HTTP/1.1\r\nHost: g.test:443\r\n\r\n";
+        let (resp, _) = exchange(port, &[connect]);
+        assert_eq!(status_of(&resp), 405, "{resp}");
+        assert!(!resp.to_ascii_lowercase().contains("server:"), "{resp}");
+        assert!(!up.received().contains("CONNECT"));
     }
-    still_serves(port);
-    let got = up.received();
-    assert_eq!(
-        got.matches("GET ").count(),
-        1,
-        "only the good request went upstream: {got}"
-    );
-    assert_eq!(
-        scrape(admin).get("weir_requests_refused_total{code=\"400\",listener=\"http\"}"),
-        Some(&6.0)
-    );
-    // weir is no forward proxy.
-    let connect: &[u8] = b"CONNECT g.test:443 HTTP/1.1\r\nHost: g.test:443\r\n\r\n";
-    let (resp, _) = exchange(port, &[connect]);
-    assert_eq!(status_of(&resp), 405, "{resp}");
-    assert!(!resp.to_ascii_lowercase().contains("server:"), "{resp}");
-    assert!(!up.received().contains("CONNECT"));
 }
 
 #[test]
 fn a_bare_lf_in_a_chunk_line_is_refused_and_hides_no_request() {
-    let (_weir, up, port, _) = start();
-    let head: &[u8] =
-        b"POST /upload HTTP/1.1\r\nHost: g.test\r\nTransfer-Encoding: chunked\r\n\r\n";
-    // The tail in a second read: a parser that ends the extension at the LF would
-    // see a second request, /smuggled.
-    let first = [head, b"5;a=b\nhello\r\n0\r\n\r\n"].concat();
-    let tail: &[u8] = b"GET /smuggled HTTP/1.1\r\nHost: g.test\r\n\r\n";
-    let (resp, closed) = exchange(port, &[&first, tail]);
-    assert!(closed);
-    assert_eq!(status_of(&resp), 400, "{resp}");
-    assert_eq!(
-        resp.matches("HTTP/1.1").count(),
-        1,
-        "one answer only: {resp}"
-    );
-    // A CR inside the size line, and a size line split over two reads.
-    assert_eq!(
-        refused_with(port, &[head, b"5\r5\r\nhello\r\n0\r\n\r\n"].concat()),
-        400
-    );
-    // The bad byte in a later read than the head: the head has gone upstream (this
-    // one answers at once), the connection is cut at the bad byte.
-    let (resp, closed) = exchange(
-        port,
-        &[&[head, b"5;a=b"].concat(), b"\nhello\r\n0\r\n\r\n", tail],
-    );
-    assert!(closed);
-    assert!(resp.matches("HTTP/1.1").count() <= 1, "{resp}");
-    // A well-formed chunked body goes through whole.
-    let good = [head, b"5;a=b\r\nhello\r\n0\r\n\r\n"].concat();
-    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    c.write_all(&good).unwrap();
-    let mut buf = [0u8; 512];
-    let n = c.read(&mut buf).unwrap();
-    assert_eq!(status_of(&String::from_utf8_lossy(&buf[..n])), 200);
-    let got = up.received();
-    assert!(!got.contains("smuggled"), "{got}");
-    // The split case's head and the good request; the others never left weir.
-    assert_eq!(got.matches("POST /upload").count(), 2, "{got}");
-    // The upstream answered on seeing the head; the body follows.
-    assert!(within(Duration::from_secs(5), || up
-        .received()
-        .contains("hello")));
+    for leg in Leg::BOTH {
+        eprintln!("leg: {leg:?}");
+        let (_weir, up, port, _) = start(leg);
+        let head: &[u8] =
+            b"POST /upload HTTP/1.1\r\nHost: g.test\r\nTransfer-Encoding: chunked\r\n\r\n";
+        // The tail in a second read: a parser that ends the extension at the LF would
+        // see a second request, /smuggled.
+        let first = [head, b"5;a=b\nhello\r\n0\r\n\r\n"].concat();
+        let tail: &[u8] = b"GET /smuggled HTTP/1.1\r\nHost: g.test\r\n\r\n";
+        let (resp, closed) = exchange(port, &[&first, tail]);
+        assert!(closed);
+        assert_eq!(status_of(&resp), 400, "{resp}");
+        assert_eq!(
+            resp.matches("HTTP/1.1").count(),
+            1,
+            "one answer only: {resp}"
+        );
+        // A CR inside the size line, and a size line split over two reads.
+        assert_eq!(
+            refused_with(port, &[head, b"5\r5\r\nhello\r\n0\r\n\r\n"].concat()),
+            400
+        );
+        // The bad byte in a later read than the head: the head has gone upstream (this
+        // one answers at once), the connection is cut at the bad byte.
+        let (resp, closed) = exchange(
+            port,
+            &[&[head, b"5;a=b"].concat(), b"\nhello\r\n0\r\n\r\n", tail],
+        );
+        assert!(closed);
+        assert!(resp.matches("HTTP/1.1").count() <= 1, "{resp}");
+        // A well-formed chunked body goes through whole.
+        let good = [head, b"5;a=b\r\nhello\r\n0\r\n\r\n"].concat();
+        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.write_all(&good).unwrap();
+        let mut buf = [0u8; 512];
+        let n = c.read(&mut buf).unwrap();
+        assert_eq!(status_of(&String::from_utf8_lossy(&buf[..n])), 200);
+        let got = up.received();
+        assert!(!got.contains("smuggled"), "{got}");
+        // The split case's head and the good request; the others never left weir.
+        assert_eq!(got.matches("POST /upload").count(), 2, "{got}");
+        // The upstream answered on seeing the head; the body follows.
+        assert!(within(Duration::from_secs(5), || up
+            .received()
+            .contains("hello")));
+    }
 }
 
 #[test]
 fn framing_that_cannot_be_trusted_closes_the_connection() {
-    let (_weir, up, port, _) = start();
-    // Transfer-Encoding and Content-Length together: answered, then closed.
-    let both = b"POST /both HTTP/1.1\r\nHost: g.test\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
-    let (resp, closed) = exchange(port, &[both]);
-    assert_eq!(status_of(&resp), 200, "{resp}");
-    assert!(closed, "kept open after TE + CL: {resp}");
-    // HTTP/1.0 without keep-alive: no keep-alive promised, and closed.
-    let (resp, closed) = exchange(port, &[b"GET /ten HTTP/1.0\r\nHost: g.test\r\n\r\n"]);
-    assert_eq!(status_of(&resp), 200);
-    assert!(closed, "HTTP/1.0 kept open: {resp}");
-    assert!(!resp.to_ascii_lowercase().contains("keep-alive"), "{resp}");
-    // Identical Content-Length lines go upstream as one; differing ones are refused.
-    let twice = b"POST /twice HTTP/1.1\r\nHost: g.test\r\nContent-Length: 2\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi";
-    let (resp, _) = exchange(port, &[twice]);
-    assert_eq!(status_of(&resp), 200, "{resp}");
-    let differ = b"POST /differ HTTP/1.1\r\nHost: g.test\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nhi!";
-    assert_eq!(refused_with(port, differ), 400);
-    let got = up.received().to_ascii_lowercase();
-    let twice_req = &got[got.find("post /twice").expect("forwarded")..];
-    let twice_head = &twice_req[..twice_req.find("\r\n\r\n").unwrap()];
-    assert_eq!(
-        twice_head.matches("content-length").count(),
-        1,
-        "{twice_head}"
-    );
-    assert!(!got.contains("/differ"));
+    for leg in Leg::BOTH {
+        eprintln!("leg: {leg:?}");
+        let (_weir, up, port, _) = start(leg);
+        // Transfer-Encoding and Content-Length together: answered, then closed.
+        let both = b"POST /both HTTP/1.1\r\nHost: g.test\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        let (resp, closed) = exchange(port, &[both]);
+        assert_eq!(status_of(&resp), 200, "{resp}");
+        assert!(closed, "kept open after TE + CL: {resp}");
+        // HTTP/1.0 without keep-alive: no keep-alive promised, and closed.
+        let (resp, closed) = exchange(port, &[b"GET /ten HTTP/1.0\r\nHost: g.test\r\n\r\n"]);
+        assert_eq!(status_of(&resp), 200);
+        assert!(closed, "HTTP/1.0 kept open: {resp}");
+        assert!(!resp.to_ascii_lowercase().contains("keep-alive"), "{resp}");
+        // Identical Content-Length lines go upstream as one; differing ones are refused.
+        let twice = b"POST /twice HTTP/1.1\r\nHost: g.test\r\nContent-Length: 2\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi";
+        let (resp, _) = exchange(port, &[twice]);
+        assert_eq!(status_of(&resp), 200, "{resp}");
+        let differ = b"POST /differ HTTP/1.1\r\nHost: g.test\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nhi!";
+        assert_eq!(refused_with(port, differ), 400);
+        let got = up.received().to_ascii_lowercase();
+        let twice_req = &got[got.find("post /twice").expect("forwarded")..];
+        let twice_head = &twice_req[..twice_req.find("\r\n\r\n").unwrap()];
+        assert_eq!(
+            twice_head.matches("content-length").count(),
+            1,
+            "{twice_head}"
+        );
+        assert!(!got.contains("/differ"));
+    }
 }
 
 #[test]
 fn a_head_trickled_past_the_deadline_is_cut_while_others_are_served() {
-    let (weir, up, port, admin) = start_with("  timeouts: { request_header: 2s }", "", Answer::Ok);
-    let mut slow = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    slow.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    slow.write_all(b"GET /slow HTTP/1.1\r\nHost: g.test\r\n")
-        .unwrap();
-    // One header line a second: each read is well within any per-read timeout.
-    let mut sent = 0;
-    let mut cut = false;
-    for i in 0..12 {
-        thread::sleep(Duration::from_millis(500));
-        if i % 2 == 0 {
-            still_serves(port);
+    for leg in Leg::BOTH {
+        eprintln!("leg: {leg:?}");
+        let (weir, up, port, admin) =
+            start_with(leg, "  timeouts: { request_header: 2s }", "", Answer::Ok);
+        let mut slow = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        slow.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        slow.write_all(b"GET /slow HTTP/1.1\r\nHost: g.test\r\n")
+            .unwrap();
+        // One header line a second: each read is well within any per-read timeout.
+        let mut sent = 0;
+        let mut cut = false;
+        for i in 0..12 {
+            thread::sleep(Duration::from_millis(500));
+            if i % 2 == 0 {
+                still_serves(port);
+            }
+            if slow
+                .write_all(format!("X-Drip-{i}: 1\r\n").as_bytes())
+                .is_err()
+            {
+                cut = true;
+                break;
+            }
+            sent += 1;
         }
-        if slow
-            .write_all(format!("X-Drip-{i}: 1\r\n").as_bytes())
-            .is_err()
-        {
-            cut = true;
-            break;
-        }
-        sent += 1;
+        let (resp, closed) = read_to_close(&mut slow);
+        assert!(cut || closed, "still open after {sent} lines");
+        assert!(resp.is_empty() || status_of(&resp) == 408, "{resp}");
+        assert!(sent < 10, "the trickle went on for {sent} lines");
+        assert!(!up.received().contains("/slow"));
+        // The 408 may be lost to the client in the reset of a connection it still wrote
+        // to; weir answered and counted it.
+        assert_eq!(
+            scrape(admin).get("weir_requests_refused_total{code=\"408\",listener=\"http\"}"),
+            Some(&1.0)
+        );
+        // A client that connects and sends nothing is closed too.
+        let mut idle = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        idle.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let started = Instant::now();
+        let (_, closed) = read_to_close(&mut idle);
+        assert!(closed && started.elapsed() < Duration::from_secs(9));
+        drop(weir);
     }
-    let (resp, closed) = read_to_close(&mut slow);
-    assert!(cut || closed, "still open after {sent} lines");
-    assert!(resp.is_empty() || status_of(&resp) == 408, "{resp}");
-    assert!(sent < 10, "the trickle went on for {sent} lines");
-    assert!(!up.received().contains("/slow"));
-    // The 408 may be lost to the client in the reset of a connection it still wrote
-    // to; weir answered and counted it.
-    assert_eq!(
-        scrape(admin).get("weir_requests_refused_total{code=\"408\",listener=\"http\"}"),
-        Some(&1.0)
-    );
-    // A client that connects and sends nothing is closed too.
-    let mut idle = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    idle.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let started = Instant::now();
-    let (_, closed) = read_to_close(&mut idle);
-    assert!(closed && started.elapsed() < Duration::from_secs(9));
-    drop(weir);
 }
 
 #[test]
 fn upstream_silence_is_504_and_an_unasked_switch_is_502() {
-    let (_weir, _up, port, _) = start_with(
-        "  retries: 0\n  timeouts: { upstream_read: 1s }",
-        "",
-        Answer::Silent,
-    );
-    let (resp, _) = exchange(
-        port,
-        &[b"GET /wait HTTP/1.1\r\nHost: g.test\r\nConnection: close\r\n\r\n"],
-    );
-    assert_eq!(status_of(&resp), 504, "{resp}");
-    let (_w2, _up2, port2, _) = start_with("  retries: 0", "", Answer::SwitchProtocols);
-    let (resp, _) = exchange(
-        port2,
-        &[b"GET /plain HTTP/1.1\r\nHost: g.test\r\nConnection: close\r\n\r\n"],
-    );
-    assert_eq!(status_of(&resp), 502, "{resp}");
+    for leg in Leg::BOTH {
+        eprintln!("leg: {leg:?}");
+        let (_weir, _up, port, _) = start_with(
+            leg,
+            "  retries: 0\n  timeouts: { upstream_read: 1s }",
+            "",
+            Answer::Silent,
+        );
+        let (resp, _) = exchange(
+            port,
+            &[b"GET /wait HTTP/1.1\r\nHost: g.test\r\nConnection: close\r\n\r\n"],
+        );
+        assert_eq!(status_of(&resp), 504, "{resp}");
+        let (_w2, _up2, port2, _) = start_with(leg, "  retries: 0", "", Answer::SwitchProtocols);
+        let (resp, _) = exchange(
+            port2,
+            &[b"GET /plain HTTP/1.1\r\nHost: g.test\r\nConnection: close\r\n\r\n"],
+        );
+        assert_eq!(status_of(&resp), 502, "{resp}");
+    }
 }
 
 #[test]
 fn bodies_over_max_body_bytes_get_413() {
-    let port = free_port();
-    let up = RawUpstream::start(Answer::Ok);
-    let yaml = format!(
-        "{}gateways:
+    for leg in Leg::BOTH {
+        eprintln!("leg: {leg:?}");
+        let port = free_port();
+        let up = RawUpstream::start(Answer::Ok);
+        let yaml = format!(
+            "{}gateways:
   - name: g
     virtual_hosts: [g.test]
     max_body_bytes: 10
@@ -356,36 +382,37 @@ fn bodies_over_max_body_bytes_get_413() {
       small: {{ weight: 0%, condition: \"path prefix /small\", instances: [\"{up}\"] }}
       big: {{ weight: 100%, max_body_bytes: 1KiB, instances: [\"{up}\"] }}
 ",
-        http_listener(port),
-        up = up.addr()
-    );
-    let _weir = Weir::start(&yaml, &[port]);
-    let over = b"POST /small HTTP/1.1\r\nHost: g.test\r\nContent-Length: 11\r\n\r\nhello world";
-    let (resp, _) = exchange(port, &[over]);
-    assert_eq!(status_of(&resp), 413, "{resp}");
-    // The same length said twice, as a list: still one length, still too long.
-    let listed =
-        b"POST /small HTTP/1.1\r\nHost: g.test\r\nContent-Length: 11, 11\r\n\r\nhello world";
-    let (resp, _) = exchange(port, &[listed]);
-    assert_eq!(status_of(&resp), 413, "{resp}");
-    let fits = b"POST /big HTTP/1.1\r\nHost: g.test\r\nContent-Length: 11\r\nConnection: close\r\n\r\nhello world";
-    let (resp, _) = exchange(port, &[fits]);
-    assert_eq!(status_of(&resp), 200, "{resp}");
-    // Without a length, the body is cut off where it passes the limit.
-    let chunked = b"POST /small HTTP/1.1\r\nHost: g.test\r\nTransfer-Encoding: chunked\r\n\r\n8\r\n12345678\r\n8\r\n12345678\r\n0\r\n\r\n";
-    let (resp, closed) = exchange(port, &[chunked]);
-    assert!(closed);
-    assert!(resp.is_empty() || status_of(&resp) == 413, "{resp}");
-    let got = up.received();
-    assert!(got.contains("POST /big"));
-    assert!(
-        !got.contains("12345678\r\n8\r\n12345678"),
-        "the whole oversized body went upstream"
-    );
-    assert!(
-        !got.contains("Content-Length: 11\r\n\r\nhello world")
-            || got.matches("hello world").count() == 1
-    );
+            http_listener(port),
+            up = up.addr()
+        );
+        let _weir = Weir::start_on(leg, &yaml, &[port]);
+        let over = b"POST /small HTTP/1.1\r\nHost: g.test\r\nContent-Length: 11\r\n\r\nhello world";
+        let (resp, _) = exchange(port, &[over]);
+        assert_eq!(status_of(&resp), 413, "{resp}");
+        // The same length said twice, as a list: still one length, still too long.
+        let listed =
+            b"POST /small HTTP/1.1\r\nHost: g.test\r\nContent-Length: 11, 11\r\n\r\nhello world";
+        let (resp, _) = exchange(port, &[listed]);
+        assert_eq!(status_of(&resp), 413, "{resp}");
+        let fits = b"POST /big HTTP/1.1\r\nHost: g.test\r\nContent-Length: 11\r\nConnection: close\r\n\r\nhello world";
+        let (resp, _) = exchange(port, &[fits]);
+        assert_eq!(status_of(&resp), 200, "{resp}");
+        // Without a length, the body is cut off where it passes the limit.
+        let chunked = b"POST /small HTTP/1.1\r\nHost: g.test\r\nTransfer-Encoding: chunked\r\n\r\n8\r\n12345678\r\n8\r\n12345678\r\n0\r\n\r\n";
+        let (resp, closed) = exchange(port, &[chunked]);
+        assert!(closed);
+        assert!(resp.is_empty() || status_of(&resp) == 413, "{resp}");
+        let got = up.received();
+        assert!(got.contains("POST /big"));
+        assert!(
+            !got.contains("12345678\r\n8\r\n12345678"),
+            "the whole oversized body went upstream"
+        );
+        assert!(
+            !got.contains("Content-Length: 11\r\n\r\nhello world")
+                || got.matches("hello world").count() == 1
+        );
+    }
 }
 
 #[test]
@@ -540,12 +567,14 @@ fn a_client_waiting_on_a_full_listener_past_the_head_deadline_is_closed_and_coun
 
 #[test]
 fn clients_hanging_up_are_counted_not_logged_as_errors() {
-    let port = free_port();
-    let tls = free_port();
-    let admin = free_port();
-    let up = RawUpstream::start(Answer::Silent);
-    let yaml = format!(
-        "listeners:
+    for leg in Leg::BOTH {
+        eprintln!("leg: {leg:?}");
+        let port = free_port();
+        let tls = free_port();
+        let admin = free_port();
+        let up = RawUpstream::start(Answer::Silent);
+        let yaml = format!(
+            "listeners:
   http: {{ bind: \"127.0.0.1:{port}\" }}
   https: {{ bind: \"127.0.0.1:{tls}\", tls: {{ self_signed: [g.test], default_certificate: 0 }} }}
 admin: {{ bind: \"127.0.0.1:{admin}\" }}
@@ -555,46 +584,47 @@ gateways:
     virtual_hosts: [g.test]
     routes: {{ r: {{ instances: [\"{}\"] }} }}
 ",
-        up.addr()
-    );
-    let weir = Weir::start(&yaml, &[port, tls, admin]);
-    for _ in 0..20 {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.write_all(b"GET /gone HTTP/1.1\r\nHost: g.test\r\n\r\n")
-            .unwrap();
-        thread::sleep(Duration::from_millis(20));
-        let _ = s.shutdown(Shutdown::Both);
-    }
-    for _ in 0..20 {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let _ = s.write_all(b"GET /half HTTP/1.1\r\nHost: g");
-    }
-    // HTTP/2 clients that give up on their streams (several streams a connection).
-    for _ in 0..5 {
-        let url = format!("https://g.test:{tls}/h2");
-        let resolve = format!("g.test:{tls}:127.0.0.1");
-        let out = std::process::Command::new("curl")
-            .args(["-sk", "--http2", "--max-time", "0.5", "--resolve", &resolve])
-            .args(["-Z", &url, &url, &url])
-            .output()
-            .expect("run curl");
-        assert!(!out.status.success(), "the upstream never answers");
-    }
-    assert!(
-        within(Duration::from_secs(10), || {
+            up.addr()
+        );
+        let weir = Weir::start_on(leg, &yaml, &[port, tls, admin]);
+        for _ in 0..20 {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.write_all(b"GET /gone HTTP/1.1\r\nHost: g.test\r\n\r\n")
+                .unwrap();
+            thread::sleep(Duration::from_millis(20));
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        for _ in 0..20 {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let _ = s.write_all(b"GET /half HTTP/1.1\r\nHost: g");
+        }
+        // HTTP/2 clients that give up on their streams (several streams a connection).
+        for _ in 0..5 {
+            let url = format!("https://g.test:{tls}/h2");
+            let resolve = format!("g.test:{tls}:127.0.0.1");
+            let out = std::process::Command::new("curl")
+                .args(["-sk", "--http2", "--max-time", "0.5", "--resolve", &resolve])
+                .args(["-Z", &url, &url, &url])
+                .output()
+                .expect("run curl");
+            assert!(!out.status.success(), "the upstream never answers");
+        }
+        assert!(
+            within(Duration::from_secs(10), || {
+                scrape(admin)
+                    .get("weir_client_aborts_total")
+                    .is_some_and(|v| *v >= 30.0)
+            }),
+            "{:?}",
             scrape(admin)
-                .get("weir_client_aborts_total")
-                .is_some_and(|v| *v >= 30.0)
-        }),
-        "{:?}",
-        scrape(admin)
-    );
-    let log = weir.log();
-    assert!(!log.contains("ERROR"), "{log}");
-    assert!(
-        up.received().contains("GET /h2"),
-        "the HTTP/2 requests reached the upstream"
-    );
+        );
+        let log = weir.log();
+        assert!(!log.contains("ERROR"), "{log}");
+        assert!(
+            up.received().contains("GET /h2"),
+            "the HTTP/2 requests reached the upstream"
+        );
+    }
 }
 
 fn rate_yaml(port: u16, admin: u16, up: &str, requests: u32, extra: &str) -> String {
@@ -689,7 +719,7 @@ fn rss_kib(pid: u32) -> u64 {
 #[test]
 fn idle_connections_cost_little_and_their_memory_comes_back() {
     const N: u64 = 800;
-    let (weir, _up, port, _) = start();
+    let (weir, _up, port, _) = start(Leg::Weir);
     still_serves(port);
     let base = rss_kib(weir.pid());
     let conns: Vec<TcpStream> = (0..N)
@@ -732,27 +762,30 @@ fn idle_connections_cost_little_and_their_memory_comes_back() {
 
 #[test]
 fn an_upgrade_request_answered_without_a_switch_keeps_its_connection_serving() {
-    let port = free_port();
-    let yaml = format!(
-        "{}gateways:
+    for leg in Leg::BOTH {
+        eprintln!("leg: {leg:?}");
+        let port = free_port();
+        let yaml = format!(
+            "{}gateways:
   - name: g
     virtual_hosts: [g.test]
     routes: {{ r: {{ respond: {{ status: 200, body: hi }} }} }}
 ",
-        http_listener(port)
-    );
-    let _weir = Weir::start(&yaml, &[port]);
-    let mut c = Client::connect(port);
-    // The bytes after an upgrade request are read once its answer is known: here
-    // a 200, so the connection stays HTTP/1.
-    c.send_raw(
-        b"GET /ws HTTP/1.1\r\nHost: g.test\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
-    );
-    assert_eq!(c.read_response(false).status, 200);
-    let started = Instant::now();
-    assert_eq!(c.get("g.test", "/next", &[]).status, 200);
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "the next request waited"
-    );
+            http_listener(port)
+        );
+        let _weir = Weir::start_on(leg, &yaml, &[port]);
+        let mut c = Client::connect(port);
+        // The bytes after an upgrade request are read once its answer is known: here
+        // a 200, so the connection stays HTTP/1.
+        c.send_raw(
+            b"GET /ws HTTP/1.1\r\nHost: g.test\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+        );
+        assert_eq!(c.read_response(false).status, 200);
+        let started = Instant::now();
+        assert_eq!(c.get("g.test", "/next", &[]).status, 200);
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the next request waited"
+        );
+    }
 }

@@ -11,13 +11,14 @@ use common::*;
 
 #[test]
 fn header_rules_set_add_and_remove_on_requests_and_responses() {
-    let port = free_port();
+    let (port, admin) = (free_port(), free_port());
     let up = Upstream::start("up");
     up.reply
         .set_headers(&[("server", "upstream/1.0"), ("x-internal", "secret")]);
     let yaml = |env: &str| {
         format!(
-            "{}gateways:
+            "{}admin: {{ bind: \"127.0.0.1:{admin}\" }}
+gateways:
   - name: g
     virtual_hosts: [h.test]
     request_headers: {{ set: {{ x-env: {env} }}, remove: [x-debug] }}
@@ -38,7 +39,7 @@ fn header_rules_set_add_and_remove_on_requests_and_responses() {
             up.addr()
         )
     };
-    let weir = Weir::start(&yaml("prod"), &[port]);
+    let weir = Weir::start(&yaml("prod"), &[port, admin]);
     let mut c = Client::connect(port);
     let r = c.get(
         "h.test",
@@ -79,6 +80,7 @@ fn header_rules_set_add_and_remove_on_requests_and_responses() {
         up.last().header("x-env") == Some("staging")
     }));
     let bad = yaml("staging").replace("x-env: staging", "content-length: '3'");
+    let refused = refused_reloads(admin);
     std::fs::write(&weir.config, &bad).unwrap();
     let out = weir_cmd(&["check", "-c", path_str(&weir.config)]);
     let text = String::from_utf8_lossy(&out.stderr);
@@ -87,7 +89,7 @@ fn header_rules_set_add_and_remove_on_requests_and_responses() {
             && text.contains("request_headers.set: \"content-length\" cannot be set or removed"),
         "{text}"
     );
-    std::thread::sleep(Duration::from_millis(500));
+    wait_refused_reload(admin, refused);
     get(port, "h.test", "/api/z");
     assert_eq!(up.last().header("x-env"), Some("staging"));
     assert_eq!(up.last().header("content-length"), None);
@@ -232,19 +234,21 @@ fn timeouts_per_route_retry_slow_instances_and_bound_the_whole_request() {
 
 #[test]
 fn an_idempotent_request_reset_before_any_response_byte_is_retried_by_default() {
-    let (port, admin) = (free_port(), free_port());
-    let reset = RawUpstream::start(Answer::Reset);
-    let good = Upstream::start("good");
-    let yaml = one_route(port, admin, &[reset.addr(), good.addr()], "");
-    let _weir = Weir::start(&yaml, &[port, admin]);
-    for _ in 0..10 {
-        let r = request(port, "GET");
-        assert_eq!((r.status, r.body.as_str()), (200, "good"));
+    for leg in Leg::BOTH {
+        let (port, admin) = (free_port(), free_port());
+        let reset = RawUpstream::start(Answer::Reset);
+        let good = Upstream::start("good");
+        let yaml = one_route(port, admin, &[reset.addr(), good.addr()], "");
+        let _weir = Weir::start_on(leg, &yaml, &[port, admin]);
+        for _ in 0..10 {
+            let r = request(port, "GET");
+            assert_eq!((r.status, r.body.as_str()), (200, "good"), "{leg:?}");
+        }
+        assert!(reset.received().matches("GET / ").count() >= 3, "{leg:?}");
+        // A POST may have had effects: it is not sent again.
+        let statuses: Vec<u16> = (0..6).map(|_| request(port, "POST").status).collect();
+        assert!(statuses.contains(&502), "{leg:?}: {statuses:?}");
     }
-    assert!(reset.received().matches("GET / ").count() >= 3);
-    // A POST may have had effects: it is not sent again.
-    let statuses: Vec<u16> = (0..6).map(|_| request(port, "POST").status).collect();
-    assert!(statuses.contains(&502), "{statuses:?}");
 }
 
 fn instance_health(admin: u16) -> Vec<String> {
@@ -327,11 +331,12 @@ fn basic(user_pass: &str) -> String {
 
 #[test]
 fn basic_auth_challenges_checks_bcrypt_users_and_reloads_the_file() {
-    let port = free_port();
+    let (port, admin) = (free_port(), free_port());
     let up = Upstream::start("up");
     let line = |user: &str, pass: &str| format!("{user}:{}\n", bcrypt::hash(pass, 4).unwrap());
     let yaml = format!(
-        "{}gateways:
+        "{}admin: {{ bind: \"127.0.0.1:{admin}\" }}
+gateways:
   - name: g
     virtual_hosts: [h.test]
     basic_auth: {{ users_file: users.htpasswd }}
@@ -358,7 +363,7 @@ fn basic_auth_challenges_checks_bcrypt_users_and_reloads_the_file() {
     ]);
     let users = dir.path().join("users.htpasswd");
     let cfg = dir.path().join("weir.yaml");
-    let weir = Weir::start_in(dir, cfg, &[port]);
+    let weir = Weir::start_in(dir, cfg, &[port, admin]);
     let ask = |path: &str, auth: Option<&str>| {
         let headers: Vec<(&str, &str)> = auth.map(|a| ("authorization", a)).into_iter().collect();
         Client::connect(port).get("h.test", path, &headers)
@@ -394,6 +399,7 @@ fn basic_auth_challenges_checks_bcrypt_users_and_reloads_the_file() {
     .status
         == 200));
     assert_eq!(ask("/", Some(&basic("alice:wonder"))).status, 401);
+    let refused = refused_reloads(admin);
     std::fs::write(&users, "carol:$apr1$x$y\n").unwrap();
     let out = weir_cmd(&["check", "-c", path_str(&weir.config)]);
     let text = String::from_utf8_lossy(&out.stderr);
@@ -401,7 +407,7 @@ fn basic_auth_challenges_checks_bcrypt_users_and_reloads_the_file() {
         text.contains("users.htpasswd: line 1: user \"carol\": only bcrypt hashes"),
         "{text}"
     );
-    std::thread::sleep(Duration::from_millis(500));
+    wait_refused_reload(admin, refused);
     assert_eq!(ask("/", Some(&basic("carol:singer"))).status, 200);
 }
 

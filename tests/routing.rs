@@ -250,46 +250,50 @@ fn chaining_is_in_process() {
 
 #[test]
 fn connect_failure_retries_other_instance() {
-    let port = free_port();
-    let live = Upstream::start("live");
-    let yaml = format!(
-        "{}gateways:
+    for leg in Leg::BOTH {
+        let port = free_port();
+        let live = Upstream::start("live");
+        let yaml = format!(
+            "{}gateways:
   - name: g
     virtual_hosts: [g.test]
     routes:
       r: {{ instances: [\"127.0.0.1:{}\", \"{}\"] }}
 ",
-        http_listener(port),
-        dead_port(),
-        live.addr()
-    );
-    let _weir = Weir::start(&yaml, &[port]);
-    let counts = tally(port, "g.test", 20);
-    assert_eq!(counts.get("live"), Some(&20), "{counts:?}");
+            http_listener(port),
+            dead_port(),
+            live.addr()
+        );
+        let _weir = Weir::start_on(leg, &yaml, &[port]);
+        let counts = tally(port, "g.test", 20);
+        assert_eq!(counts.get("live"), Some(&20), "{leg:?}: {counts:?}");
+    }
 }
 
 #[test]
 fn no_retry_budget_gives_502() {
-    let port = free_port();
-    let live = Upstream::start("live");
-    let yaml = format!(
-        "{}defaults: {{ retries: 0 }}
+    for leg in Leg::BOTH {
+        let port = free_port();
+        let live = Upstream::start("live");
+        let yaml = format!(
+            "{}defaults: {{ retries: 0 }}
 gateways:
   - name: g
     virtual_hosts: [g.test]
     routes:
       r: {{ instances: [\"127.0.0.1:{}\", \"{}\"] }}
 ",
-        http_listener(port),
-        dead_port(),
-        live.addr()
-    );
-    let _weir = Weir::start(&yaml, &[port]);
-    // The first request meets the dead instance and, without a retry, fails; the failed
-    // connect marks the instance down, so the rest go to the live one.
-    let statuses: Vec<u16> = (0..4).map(|_| get(port, "g.test", "/").status).collect();
-    assert_eq!(statuses, vec![502, 200, 200, 200]);
-    assert_eq!(live.count(), 3);
+            http_listener(port),
+            dead_port(),
+            live.addr()
+        );
+        let _weir = Weir::start_on(leg, &yaml, &[port]);
+        // The first request meets the dead instance and, without a retry, fails; the
+        // failed connect marks the instance down, so the rest go to the live one.
+        let statuses: Vec<u16> = (0..4).map(|_| get(port, "g.test", "/").status).collect();
+        assert_eq!(statuses, vec![502, 200, 200, 200], "{leg:?}");
+        assert_eq!(live.count(), 3, "{leg:?}");
+    }
 }
 
 #[test]
@@ -456,10 +460,11 @@ fn websocket_upgrade_passes_through() {
 
 #[test]
 fn allow_and_deny_lists_admit_clients_by_address_and_reload_live() {
-    let port = free_port();
+    let (port, admin) = (free_port(), free_port());
     let yaml = |allow: &str| {
         format!(
-            "{}gateways:
+            "{}admin: {{ bind: \"127.0.0.1:{admin}\" }}
+gateways:
   - name: inner
     virtual_hosts: [inner.test]
     allow: [{allow}]
@@ -472,7 +477,7 @@ fn allow_and_deny_lists_admit_clients_by_address_and_reload_live() {
             http_listener(port)
         )
     };
-    let weir = Weir::start(&yaml("127.0.0.2/32"), &[port]);
+    let weir = Weir::start(&yaml("127.0.0.2/32"), &[port, admin]);
     let from = |source: &str, host: &str| Client::connect_from(source, port).get(host, "/", &[]);
     assert_eq!(from("127.0.0.2", "inner.test").body, "inner");
     let refused = from("127.0.0.1", "inner.test");
@@ -491,6 +496,7 @@ fn allow_and_deny_lists_admit_clients_by_address_and_reload_live() {
     )
     .status
         == 200));
+    let refused = refused_reloads(admin);
     std::fs::write(&weir.config, yaml("127.0.0.300")).unwrap();
     let out = weir_cmd(&["check", "-c", path_str(&weir.config)]);
     let text = String::from_utf8_lossy(&out.stderr);
@@ -498,10 +504,6 @@ fn allow_and_deny_lists_admit_clients_by_address_and_reload_live() {
         text.contains("allow: invalid CIDR \"127.0.0.300\""),
         "{text}"
     );
-    thread_sleep_ms(500);
+    wait_refused_reload(admin, refused);
     assert_eq!(from("127.0.0.1", "inner.test").status, 200);
-}
-
-fn thread_sleep_ms(ms: u64) {
-    std::thread::sleep(Duration::from_millis(ms));
 }

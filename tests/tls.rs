@@ -465,7 +465,7 @@ fn redirect_to_https_and_hsts() {
         "{text} {status}"
     );
     assert!(
-        !acme.headers.contains_key("strict-transport-security"),
+        acme.header("strict-transport-security").is_none(),
         "no HSTS over plain HTTP"
     );
 }

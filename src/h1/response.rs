@@ -233,8 +233,9 @@ pub(super) fn client_head(
     out.extend_from_slice(b"\r\n");
     for h in resp.headers.iter() {
         let name = h.name;
-        let dropped = ["connection", "keep-alive", "date", "proxy-connection"]
+        let dropped = crate::forward::RESPONSE_HOP_BY_HOP
             .iter()
+            .chain(&["date"])
             .any(|n| name.eq_ignore_ascii_case(n))
             || (hsts.is_some() && name.eq_ignore_ascii_case("strict-transport-security"));
         if !dropped {

@@ -439,6 +439,13 @@ impl ProxyHttp for Weir {
         response: &mut pingora::http::ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if response.status != http::StatusCode::SWITCHING_PROTOCOLS {
+            // Pingora writes its own Connection; the instance's other hop-by-hop
+            // headers end here too.
+            for name in &crate::forward::RESPONSE_HOP_BY_HOP[1..] {
+                response.remove_header(*name);
+            }
+        }
         gateway_headers(session, ctx, response);
         let Some(snapshot) = &ctx.snapshot else {
             return Ok(());

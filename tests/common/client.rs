@@ -10,15 +10,29 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 pub struct Response {
     pub status: u16,
-    pub headers: HashMap<String, String>,
+    /// Header lines as they came, in order, names lower-cased (a repeated header is
+    /// seen as often as it was sent).
+    pub headers: Vec<(String, String)>,
     pub body: String,
     /// The body as it came (for binary bodies).
     pub bytes: Vec<u8>,
 }
 
 impl Response {
+    /// The first value of `name`.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).map(|s| s.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of `name`, in order.
+    pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers
+            .iter()
+            .filter(move |(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -92,7 +106,7 @@ impl Client {
             .nth(1)
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| panic!("bad status line {line:?}"));
-        let mut headers = HashMap::new();
+        let mut headers = Vec::new();
         loop {
             let mut h = String::new();
             self.reader.read_line(&mut h).expect("read header");
@@ -101,17 +115,15 @@ impl Client {
                 break;
             }
             let (k, v) = h.split_once(':').expect("header line");
-            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
         }
         let mut body = Vec::new();
         if !head {
-            if let Some(len) = headers.get("content-length") {
+            let get = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v);
+            if let Some(len) = get("content-length") {
                 body.resize(len.parse().unwrap(), 0);
                 self.reader.read_exact(&mut body).expect("read body");
-            } else if headers
-                .get("transfer-encoding")
-                .is_some_and(|v| v.contains("chunked"))
-            {
+            } else if get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
                 body = self.read_chunked();
             } else {
                 self.reader

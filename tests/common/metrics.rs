@@ -44,3 +44,20 @@ pub fn api(port: u16, method: &str, path: &str, token: Option<&str>, body: &str)
     c.send_raw(req.as_bytes());
     c.read_response(method == "HEAD")
 }
+
+/// How many configs weir has refused (`weir_config_reloads_total{result="error"}`).
+pub fn refused_reloads(admin: u16) -> f64 {
+    scrape(admin)
+        .get("weir_config_reloads_total{result=\"error\"}")
+        .copied()
+        .unwrap_or(0.0)
+}
+
+/// Waits until weir has refused a config more than `before`: what runs after this saw
+/// the refusal happen, and still serves the config it had.
+pub fn wait_refused_reload(admin: u16, before: f64) {
+    assert!(
+        super::within(std::time::Duration::from_secs(10), || refused_reloads(admin) > before),
+        "weir never refused the config (weir_config_reloads_total{{result=\"error\"}} stayed {before})"
+    );
+}
