@@ -64,6 +64,8 @@ pub struct Guarded {
     /// The pace a request body must keep, and the current body's progress.
     pace: BodyPace,
     pacing: Option<Pacing>,
+    /// The read under way only checks that the client is still there.
+    probing: bool,
 }
 
 impl Guarded {
@@ -81,6 +83,7 @@ impl Guarded {
             scan: Scanner::new(limits),
             pace: limits.body,
             pacing: None,
+            probing: false,
             held: Vec::new(),
             ready: Vec::new(),
             ready_pos: 0,
@@ -249,13 +252,27 @@ impl Guarded {
     /// kept, so no read is wasted), a refusal to answer, or the end of the stream
     /// (false).
     pub async fn readable(&mut self) -> bool {
+        self.wait_readable(false).await
+    }
+
+    /// `readable`, asked while a response is still being written (is the client still
+    /// there?): a refused request queued behind the current one is not answered yet,
+    /// and counts as nothing to read.
+    pub async fn still_there(&mut self) -> bool {
+        self.wait_readable(true).await
+    }
+
+    async fn wait_readable(&mut self, probe: bool) -> bool {
         std::future::poll_fn(|cx| {
-            if self.ready_pos < self.ready.len() || self.pending.is_some() {
+            if self.ready_pos < self.ready.len() || (self.pending.is_some() && !probe) {
                 return Poll::Ready(true);
             }
+            self.probing = probe;
             let mut chunk = [0u8; 2048];
             let mut buf = ReadBuf::new(&mut chunk);
-            match Pin::new(&mut *self).poll_read(cx, &mut buf) {
+            let polled = Pin::new(&mut *self).poll_read(cx, &mut buf);
+            self.probing = false;
+            match polled {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(Err(_)) => Poll::Ready(false),
                 Poll::Ready(Ok(())) if buf.filled().is_empty() => {
@@ -363,6 +380,13 @@ impl AsyncRead for Guarded {
                 this.take_ready(buf);
                 return Poll::Ready(Ok(()));
             }
+            if this.pending.is_some() && (this.probing || buf.remaining() <= 1) {
+                // The response to the request before the refused one is still being
+                // written, and whoever writes it only probes whether the client is
+                // there (Pingora's probe reads one byte; weir's leg says `probing`):
+                // the refusal waits for the read of the next request.
+                return Poll::Pending;
+            }
             if let Some(r) = this.pending.take() {
                 // The exchange before the refused request is over (Pingora reads the
                 // next request only then).
@@ -395,19 +419,29 @@ impl AsyncRead for Guarded {
                 this.new_request();
             }
             if let Err(r) = this.scan.feed(&buf.filled()[before..]) {
-                // What came before the refused request's head still goes on; the
-                // refusal follows it.
+                // What came before the refused request's head (a head held from
+                // earlier reads first) still goes on; the refusal follows it.
                 let keep = match this.scan.head_start() {
-                    Some(h) if h > start && this.held.is_empty() => (h - start) as usize,
+                    Some(h) if h > start => (h - start) as usize,
                     _ => 0,
                 };
-                buf.set_filled(before + keep);
-                this.held.clear();
                 this.deadline = None;
                 if keep > 0 {
                     this.pending = Some(r);
+                    if this.held.is_empty() {
+                        buf.set_filled(before + keep);
+                    } else {
+                        this.ready.extend_from_slice(&this.held);
+                        this.ready
+                            .extend_from_slice(&buf.filled()[before..before + keep]);
+                        this.held.clear();
+                        buf.set_filled(before);
+                        this.take_ready(buf);
+                    }
                     return Poll::Ready(Ok(()));
                 }
+                buf.set_filled(before);
+                this.held.clear();
                 this.refuse(r.status(), r.reason());
                 continue;
             }

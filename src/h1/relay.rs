@@ -600,7 +600,7 @@ async fn answer(guarded: &mut Guarded, status: u16) -> Outcome {
 /// has been slow for `WATCH_AFTER`: a prompt response costs no read of the client.
 async fn client_left(guarded: &mut Guarded) -> bool {
     tokio::time::sleep(WATCH_AFTER).await;
-    !guarded.readable().await
+    !guarded.still_there().await
 }
 
 fn upstream_fail(e: io::Error) -> Fail {
