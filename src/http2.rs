@@ -112,6 +112,7 @@ pub async fn serve<A>(
                 malformed += 1;
                 if malformed > MAX_MALFORMED {
                     log::debug!("HTTP/2: over {MAX_MALFORMED} malformed streams, closing");
+                    elsewhere.count_error("malformed");
                     return;
                 }
             }
@@ -119,6 +120,9 @@ pub async fn serve<A>(
             Ok(None) => break,
             Err(e) => {
                 log::debug!("HTTP/2: {e}");
+                if is_client_fault(&e) {
+                    elsewhere.count_error("protocol");
+                }
                 break;
             }
         }
@@ -153,6 +157,12 @@ struct Elsewhere {
 }
 
 impl Elsewhere {
+    fn count_error(&self, reason: &str) {
+        if let Some(label) = &self.label {
+            crate::metrics::http2_error(label, reason);
+        }
+    }
+
     fn open(&self) -> usize {
         self.open.load(Ordering::Acquire)
     }
@@ -196,6 +206,17 @@ impl Elsewhere {
             }
         });
     }
+}
+
+/// Whether the connection ended on an HTTP/2 error the server raised against what
+/// the client sent (h2 answers such floods and protocol errors with GOAWAY), rather than
+/// a client that just went away.
+fn is_client_fault(e: &pingora::Error) -> bool {
+    let h2 = e
+        .root_cause()
+        .downcast_ref::<h2::Error>()
+        .filter(|h2| h2.is_go_away() && !h2.is_remote());
+    h2.is_some_and(|h2| h2.reason() != Some(h2::Reason::NO_ERROR))
 }
 
 /// Resolves once a body is past its pace's deadline; never once it is all read.

@@ -45,6 +45,7 @@ pub struct Metrics {
     pub connections_active: IntGaugeVec,
     pub tls_handshake_errors: IntCounterVec,
     pub(crate) requests_refused: IntCounterVec,
+    http2_errors: IntCounterVec,
     pub(crate) connections_refused: IntCounterVec,
     pub(crate) rate_limited: IntCounterVec,
     pub(crate) retries: IntCounterVec,
@@ -219,6 +220,12 @@ impl Metrics {
                 "Failed TLS handshakes.",
                 &["listener"],
             ),
+            http2_errors: counter(
+                &r,
+                "weir_http2_connection_errors_total",
+                "HTTP/2 connections closed for what the client sent, by reason (protocol: a protocol error or a flood of resets or CONTINUATION frames, answered with GOAWAY; malformed: too many malformed streams).",
+                &["listener", "reason"],
+            ),
             requests_refused: counter(
                 &r,
                 "weir_requests_refused_total",
@@ -373,6 +380,14 @@ pub fn request_refused(listener: &str, status: u16) {
     metrics()
         .requests_refused
         .with_label_values(&[listener, &status.to_string()])
+        .inc();
+}
+
+/// Counts an HTTP/2 connection closed for what its client sent (a refusal path).
+pub fn http2_error(listener: &str, reason: &str) {
+    metrics()
+        .http2_errors
+        .with_label_values(&[listener, reason])
         .inc();
 }
 
