@@ -583,3 +583,120 @@ impl Peek for Guarded {
         Ok(false)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::framing::pace::BodyPace;
+    use futures_util::FutureExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A guarded server side and the raw client side of one loopback connection.
+    async fn guarded(limits: Limits) -> (Guarded, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (client, server) = tokio::join!(TcpStream::connect(addr), l.accept());
+        let inner: Stream = Box::new(pingora::protocols::l4::stream::Stream::from(
+            server.unwrap().0,
+        ));
+        let g = Guarded::new(inner, limits, Duration::from_secs(5), Instant::now(), None);
+        (g, client.unwrap())
+    }
+
+    async fn read_some(g: &mut Guarded, size: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; size];
+        let n = g.read(&mut buf).await.unwrap();
+        buf.truncate(n);
+        buf
+    }
+
+    /// What the client side reads until weir closes.
+    async fn answer(client: &mut TcpStream) -> String {
+        let mut out = Vec::new();
+        client.read_to_end(&mut out).await.unwrap();
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    const GOOD: &[u8] = b"GET /a HTTP/1.1\r\nHost: g\r\n\r\n";
+
+    #[tokio::test]
+    async fn a_complete_head_passes_whole() {
+        let (mut g, mut client) = guarded(Limits::default()).await;
+        client.write_all(GOOD).await.unwrap();
+        assert_eq!(read_some(&mut g, 4096).await, GOOD);
+    }
+
+    #[tokio::test]
+    async fn a_head_split_over_reads_is_held_until_complete() {
+        let (mut g, mut client) = guarded(Limits::default()).await;
+        client.write_all(&GOOD[..5]).await.unwrap();
+        let reading = tokio::spawn(async move {
+            let got = read_some(&mut g, 4096).await;
+            (g, got)
+        });
+        tokio::task::yield_now().await;
+        client.write_all(&GOOD[5..]).await.unwrap();
+        let (_g, got) = reading.await.unwrap();
+        assert_eq!(got, GOOD, "nothing of the head before all of it");
+    }
+
+    #[tokio::test]
+    async fn a_refused_head_is_answered_and_never_handed_on() {
+        let (mut g, mut client) = guarded(Limits::default()).await;
+        client
+            .write_all(b"GET /a\x01 HTTP/1.1\r\nHost: g\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(
+            read_some(&mut g, 4096).await.is_empty(),
+            "the end of the stream"
+        );
+        drop(g);
+        let text = answer(&mut client).await;
+        assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{text}");
+        assert!(text.contains("connection: close"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_refusal_behind_a_good_request_waits_for_the_next_read() {
+        let (mut g, mut client) = guarded(Limits::default()).await;
+        let bad: &[u8] = b"GET /b\x01 HTTP/1.1\r\nHost: g\r\n\r\n";
+        client.write_all(&[GOOD, bad].concat()).await.unwrap();
+        assert_eq!(read_some(&mut g, 4096).await, GOOD);
+        // A one-byte probe (is the client there?) while the first is answered: nothing.
+        let mut one = [0u8; 1];
+        let probe = tokio::time::timeout(Duration::from_millis(50), g.read(&mut one)).await;
+        assert!(probe.is_err(), "the probe got {probe:?}");
+        assert!(g.still_there().now_or_never().is_none());
+        g.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        // The read of the next request: the refusal, after the first answer.
+        assert!(read_some(&mut g, 4096).await.is_empty());
+        drop(g);
+        let text = answer(&mut client).await;
+        assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+        assert!(text.contains("\r\n\r\nHTTP/1.1 400 "), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_stalled_body_gets_408() {
+        let limits = Limits {
+            body: BodyPace {
+                idle: Duration::from_millis(100),
+                min_rate: 0,
+            },
+            ..Limits::default()
+        };
+        let (mut g, mut client) = guarded(limits).await;
+        let head: &[u8] = b"POST /up HTTP/1.1\r\nHost: g\r\nContent-Length: 10\r\n\r\nab";
+        client.write_all(head).await.unwrap();
+        assert_eq!(read_some(&mut g, 4096).await, head);
+        // Nothing more comes: the next read ends once the body's deadline passes.
+        assert!(read_some(&mut g, 4096).await.is_empty());
+        drop(g);
+        let text = answer(&mut client).await;
+        assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
+    }
+}

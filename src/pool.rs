@@ -78,8 +78,106 @@ impl Idle {
 }
 
 /// An idle connection with nothing to read is open; one that reads end of stream, an
-/// error, or bytes nobody asked for is not.
+/// error, or bytes nobody asked for is not. Asked of the socket itself (a peek that
+/// does not wait), not of the runtime's readiness flags, which may not have caught up
+/// with bytes that arrived a moment ago.
 fn is_open(stream: &TcpStream) -> bool {
+    use std::os::fd::AsRawFd;
     let mut one = [0u8; 1];
-    matches!(stream.try_read(&mut one), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    // SAFETY: a valid, open socket of `stream`, and a one-byte buffer that outlives
+    // the call.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            one.as_mut_ptr().cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    /// A connected pair on loopback: (weir's side, the instance's side).
+    async fn pair(listener: &TcpListener) -> (TcpStream, TcpStream) {
+        let addr = listener.local_addr().unwrap();
+        let (ours, theirs) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (ours.unwrap(), theirs.unwrap().0)
+    }
+
+    async fn listener() -> TcpListener {
+        TcpListener::bind("127.0.0.1:0").await.unwrap()
+    }
+
+    const LONG: Duration = Duration::from_secs(60);
+
+    #[tokio::test]
+    async fn a_quiet_open_connection_is_taken_again() {
+        let l = listener().await;
+        let (ours, _theirs) = pair(&l).await;
+        let port = ours.local_addr().unwrap().port();
+        let idle = Idle::default();
+        idle.give(ours);
+        let back = idle.take(LONG).expect("kept");
+        assert_eq!(back.local_addr().unwrap().port(), port);
+        assert!(idle.take(LONG).is_none(), "taken once");
+    }
+
+    #[tokio::test]
+    async fn bytes_nobody_asked_for_or_a_close_discard_it() {
+        let l = listener().await;
+        let idle = Idle::default();
+        // The instance wrote after its response: those bytes are nobody's answer.
+        let (ours, mut late) = pair(&l).await;
+        idle.give(ours);
+        late.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+        // The instance closed it while idle.
+        let (ours, closed) = pair(&l).await;
+        idle.give(ours);
+        drop(closed);
+        // Both are checked however fresh they are, and before the runtime has polled
+        // for what arrived (loopback delivers at once).
+        assert!(idle.take(LONG).is_none());
+        // A quiet one given after them is still taken.
+        let (ours, _quiet) = pair(&l).await;
+        idle.give(ours);
+        assert!(idle.take(LONG).is_some());
+    }
+
+    #[tokio::test]
+    async fn too_old_connections_are_dropped_and_swept() {
+        let l = listener().await;
+        let idle = Idle::default();
+        let (a, _ka) = pair(&l).await;
+        let (b, _kb) = pair(&l).await;
+        idle.give(a);
+        idle.give(b);
+        assert!(idle.take(Duration::ZERO).is_none(), "older than max_idle");
+        let (c, _kc) = pair(&l).await;
+        idle.give(c);
+        idle.sweep(Duration::ZERO);
+        assert!(idle.take(LONG).is_none(), "swept");
+    }
+
+    #[tokio::test]
+    async fn at_most_per_instance_are_kept() {
+        let l = listener().await;
+        let idle = Idle::default();
+        let mut theirs = Vec::new();
+        for _ in 0..PER_INSTANCE + 3 {
+            let (ours, t) = pair(&l).await;
+            theirs.push(t);
+            idle.give(ours);
+        }
+        let mut taken = 0;
+        while idle.take(LONG).is_some() {
+            taken += 1;
+        }
+        assert_eq!(taken, PER_INSTANCE);
+    }
 }

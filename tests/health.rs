@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::thread;
 use std::time::Duration;
 
 use common::*;
@@ -19,11 +18,12 @@ fn errors(s: &[u16]) -> usize {
 
 #[test]
 fn active_check_takes_a_killed_instance_out() {
-    let port = free_port();
+    let (port, admin) = (free_port(), free_port());
     let (a, b) = (Upstream::start("a"), Upstream::start("b"));
     // No retries: only the active check can keep clients away from the dead instance.
     let yaml = format!(
         "listeners: {{ http: {{ bind: \"127.0.0.1:{port}\" }} }}
+admin: {{ bind: \"127.0.0.1:{admin}\" }}
 defaults: {{ retries: 0 }}
 gateways:
   - name: g
@@ -36,7 +36,7 @@ gateways:
         a.addr(),
         b.addr()
     );
-    let _weir = Weir::start(&yaml, &[port]);
+    let _weir = Weir::start(&yaml, &[port, admin]);
     assert_eq!(errors(&statuses(port, 20)), 0);
     let probed = || {
         a.seen()
@@ -47,9 +47,17 @@ gateways:
         within(Duration::from_secs(2), probed),
         "active probes reach the instance"
     );
+    let a_addr = a.addr();
     let a_port = a.kill();
-    // interval × failures + 1 s
-    thread::sleep(Duration::from_millis(200 * 2 + 1000));
+    // Taken out once its checks fail: wait for weir to say so, not for a guess of when.
+    let healthy =
+        format!("weir_instance_healthy{{gateway=\"g\",route=\"r\",upstream=\"{a_addr}\"}}");
+    assert!(
+        within(Duration::from_secs(10), || scrape(admin).get(&healthy)
+            == Some(&0.0)),
+        "{:?}",
+        scrape(admin)
+    );
     let after = statuses(port, 200);
     assert_eq!(errors(&after), 0, "{after:?}");
     assert!(b.seen().iter().filter(|s| s.target == "/").count() >= 200);

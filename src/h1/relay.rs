@@ -37,6 +37,19 @@ enum Fail {
     Client,
 }
 
+impl Fail {
+    /// The status the client is answered with, and the upstream error kind counted;
+    /// None when the client left (nothing to answer).
+    fn answer(&self) -> Option<(u16, &'static str)> {
+        match self {
+            Fail::Client => None,
+            Fail::Timeout => Some((504, "timeout")),
+            Fail::Reset(_) => Some((502, "closed")),
+            Fail::Bad(_) => Some((502, "other")),
+        }
+    }
+}
+
 /// How opening an upstream connection went.
 pub(super) enum Opened {
     Up,
@@ -367,14 +380,11 @@ impl<'s> Exchange<'s> {
 
     /// The status a failure is answered with; counted as an upstream error.
     fn count_failure(&mut self, fail: Fail) -> u16 {
-        let (status, kind) = match fail {
-            Fail::Client => return 0,
-            Fail::Timeout => (504, "timeout"),
-            Fail::Reset(_) => (502, "closed"),
-            Fail::Bad(why) => {
-                log::debug!("{}: {why}", self.upstream.name);
-                (502, "other")
-            }
+        if let Fail::Bad(why) = &fail {
+            log::debug!("{}: {why}", self.upstream.name);
+        }
+        let Some((status, kind)) = fail.answer() else {
+            return 0;
         };
         self.upstream_error(kind);
         self.status = status;
@@ -613,4 +623,38 @@ fn upstream_fail(e: io::Error) -> Fail {
 fn empty_headers() -> &'static http::HeaderMap {
     static EMPTY: std::sync::OnceLock<http::HeaderMap> = std::sync::OnceLock::new();
     EMPTY.get_or_init(http::HeaderMap::new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_failure_has_its_status_and_kind() {
+        assert_eq!(Fail::Timeout.answer(), Some((504, "timeout")));
+        let reset = Fail::Reset(io::ErrorKind::ConnectionReset.into());
+        assert_eq!(reset.answer(), Some((502, "closed")));
+        assert_eq!(
+            Fail::Bad("invalid response head").answer(),
+            Some((502, "other"))
+        );
+        assert_eq!(Fail::Client.answer(), None);
+    }
+
+    #[test]
+    fn a_write_that_times_out_is_a_timeout_and_any_other_a_reset() {
+        let timed_out = upstream_fail(io::ErrorKind::TimedOut.into());
+        assert!(matches!(timed_out, Fail::Timeout));
+        let broken = upstream_fail(io::ErrorKind::BrokenPipe.into());
+        assert!(matches!(broken, Fail::Reset(_)));
+        // A reset before any byte of the response may be tried again; a timeout not.
+        assert_eq!(broken.answer(), Some((502, "closed")));
+    }
+
+    #[test]
+    fn only_a_served_exchange_keeps_the_connection() {
+        assert!(Outcome::Next.is_next());
+        assert!(!Outcome::Close.is_next());
+        assert!(!Outcome::Pingora.is_next());
+    }
 }
