@@ -42,9 +42,9 @@ enum Command {
     Healthcheck(AdminArgs),
     /// Replace the running weir (started with --master) by the binary now on disk, with
     /// no failed request; wait for the outcome.
-    Upgrade(ControlArgs),
+    Upgrade(MasterArgs),
     /// Show the master's PID and its workers.
-    Status(ControlArgs),
+    Status(MasterArgs),
     /// Move gateway files into and out of the config store (`config_source: etcd`).
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -89,11 +89,19 @@ struct ControlArgs {
 }
 
 impl ControlArgs {
-    fn path(&self) -> PathBuf {
-        self.control_socket
-            .clone()
-            .unwrap_or_else(crate::master::default_control)
+    /// The socket given, else the one `config` names, else the default.
+    fn path(&self, config: &std::path::Path) -> PathBuf {
+        crate::control::control_of(config, self.control_socket.clone())
     }
+}
+
+/// `upgrade` and `status`: the master is found as `run --master` placed it.
+#[derive(Debug, clap::Args)]
+struct MasterArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    #[command(flatten)]
+    control: ControlArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -211,8 +219,9 @@ fn admin_command(
     report(outcome)
 }
 
-fn master_command(args: &ControlArgs, command: &str, wait: Duration) -> i32 {
-    report(crate::control::ask_master(&args.path(), command, wait))
+fn master_command(args: &MasterArgs, command: &str, wait: Duration) -> i32 {
+    let control = args.control.path(&args.config.path());
+    report(crate::control::ask_master(&control, command, wait))
 }
 
 fn report(outcome: Result<String, String>) -> i32 {
@@ -316,7 +325,7 @@ fn run(args: &RunArgs) -> i32 {
     init_logging(args.log_format);
     if args.master {
         let places = crate::master::Places {
-            control: args.control.path(),
+            control: args.control.path(&args.config.path()),
         };
         return crate::master::run(&args.config.path(), places);
     }

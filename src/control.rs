@@ -5,7 +5,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// A reload reads files and may resolve names: it gets longer than a probe.
@@ -26,6 +26,28 @@ pub struct AdminTarget {
 /// Finds the admin listener from `admin:` in the main config file. It reads only that
 /// key, leniently, so that it works when the rest of the file is what a reload would
 /// refuse.
+/// The master's control socket for `config`: `given` (`--control-socket`), else the
+/// file's `control_socket:` (relative to the file), else the default. A file that cannot
+/// be read or parsed now names none: the default is asked, as a master started from it
+/// would have used.
+pub fn control_of(config: &Path, given: Option<PathBuf>) -> PathBuf {
+    if let Some(path) = given {
+        return path;
+    }
+    let text = std::fs::File::open(config).and_then(|f| {
+        let mut s = String::new();
+        f.take(MAX_CONFIG).read_to_string(&mut s).map(|_| s)
+    });
+    let named = text
+        .ok()
+        .and_then(|t| serde_yaml::from_str::<serde_yaml::Value>(&t).ok())
+        .and_then(|doc| doc.get("control_socket")?.as_str().map(PathBuf::from));
+    match named {
+        Some(path) => config.parent().unwrap_or(Path::new(".")).join(path),
+        None => crate::master::default_control(),
+    }
+}
+
 pub fn admin_of(config: &Path, given: Option<SocketAddr>) -> Result<AdminTarget, String> {
     let shown = config.display();
     let text = std::fs::File::open(config).and_then(|f| {

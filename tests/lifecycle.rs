@@ -510,3 +510,55 @@ fn master_replaces_a_worker_that_dies() {
         "{log}"
     );
 }
+
+/// `upgrade` and `status` find the master's control socket from the config, as `reload`
+/// finds the admin listener: `-c FILE` (or FILE) and its `control_socket:`.
+#[test]
+fn upgrade_and_status_find_the_control_socket_from_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = free_port();
+    let config = dir.path().join("weir.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "control_socket: run/ctl.sock
+defaults: {{ shutdown: {{ drain: 0s, grace: 5s }} }}
+listeners: {{ http: {{ bind: \"127.0.0.1:{http}\" }} }}
+gateways:
+  - name: g
+    virtual_hosts: [g.test]
+    routes: {{ r: {{ respond: {{ status: 200, body: ok }} }} }}
+"
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("run")).unwrap();
+    let cfg = path_str(&config).to_string();
+    let weir = Weir::spawn(
+        tempfile::tempdir().unwrap(),
+        config.clone(),
+        &[("--master", "")],
+        &[http],
+    );
+    let status = || text(&weir_with(&["status", "-c", &cfg], &[]));
+    assert!(
+        within(Duration::from_secs(20), || status().contains("Serving")),
+        "{}",
+        weir.log()
+    );
+    assert!(dir.path().join("run/ctl.sock").exists());
+    assert!(
+        status().contains(&format!("master {} ", weir.pid())),
+        "{}",
+        status()
+    );
+    let out = weir_with(&["upgrade", "-c", &cfg], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("serves (worker"), "{}", text(&out));
+    // The file as a bare argument, as `reload FILE` takes it.
+    assert!(text(&weir_with(&["status", &cfg], &[])).contains("Serving"));
+    assert_eq!(get(http, "g.test", "/").body, "ok");
+    // Without the config, the default socket is asked: this master is not there.
+    let elsewhere = weir_with(&["status", "-c", "/nonexistent/weir.yaml"], &[]);
+    assert!(!text(&elsewhere).contains(&format!("master {} ", weir.pid())));
+}
