@@ -153,6 +153,18 @@ impl Diagnostics {
     pub fn iter(&self) -> impl Iterator<Item = &Diagnostic> {
         self.0.iter()
     }
+
+    /// The same, each file named relative to `base` where it lies under it (what an API
+    /// client is told: not the machine's layout).
+    pub fn relative_to(&self, base: &Path) -> Diagnostics {
+        let mut out = self.clone();
+        for d in &mut out.0 {
+            if let Ok(rel) = d.file.strip_prefix(base) {
+                d.file = rel.to_path_buf();
+            }
+        }
+        out
+    }
 }
 
 impl fmt::Display for Diagnostics {

@@ -262,11 +262,32 @@ fn api_acts_on_gateways_not_files() {
             &body,
         );
         assert_eq!(r.status, 409, "{method} {name}: {}", r.body);
-        assert!(r.body.contains("multi.yaml"), "{}", r.body);
+        // Named relative to the config directory, not by the machine's layout.
+        assert!(r.body.contains("gateways.d/multi.yaml"), "{}", r.body);
+        assert!(!r.body.contains(&root.display().to_string()), "{}", r.body);
     }
     let r = api(admin, "DELETE", "/api/v1/gateways/main", Some(TOKEN), "");
     assert_eq!(r.status, 409, "{}", r.body);
     assert!(r.body.contains("weir.yaml"), "{}", r.body);
+    assert!(!r.body.contains(&root.display().to_string()), "{}", r.body);
+    // A name that is not a valid name is refused for what it is, before it names a file.
+    for bad in ["../evil", ".hidden", "a/b", ""] {
+        let r = api(
+            admin,
+            "POST",
+            "/api/v1/gateways",
+            Some(TOKEN),
+            &respond_gateway(bad, "x"),
+        );
+        assert_eq!(r.status, 400, "{bad:?}: {}", r.body);
+        assert!(
+            r.body.contains("invalid gateway name")
+                && r.body.contains("^[A-Za-z0-9][A-Za-z0-9._:-]*$"),
+            "{bad:?}: {}",
+            r.body
+        );
+    }
+    assert!(!root.join("evil.yaml").exists() && !root.join("gateways.d/.hidden.yaml").exists());
     // Nothing was lost.
     assert_eq!(std::fs::read_to_string(&multi).unwrap(), before);
     assert_eq!(get(port, "m1.test", "/").body, "one");

@@ -208,16 +208,20 @@ fn perform_in_store(
 
 fn perform(reloader: &Reloader, op: &Op, body: &[u8], peer: &str) -> Result<Reply, Reply> {
     let started = Instant::now();
+    let dir = reloader.path.parent().unwrap_or(Path::new("."));
     let loaded = load(&reloader.path).map_err(|d| {
         message(
             StatusCode::CONFLICT,
-            format!("the config on disk does not load, fix it first: {d}"),
+            format!(
+                "the config on disk does not load, fix it first: {}",
+                d.relative_to(dir)
+            ),
         )
     })?;
     let plan = plan(&loaded, op, body, None)?;
     let next = loaded
         .with_file(&plan.file, plan.text.as_deref())
-        .map_err(|d| message(StatusCode::BAD_REQUEST, d.to_string()))?;
+        .map_err(|d| message(StatusCode::BAD_REQUEST, d.relative_to(dir).to_string()))?;
     // The file is written after the build succeeded and before the swap: a write that
     // fails leaves the running config as it was.
     let failed_write = RefCell::new(None);
@@ -231,7 +235,7 @@ fn perform(reloader: &Reloader, op: &Op, body: &[u8], peer: &str) -> Result<Repl
     if let Err(d) = result {
         return Err(match failed_write.into_inner() {
             Some(e) => message(StatusCode::INTERNAL_SERVER_ERROR, e),
-            None => message(StatusCode::BAD_REQUEST, d.to_string()),
+            None => message(StatusCode::BAD_REQUEST, d.relative_to(dir).to_string()),
         });
     }
     audit(peer, op, &plan, "");
@@ -262,6 +266,17 @@ fn plan(loaded: &Loaded, op: &Op, body: &[u8], store: Option<&Settings>) -> Resu
     match op {
         Op::Create => {
             let g = parse_body(body)?;
+            if !crate::config::units::valid_name(&g.name) {
+                // It would name a file or a store key: refused before anything else.
+                return Err(message(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "invalid gateway name {:?}: must match {}",
+                        g.name,
+                        crate::config::units::NAME_PATTERN
+                    ),
+                ));
+            }
             if loaded.config.gateways.iter().any(|o| o.name == g.name) {
                 return Err(message(
                     StatusCode::CONFLICT,
@@ -291,7 +306,7 @@ fn plan(loaded: &Loaded, op: &Op, body: &[u8], store: Option<&Settings>) -> Resu
                     StatusCode::CONFLICT,
                     format!(
                         "{} exists and holds other gateways: edit that file",
-                        file.display()
+                        shown(loaded, &file)
                     ),
                 ));
             }
@@ -370,7 +385,7 @@ fn own_file<'a>(
                 StatusCode::CONFLICT,
                 format!(
                     "gateway {name:?} is defined in {} on this machine; the API writes the gateways in the config store only: edit that file",
-                    g.source.display()
+                    shown(loaded, &g.source)
                 ),
             )),
         };
@@ -380,7 +395,7 @@ fn own_file<'a>(
             StatusCode::CONFLICT,
             format!(
                 "gateway {name:?} is defined in the main config file {}: edit that file",
-                loaded.main.display()
+                shown(loaded, &loaded.main)
             ),
         ));
     }
@@ -396,11 +411,20 @@ fn own_file<'a>(
             StatusCode::CONFLICT,
             format!(
                 "gateway {name:?} shares {} with {others} other gateway(s): edit that file",
-                g.source.display()
+                shown(loaded, &g.source)
             ),
         ));
     }
     Ok((g, g.source.clone()))
+}
+
+/// A file as an API answer names it: relative to the config directory (a client of
+/// the API need not learn the machine's layout), or as it is when outside it.
+fn shown(loaded: &Loaded, path: &Path) -> String {
+    path.strip_prefix(&loaded.base_dir)
+        .unwrap_or(path)
+        .display()
+        .to_string()
 }
 
 /// A body holding exactly one gateway (YAML or JSON), bounded like a file.

@@ -82,6 +82,17 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size {text:?} is too large"))
 }
 
+/// What a gateway's or listener's name may be: it names files, store keys and metric
+/// labels, so no path separators and nothing that starts with a dot.
+pub const NAME_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9._:-]*$";
+
+/// Whether `name` matches `NAME_PATTERN`.
+pub fn valid_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    matches!(bytes.next(), Some(b) if b.is_ascii_alphanumeric())
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+}
+
 /// A size in bytes, written `512`, `16KiB` or `8MiB` in the config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ByteSize(pub u64);

@@ -23,6 +23,7 @@ use super::{
 };
 use crate::access::Access;
 use crate::config::load::Loaded;
+use crate::config::units::{valid_name, NAME_PATTERN};
 use crate::config::{Config, GatewayConfig, PortKind};
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::metrics::RouteMetrics;
@@ -234,12 +235,6 @@ fn locate(diags: &mut Diagnostics, loaded: &Loaded) {
     });
 }
 
-fn valid_name(name: &str) -> bool {
-    let mut bytes = name.bytes();
-    matches!(bytes.next(), Some(b) if b.is_ascii_alphanumeric())
-        && bytes.all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
-}
-
 /// The longest timeout weir takes.
 const MAX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 /// A CIDR, or one address as a /32 or /128.
@@ -339,7 +334,7 @@ impl Builder<'_> {
             self.error(
                 gw,
                 scope,
-                "invalid gateway name: must match ^[A-Za-z0-9][A-Za-z0-9._:-]*$",
+                format!("invalid gateway name: must match {NAME_PATTERN}"),
             );
         }
         if gw.routes.is_empty() {
