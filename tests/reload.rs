@@ -262,3 +262,65 @@ gateways: [ {{ name: g, virtual_hosts: [g.test], routes: {{ r: {{ respond: {{ st
     // Until then, the bound port keeps serving the listener of that name.
     assert_eq!(get(port, "g.test", "/").status, 200);
 }
+
+/// An include directory that does not exist at start is watched for: made later (and
+/// nested), removed, and made again, its files apply as any other change, and a bad
+/// file in it is refused where the refusal shows.
+#[test]
+fn an_include_directory_made_after_start_is_watched() {
+    let (port, admin) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    std::fs::write(
+        root.join("weir.yaml"),
+        format!(
+            "listeners: {{ http: {{ bind: \"127.0.0.1:{port}\" }} }}
+admin: {{ bind: \"127.0.0.1:{admin}\" }}
+include: [gateways.d/*.yaml, deep/er/*.yaml]
+gateways:
+  - name: main
+    virtual_hosts: [main.test]
+    routes: {{ r: {{ respond: {{ status: 200, body: main }} }} }}
+"
+        ),
+    )
+    .unwrap();
+    let _weir = Weir::start_in(dir, root.join("weir.yaml"), &[port, admin]);
+    let gateway = |name: &str| {
+        format!("name: {name}\nvirtual_hosts: [{name}.test]\nroutes: {{ r: {{ respond: {{ status: 200, body: {name} }} }} }}\n")
+    };
+    let serves = |host: &str, body: &str| {
+        within(Duration::from_secs(10), || {
+            let r = get(port, host, "/");
+            r.status == 200 && r.body == body
+        })
+    };
+    assert_eq!(get(port, "new.test", "/").status, 404);
+    let d = root.join("gateways.d");
+    for round in 0..2 {
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(d.join("new.yaml"), gateway("new")).unwrap();
+        assert!(
+            serves("new.test", "new"),
+            "round {round}: the new directory's gateway"
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+        assert!(
+            within(Duration::from_secs(10), || get(port, "new.test", "/")
+                .status
+                == 404),
+            "round {round}: the removed directory's gateway is gone"
+        );
+    }
+    // Two levels made at once.
+    std::fs::create_dir_all(root.join("deep/er")).unwrap();
+    std::fs::write(root.join("deep/er/deep.yaml"), gateway("deep")).unwrap();
+    assert!(serves("deep.test", "deep"));
+    // A file weir must refuse, in a directory made after start: refused, counted.
+    let refused = refused_reloads(admin);
+    std::fs::create_dir(&d).unwrap();
+    std::fs::write(d.join("bad.yaml"), "name: bad\nroutes: [\n").unwrap();
+    wait_refused_reload(admin, refused);
+    assert_eq!(get(port, "main.test", "/").body, "main");
+    assert_eq!(get(port, "deep.test", "/").body, "deep");
+}

@@ -56,6 +56,9 @@ pub struct Loaded {
     /// The include globs, resolved against `base_dir`: a new file matching one is part
     /// of the config.
     pub includes: Vec<glob::Pattern>,
+    /// Where each include glob's matches start (its part before the first wildcard),
+    /// made or not: a directory made there later is a change to the config.
+    pub include_roots: Vec<PathBuf>,
     /// Directories whose entries can change the config.
     pub watch_dirs: Vec<PathBuf>,
     /// Certificate, key and htpasswd files, by resolved path: content, or why it cannot
@@ -371,6 +374,7 @@ pub fn load_from_str(main: &Path, text: &str) -> Result<Loaded, Diagnostics> {
         }],
         main: main.to_path_buf(),
         includes: Vec::new(),
+        include_roots: Vec::new(),
         watch_dirs: vec![base_dir.clone()],
         blobs: BTreeMap::new(),
         tokens_readable: HashSet::new(),
@@ -441,6 +445,12 @@ fn read_includes(
             errors.push(Diagnostic::new(&main, format!("include {pattern:?}: {e}")));
         }
         loaded.watch_dirs.extend(walk.dirs);
+        // A root not made yet is watched for from its nearest existing ancestor.
+        let (root, _) = glob_base(&full);
+        loaded
+            .watch_dirs
+            .extend(root.ancestors().find(|a| a.is_dir()).map(PathBuf::from));
+        loaded.include_roots.push(root);
         loaded.includes.push(compiled);
         for file in walk.files {
             let canonical = std::fs::canonicalize(&file).unwrap_or_else(|_| file.clone());

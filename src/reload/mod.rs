@@ -11,16 +11,14 @@
 //! directory (a Kubernetes ConfigMap's `..data`); anything else written in the same
 //! directories is ignored.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use notify::{EventKind, RecursiveMode, Watcher};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
@@ -34,11 +32,9 @@ use crate::startup::Startup;
 use crate::store::{self, Change, Fleet, Settings};
 use crate::tls::TlsEndpoint;
 
-/// Quiet time after the last relevant file event before reloading: editors and
-/// ConfigMap updates touch several files in a burst.
-const SETTLE: Duration = Duration::from_millis(150);
-/// A burst of relevant events delays a reload at most this long.
-const MAX_SETTLE: Duration = Duration::from_secs(5);
+mod watch;
+use watch::watch_loop;
+
 /// How often DNS names are looked up again.
 const DNS_REFRESH: Duration = Duration::from_secs(30);
 
@@ -530,110 +526,6 @@ fn keep_rate_state(
             *next = Some(o.clone());
         }
     }
-}
-
-/// Whether a file event concerns the config.
-fn relevant(path: &Path, files: &HashSet<PathBuf>, loaded: &Loaded) -> bool {
-    if files.contains(path) || loaded.is_included(path) {
-        return true;
-    }
-    // A symlinked directory swapped in place (Kubernetes' `..data`): the files behind
-    // the config's own symlinks changed.
-    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) && path.is_dir()
-}
-
-/// Watches the config's directories and reloads after each burst of relevant changes.
-/// Runs on its own thread: loading and building are CPU work that must not hold up the
-/// proxy.
-fn watch_loop(reloader: Arc<Reloader>) {
-    let (tx, rx) = mpsc::channel::<Vec<PathBuf>>();
-    let mut watcher =
-        match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if let Ok(event) = res {
-                if !matches!(event.kind, EventKind::Access(_)) {
-                    let _ = tx.send(event.paths);
-                }
-            }
-        }) {
-            Ok(w) => w,
-            Err(e) => {
-                log::error!("cannot watch config files, reload with SIGHUP only: {e}");
-                return;
-            }
-        };
-    let mut watched = BTreeSet::new();
-    let mut view = WatchView::of(&reloader.applied());
-    sync_watches(&mut watcher, &mut watched, view.dirs());
-    // A change made between the first load and the watches being set would be missed:
-    // compare once now (a no-op when the files are as loaded).
-    let _ = reloader.reload_logged(false, "watch started");
-    view = WatchView::of(&reloader.applied());
-    while let Ok(paths) = rx.recv() {
-        if !view.any_relevant(&paths) {
-            continue;
-        }
-        // Settle: wait for a quiet moment after the last relevant event, but never more
-        // than MAX_SETTLE after the first (a busy writer must not starve the reload).
-        let first = Instant::now();
-        let mut last = first;
-        loop {
-            let deadline = (last + SETTLE).min(first + MAX_SETTLE);
-            let wait = deadline.saturating_duration_since(Instant::now());
-            if wait.is_zero() {
-                break;
-            }
-            match rx.recv_timeout(wait) {
-                Ok(paths) if view.any_relevant(&paths) => last = Instant::now(),
-                Ok(_) => {}
-                Err(mpsc::RecvTimeoutError::Timeout) => break,
-                Err(mpsc::RecvTimeoutError::Disconnected) => return,
-            }
-        }
-        let _ = reloader.reload_logged(false, "files changed");
-        view = WatchView::of(&reloader.applied());
-        sync_watches(&mut watcher, &mut watched, view.dirs());
-    }
-}
-
-/// What the watcher compares events with: the last applied config's files.
-struct WatchView {
-    loaded: Arc<Loaded>,
-    files: HashSet<PathBuf>,
-}
-
-impl WatchView {
-    fn of(loaded: &Arc<Loaded>) -> WatchView {
-        WatchView {
-            files: loaded.watched_files().into_iter().collect(),
-            loaded: loaded.clone(),
-        }
-    }
-
-    fn any_relevant(&self, paths: &[PathBuf]) -> bool {
-        paths.iter().any(|p| relevant(p, &self.files, &self.loaded))
-    }
-
-    fn dirs(&self) -> BTreeSet<PathBuf> {
-        let mut dirs: BTreeSet<PathBuf> = self.loaded.watch_dirs.iter().cloned().collect();
-        dirs.retain(|d| d.is_dir());
-        dirs
-    }
-}
-
-fn sync_watches(
-    watcher: &mut impl Watcher,
-    watched: &mut BTreeSet<PathBuf>,
-    wanted: BTreeSet<PathBuf>,
-) {
-    for gone in watched.difference(&wanted) {
-        let _ = watcher.unwatch(gone);
-    }
-    for new in wanted.difference(watched) {
-        if let Err(e) = watcher.watch(new, RecursiveMode::NonRecursive) {
-            log::warn!("cannot watch {}: {e}", new.display());
-        }
-    }
-    *watched = wanted;
 }
 
 /// The background service that drives reloads: the watcher thread, `SIGHUP`, and the
