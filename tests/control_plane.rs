@@ -560,3 +560,105 @@ fn a_config_over_the_count_limits_is_refused_before_it_is_built() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("big.yaml: too many gateways"));
 }
+
+/// Lines of `after` that are not in `before`, and the reverse: a line diff, in order.
+fn changed_lines(before: &str, after: &str) -> (Vec<String>, Vec<String>) {
+    let (b, a): (Vec<&str>, Vec<&str>) = (before.lines().collect(), after.lines().collect());
+    let added = a
+        .iter()
+        .filter(|l| !b.contains(l))
+        .map(|l| l.to_string())
+        .collect();
+    let removed = b
+        .iter()
+        .filter(|l| !a.contains(l))
+        .map(|l| l.to_string())
+        .collect();
+    (added, removed)
+}
+
+/// API writes keep the operator's file as written: a one-weight PATCH is a one-line
+/// diff (short instance forms, quoting, comments and key order kept, no defaults or
+/// nulls added); a PUT writes the YAML it was sent; a POST of JSON writes YAML with the
+/// body's keys only.
+#[test]
+fn api_writes_keep_the_operators_form() {
+    let (port, admin) = (free_port(), free_port());
+    let (a, b) = (Upstream::start("a"), Upstream::start("b"));
+    let shop = format!(
+        "# The shop: team A. Weights move through the API.\nname: shop\nvirtual_hosts: [shop.test]\nroutes:\n  stable:\n    weight: \"90%\"   # most traffic\n    instances: [\"{}\"]\n  canary: {{ weight: 10%, instances: [{}] }}\n",
+        a.addr(),
+        b.addr()
+    );
+    let dir = config_dir(&[("token", TOKEN), ("gateways.d/shop.yaml", &shop)]);
+    let root = dir.path().to_path_buf();
+    std::fs::write(
+        root.join("weir.yaml"),
+        main_config(port, admin, ", token_file: token", ""),
+    )
+    .unwrap();
+    let _weir = Weir::start_in(dir, root.join("weir.yaml"), &[port, admin]);
+    let file = root.join("gateways.d/shop.yaml");
+    let path = "/api/v1/gateways/shop";
+
+    // Two weights moved: the two lines that hold them change, nothing else.
+    let patch = r#"{"routes": {"stable": {"weight": "80%"}, "canary": {"weight": "20%"}}}"#;
+    let r = api(admin, "PATCH", path, Some(TOKEN), patch);
+    assert_eq!(r.status, 202, "{}", r.body);
+    let after = std::fs::read_to_string(&file).unwrap();
+    let (added, removed) = changed_lines(&shop, &after);
+    let canary = format!("  canary: {{ weight: 20%, instances: [{}] }}", b.addr());
+    let stable = "    weight: \"80%\"   # most traffic".to_string();
+    assert_eq!(added, [stable, canary], "{after}");
+    assert_eq!(removed.len(), 2, "{after}");
+    // A change of shape (a new key) still adds nothing but what was asked.
+    let patch = r#"{"routes": {"stable": {"condition": "hdr(x-beta) exists"}}}"#;
+    let r = api(admin, "PATCH", path, Some(TOKEN), patch);
+    assert_eq!(r.status, 202, "{}", r.body);
+    let after = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        !after.contains("null") && !after.contains("rewrites") && !after.contains("h2:"),
+        "{after}"
+    );
+    assert!(
+        after.contains(&format!("- {}", a.addr())),
+        "short instance forms kept: {after}"
+    );
+    assert!(
+        after.find("name: shop").unwrap() < after.find("virtual_hosts").unwrap(),
+        "{after}"
+    );
+
+    // PUT: the YAML sent is what the file holds.
+    let put = format!(
+        "name: shop   # replaced whole\nvirtual_hosts: [shop.test]\nroutes:\n  stable: {{ instances: [{}] }}\n",
+        a.addr()
+    );
+    let r = api(admin, "PUT", path, Some(TOKEN), &put);
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), put);
+    assert!(within(Duration::from_secs(5), || get(
+        port,
+        "shop.test",
+        "/"
+    )
+    .body
+        == "a"));
+
+    // POST of JSON: YAML, the body's keys in order, nothing added.
+    let json = format!(
+        r#"{{"name": "blog", "virtual_hosts": ["blog.test"], "routes": {{"r": {{"instances": ["{}"]}}}}}}"#,
+        b.addr()
+    );
+    let r = api(admin, "POST", "/api/v1/gateways", Some(TOKEN), &json);
+    assert_eq!(r.status, 202, "{}", r.body);
+    let blog = std::fs::read_to_string(root.join("gateways.d/blog.yaml")).unwrap();
+    assert_eq!(
+        blog,
+        format!(
+            "name: blog\nvirtual_hosts:\n- blog.test\nroutes:\n  r:\n    instances:\n    - {}\n",
+            b.addr()
+        )
+    );
+    assert_eq!(get(port, "blog.test", "/").body, "b");
+}

@@ -10,6 +10,7 @@
 // admin path, and it keeps every early return one `?`.
 #![allow(clippy::result_large_err)]
 
+mod form;
 mod write;
 
 use std::path::Path;

@@ -19,7 +19,7 @@ use http::{Response, StatusCode};
 use pingora::protocols::http::ServerSession;
 use serde_json::Value;
 
-use super::{document, message, read_body, view, Admin};
+use super::{document, form, message, read_body, view, Admin};
 use crate::config::load::{load, parse_gateway_file, Loaded};
 use crate::config::shape::{self, Kind, Totals};
 use crate::config::GatewayConfig;
@@ -99,19 +99,64 @@ struct Plan {
 }
 
 impl Plan {
-    /// `current` replaced by `next` in `file`.
+    /// `current` replaced by `next` in `file`, whose new text is `text`.
     fn replacing(
         current: &GatewayConfig,
         next: GatewayConfig,
         file: PathBuf,
-    ) -> Result<Plan, Reply> {
-        Ok(Plan {
+        text: String,
+    ) -> Plan {
+        Plan {
             change: changes(current, &next),
-            text: Some(to_yaml(&next)?),
+            text: Some(text),
             name: next.name,
             file,
-        })
+        }
     }
+}
+
+/// A file as the operator wrote it: its text, and its one document's values.
+struct AsWritten<'a> {
+    text: &'a str,
+    doc: serde_yaml::Value,
+}
+
+impl<'a> AsWritten<'a> {
+    /// `file` as loaded, when it is one YAML document holding one gateway.
+    fn of(loaded: &'a Loaded, file: &Path) -> Option<AsWritten<'a>> {
+        let text = &loaded.files.iter().find(|f| f.path == file)?.text;
+        let doc: serde_yaml::Value = serde_yaml::from_str(text).ok()?;
+        form::gateway_of(&doc)?;
+        Some(AsWritten { text, doc })
+    }
+
+    /// The file's text with its gateway's values become `gateway`.
+    fn becoming(&self, gateway: serde_yaml::Value, given: Option<&str>) -> Result<String, Reply> {
+        let after = form::with_gateway(&self.doc, gateway);
+        form::text_for(Some((self.text, &self.doc)), &after, given).map_err(internal)
+    }
+}
+
+/// A request body's gateway as values, and its text when it is YAML (a JSON body is
+/// written as YAML).
+fn body_form(body: &[u8]) -> Option<(serde_yaml::Value, Option<&str>)> {
+    let text = std::str::from_utf8(body).ok()?;
+    let value: serde_yaml::Value = serde_yaml::from_str(text).ok()?;
+    let yaml = !text.trim_start().starts_with('{');
+    Some((value, yaml.then_some(text)))
+}
+
+/// The new text of a gateway written from a request body, in its own form.
+fn body_text(body: &[u8], before: Option<&AsWritten>, g: &GatewayConfig) -> Result<String, Reply> {
+    match (body_form(body), before) {
+        (Some((value, given)), Some(w)) => w.becoming(value, given),
+        (Some((value, given)), None) => form::text_for(None, &value, given).map_err(internal),
+        (None, _) => to_yaml(g),
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> Reply {
+    message(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
 
 /// `If-Match: "REVISION"`: the store revision a write expects the gateway at.
@@ -283,9 +328,10 @@ fn plan(loaded: &Loaded, op: &Op, body: &[u8], store: Option<&Settings>) -> Resu
                     format!("gateway {:?} exists: PUT or PATCH to change it", g.name),
                 ));
             }
+            let text = body_text(body, None, &g)?;
             if let Some(settings) = store {
                 return Ok(Plan {
-                    text: Some(to_yaml(&g)?),
+                    text: Some(text),
                     file: settings.doc_path(&g.name),
                     name: g.name,
                     change: "created".into(),
@@ -311,7 +357,7 @@ fn plan(loaded: &Loaded, op: &Op, body: &[u8], store: Option<&Settings>) -> Resu
                 ));
             }
             Ok(Plan {
-                text: Some(to_yaml(&g)?),
+                text: Some(text),
                 name: g.name,
                 file,
                 change: "created".into(),
@@ -329,7 +375,8 @@ fn plan(loaded: &Loaded, op: &Op, body: &[u8], store: Option<&Settings>) -> Resu
                     ),
                 ));
             }
-            Plan::replacing(current, g, file)
+            let text = body_text(body, AsWritten::of(loaded, &file).as_ref(), &g)?;
+            Ok(Plan::replacing(current, g, file, text))
         }
         Op::Patch(name) => {
             let (current, file) = own_file(loaded, name, store)?;
@@ -339,10 +386,15 @@ fn plan(loaded: &Loaded, op: &Op, body: &[u8], store: Option<&Settings>) -> Resu
                     format!("the body is not JSON: {e}"),
                 )
             })?;
-            let mut doc = serde_json::to_value(current)
-                .map_err(|e| message(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+            // Patched as the operator wrote it (short forms, no defaults), when the
+            // file is one plain document; else in weir's own form.
+            let written = AsWritten::of(loaded, &file);
+            let mut doc = match written.as_ref().and_then(|w| form::gateway_of(&w.doc)) {
+                Some(as_written) => serde_json::to_value(as_written).map_err(internal)?,
+                None => serde_json::to_value(current).map_err(internal)?,
+            };
             merge_patch(&mut doc, &patch);
-            let g: GatewayConfig = serde_json::from_value(doc).map_err(|e| {
+            let g: GatewayConfig = serde_json::from_value(doc.clone()).map_err(|e| {
                 message(StatusCode::BAD_REQUEST, format!("the patched gateway: {e}"))
             })?;
             if g.name != *name {
@@ -351,7 +403,11 @@ fn plan(loaded: &Loaded, op: &Op, body: &[u8], store: Option<&Settings>) -> Resu
                     "a patch cannot rename a gateway",
                 ));
             }
-            Plan::replacing(current, g, file)
+            let text = match &written {
+                Some(w) => w.becoming(serde_yaml::to_value(&doc).map_err(internal)?, None)?,
+                None => to_yaml(&g)?,
+            };
+            Ok(Plan::replacing(current, g, file, text))
         }
         Op::Delete(name) => {
             let (_, file) = own_file(loaded, name, store)?;
