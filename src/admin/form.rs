@@ -215,7 +215,7 @@ fn token_end(text: &str, start: usize, end: usize) -> Option<usize> {
             close.0 + 2
         }
         b'\'' => {
-            let body = token[1..].as_bytes();
+            let body = &token.as_bytes()[1..];
             let mut i = 0;
             loop {
                 match (body.get(i)?, body.get(i + 1)) {
