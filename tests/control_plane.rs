@@ -28,6 +28,24 @@ gateways:
     )
 }
 
+/// weir on a main config that includes `gateways.d/*.yaml` and takes API writes with
+/// TOKEN, in a directory holding `files`: the process and that directory.
+fn api_edge(port: u16, admin: u16, files: &[(&str, &str)]) -> (Weir, std::path::PathBuf) {
+    let mut all = vec![("token", TOKEN)];
+    all.extend_from_slice(files);
+    let dir = config_dir(&all);
+    let root = dir.path().to_path_buf();
+    std::fs::write(
+        root.join("weir.yaml"),
+        main_config(port, admin, ", token_file: token", ""),
+    )
+    .unwrap();
+    (
+        Weir::start_in(dir, root.join("weir.yaml"), &[port, admin]),
+        root,
+    )
+}
+
 fn respond_gateway(name: &str, body: &str) -> String {
     format!(
         "name: {name}\nvirtual_hosts: [{name}.test]\nroutes: {{ r: {{ respond: {{ status: 200, body: {body} }} }} }}\n"
@@ -220,24 +238,12 @@ fn a_log_written_next_to_the_config_causes_no_reload_and_edits_still_apply() {
 #[test]
 fn api_acts_on_gateways_not_files() {
     let (port, admin) = (free_port(), free_port());
-    let dir = config_dir(&[
-        ("token", TOKEN),
-        (
-            "gateways.d/multi.yaml",
-            &format!(
-                "{}---\n{}",
-                respond_gateway("m1", "one"),
-                respond_gateway("m2", "two")
-            ),
-        ),
-    ]);
-    let root = dir.path().to_path_buf();
-    std::fs::write(
-        root.join("weir.yaml"),
-        main_config(port, admin, ", token_file: token", ""),
-    )
-    .unwrap();
-    let _weir = Weir::start_in(dir, root.join("weir.yaml"), &[port, admin]);
+    let multi_text = format!(
+        "{}---\n{}",
+        respond_gateway("m1", "one"),
+        respond_gateway("m2", "two")
+    );
+    let (_weir, root) = api_edge(port, admin, &[("gateways.d/multi.yaml", &multi_text)]);
     let multi = root.join("gateways.d/multi.yaml");
     let before = std::fs::read_to_string(&multi).unwrap();
 
@@ -590,14 +596,7 @@ fn api_writes_keep_the_operators_form() {
         a.addr(),
         b.addr()
     );
-    let dir = config_dir(&[("token", TOKEN), ("gateways.d/shop.yaml", &shop)]);
-    let root = dir.path().to_path_buf();
-    std::fs::write(
-        root.join("weir.yaml"),
-        main_config(port, admin, ", token_file: token", ""),
-    )
-    .unwrap();
-    let _weir = Weir::start_in(dir, root.join("weir.yaml"), &[port, admin]);
+    let (_weir, root) = api_edge(port, admin, &[("gateways.d/shop.yaml", &shop)]);
     let file = root.join("gateways.d/shop.yaml");
     let path = "/api/v1/gateways/shop";
 

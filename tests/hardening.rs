@@ -57,20 +57,6 @@ fn exchange(port: u16, parts: &[&[u8]]) -> (String, bool) {
     read_to_close(&mut s)
 }
 
-fn read_to_close(s: &mut TcpStream) -> (String, bool) {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 8192];
-    let closed = loop {
-        match s.read(&mut buf) {
-            Ok(0) => break true,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
-            Err(_) => break false,
-        }
-    };
-    (String::from_utf8_lossy(&out).into_owned(), closed)
-}
-
 fn status_of(response: &str) -> u16 {
     response
         .split_whitespace()

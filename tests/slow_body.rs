@@ -38,24 +38,22 @@ fn refused_408(admin: u16, listener: &str) -> f64 {
 /// Reads what comes back until the connection closes (or 10 s pass).
 fn read_all(s: &mut TcpStream) -> (String, bool) {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    let closed = loop {
-        match s.read(&mut buf) {
-            Ok(0) => break true,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
-            Err(_) => break false,
-        }
-    };
-    (String::from_utf8_lossy(&out).into_owned(), closed)
+    read_to_close(s)
 }
 
 /// A POST whose body of `length` bytes is sent as `pieces` (pausing `gap` before each
 /// after the first) until the connection fails; what came back, whether it closed.
-fn post_paced(port: u16, length: usize, pieces: &[&[u8]], gap: Duration) -> (String, bool) {
+fn post_paced(
+    port: u16,
+    path: &str,
+    length: usize,
+    pieces: &[&[u8]],
+    gap: Duration,
+) -> (String, bool) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let head = format!("POST /up HTTP/1.1\r\nHost: g.test\r\nContent-Length: {length}\r\n\r\n");
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: g.test\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n"
+    );
     s.write_all(head.as_bytes()).unwrap();
     for (i, piece) in pieces.iter().enumerate() {
         if i > 0 {
@@ -85,31 +83,20 @@ fn slow_http1_bodies_get_408_on_both_legs() {
         let before = up.count();
         // A stall: 10 of 100 bytes, then nothing.
         let started = Instant::now();
-        let (resp, closed) = post_paced(port, 100, &[b"0123456789"], Duration::ZERO);
+        let (resp, closed) = post_paced(port, "/up", 100, &[b"0123456789"], Duration::ZERO);
         assert!(resp.starts_with("HTTP/1.1 408"), "{leg:?}: {resp}");
         assert!(closed, "{leg:?}: the connection closes after the 408");
         assert!(started.elapsed() < Duration::from_secs(9), "{leg:?}");
         still_serves(port);
         // A trickle: a byte every 300 ms is never quiet for 1 s, but far below 1 KiB/s.
         let drip: Vec<&[u8]> = vec![b"x"; 30];
-        let (resp, closed) = post_paced(port, 30, &drip, Duration::from_millis(300));
+        let (resp, closed) = post_paced(port, "/up", 30, &drip, Duration::from_millis(300));
         assert!(resp.starts_with("HTTP/1.1 408"), "{leg:?}: {resp}");
         assert!(closed, "{leg:?}");
         // A fair pace: 4 KiB in four pieces 250 ms apart (4 KiB/s), served whole.
         let piece = vec![b'k'; 1024];
         let pieces: Vec<&[u8]> = vec![&piece; 4];
-        let (resp, _) = {
-            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-            let head = "POST /fair HTTP/1.1\r\nHost: g.test\r\nContent-Length: 4096\r\nConnection: close\r\n\r\n";
-            s.write_all(head.as_bytes()).unwrap();
-            for (i, p) in pieces.iter().enumerate() {
-                if i > 0 {
-                    thread::sleep(Duration::from_millis(250));
-                }
-                s.write_all(p).unwrap();
-            }
-            read_all(&mut s)
-        };
+        let (resp, _) = post_paced(port, "/fair", 4096, &pieces, Duration::from_millis(250));
         assert!(resp.starts_with("HTTP/1.1 200"), "{leg:?}: {resp}");
         assert_eq!(refused_408(admin, "http"), 2.0, "{leg:?}");
         // The instance got the fair body whole, and the refused ones never completed.

@@ -181,3 +181,19 @@ pub fn tally(port: u16, host: &str, n: usize) -> HashMap<String, usize> {
 }
 
 // ---- certificates, made with the `openssl` command ---------------------------
+
+/// Reads what comes back on `s` until the peer closes (or the socket's read timeout
+/// passes); the text, and whether it was closed.
+pub fn read_to_close(s: &mut TcpStream) -> (String, bool) {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    let closed = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+            Err(_) => break false,
+        }
+    };
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}
