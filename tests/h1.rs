@@ -410,5 +410,10 @@ fn http2_streams_reach_plain_instances_the_same_way() {
     assert!(h2(direct, "/reset", &[]).0.starts_with("http/2 502"));
     assert!(h2(direct, "/slow", &[]).0.starts_with("http/2 504"));
     assert!(h2(direct, "/many", &[]).0.starts_with("http/2 502"));
+    // A chunked body broken in the read that brought its head: 502 on the stream, none
+    // of it relayed.
+    let (head, body) = h2(direct, "/broken", &[]);
+    assert!(head.starts_with("http/2 502"), "{head}");
+    assert!(!body.contains("hello"), "{body}");
     assert_eq!(h2(direct, "/", &[]).1, "hello");
 }
