@@ -58,6 +58,30 @@ done
 # compression (wrk asks for none: the decision only). WEIR_TRACING=1 adds unsampled
 # tracing (spans made and propagated, none recorded or exported).
 [ "${WEIR_TRACING:-0}" = 1 ] && echo 'tracing: { otlp_endpoint: "http://127.0.0.1:4318", sample: 0% }'
+# WEIR_EDGE=1: the config an operator of Vamp's model runs (issue 30), with metrics on:
+# instance stickiness, a conditional canary route at 0%, a stable route rewriting
+# /v1 paths, one request and one response header rule. benches/haproxy-edge.sh is
+# HAProxy doing the same work, for a like-for-like ratio.
+if [ "${WEIR_EDGE:-0}" = 1 ]; then
+[ "${WEIR_METRICS:-0}" = 1 ] || echo "admin: { bind: \"127.0.0.1:${WEIR_ADMIN_PORT:-19299}\" }"
+cat <<CFG
+gateways:
+  - name: bench
+    virtual_hosts: [127.0.0.1, localhost, bench.test]
+    sticky: instance
+    request_headers: { set: { x-edge: weir } }
+    response_headers: { set: { x-served-by: weir } }
+    routes:
+      canary:
+        weight: 0%
+        condition: has header x-canary
+        instances: [${instances%, }]
+      upstreams:
+        weight: 100%
+        rewrites: [ { path: "%[path,regsub(^/v1,/api)] if path_beg /v1" } ]
+        instances: [${instances%, }]
+CFG
+else
 cat <<CFG
 gateways:
   - name: bench
@@ -66,6 +90,7 @@ gateways:
       upstreams:
         instances: [${instances%, }]
 CFG
+fi
 [ "${WEIR_POLICY:-0}" = 1 ] && cat <<'CFG'
         request_headers: { set: { x-client: "%[src]" }, remove: [x-debug] }
         response_headers: { set: { x-served-by: weir } }
