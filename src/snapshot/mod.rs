@@ -10,6 +10,7 @@
 //! nothing.
 
 mod build;
+mod plain;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -180,26 +181,6 @@ pub struct Route {
     pub compression: Option<Box<crate::compress::Compression>>,
     /// `mirror:`: where a share of requests is copied.
     pub mirror: Option<Box<crate::mirror::Mirror>>,
-}
-
-impl Route {
-    /// Whether the route needs nothing of a request beyond routing, balancing over its
-    /// own instances and the forwarding headers: weir's own HTTP/1 path (`h1`) serves
-    /// such a route's requests; any other goes through Pingora's proxy.
-    pub fn is_plain(&self) -> bool {
-        matches!(self.target, Target::Pool(_))
-            && self.rewrites.is_empty()
-            && self.set_cookie.is_none()
-            && self.rate.is_none()
-            && self.request_headers.is_none()
-            && self.response_headers.is_none()
-            && self.retry.before_response_only()
-            && self.deadline.is_none()
-            && self.outlier.is_none()
-            && self.auth.is_none()
-            && self.compression.is_none()
-            && self.mirror.is_none()
-    }
 }
 
 #[derive(Debug)]
@@ -599,8 +580,7 @@ impl Gateway {
     pub fn new(parts: GatewayParts, routes: Vec<Route>) -> Gateway {
         let alive = routes.iter().map(|_| AtomicBool::new(true)).collect();
         let weights: Vec<u32> = routes.iter().map(|r| r.weight).collect();
-        let plain = parts.rate.is_none()
-            && parts.sticky == Sticky::None
+        let plain = parts.is_plain()
             && routes.iter().all(|r| match &r.target {
                 Target::Pool(p) if r.is_plain() => p.instances.iter().all(|u| u.is_plain_http1()),
                 _ => false,
