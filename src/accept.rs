@@ -376,8 +376,10 @@ impl<A: HttpServerApp + Send + Sync + 'static> Accept<A> {
         let log = self.access_log.clone();
         // Copied for the access log only.
         let logged = |s: Option<&str>| s.filter(|_| log.is_some()).map(Box::from);
+        let local_port = local.map_or(0, |a| a.port());
         crate::h1::Conn {
-            local_port: local.map_or(0, |a| a.port()),
+            limits: self.current.load().limits_for(local_port).framing,
+            local_port,
             tls: tls.is_some(),
             client: peer.map(|a| a.ip()),
             client_cert: tls_peer.is_some_and(|p| p.client_cert.is_some()),

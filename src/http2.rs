@@ -61,7 +61,7 @@ pub async fn serve<A>(
         Arc::new(Elsewhere {
             open: AtomicUsize::new(0),
             done: Notify::new(),
-            pace: snapshot.limits_for(conn.local_port).framing.body,
+            pace: conn.limits.body,
             label: conn
                 .metrics
                 .then(|| Arc::from(snapshot.port_label(conn.local_port))),

@@ -83,18 +83,14 @@ impl Limits {
             return Err(Refusal::TooLarge("too many header fields"));
         }
         // "METHOD TARGET HTTP/1.1\r\n" ... "\r\n"
-        let mut bytes = method.as_str().len() + target + 12 + 2;
-        for (name, value) in fields {
-            let (name, value) = (name.as_str(), value.as_bytes());
-            bytes += name.len() + value.len() + 4;
-            if bytes > self.header_bytes {
-                return Err(Refusal::TooLarge("request header too large"));
-            }
+        let lines: usize = fields
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum();
+        if method.as_str().len() + target + 12 + 2 + lines > self.header_bytes {
+            return Err(Refusal::TooLarge("request header too large"));
         }
-        match bytes > self.header_bytes {
-            true => Err(Refusal::TooLarge("request header too large")),
-            false => Ok(()),
-        }
+        Ok(())
     }
 }
 

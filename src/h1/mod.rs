@@ -49,6 +49,9 @@ pub fn enabled() -> bool {
 /// What a client connection is, read once when it opens.
 pub struct Conn {
     pub local_port: u16,
+    /// The listener's request limits, taken when the connection opened (as the guard
+    /// takes them for HTTP/1): HTTP/2 streams are held to them without a lookup.
+    pub limits: crate::framing::Limits,
     pub tls: bool,
     pub client: Option<IpAddr>,
     /// A verified client certificate: its requests go to Pingora (headers, conditions).
@@ -521,6 +524,7 @@ mod tests {
         };
         let head = Head::read(req.headers).expect("taken");
         let conn = Conn {
+            limits: crate::framing::Limits::default(),
             local_port: 8080,
             tls: false,
             client: Some(IpAddr::from([127, 0, 0, 9])),

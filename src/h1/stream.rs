@@ -37,8 +37,8 @@ pub fn prepare<'s>(
         return None;
     }
     // Over the listener's head limits: Pingora's leg refuses it (431 or 414).
-    let limits = snapshot.limits_for(conn.local_port).framing;
-    if limits
+    if conn
+        .limits
         .check_head(&req.method, &req.uri, &req.headers)
         .is_err()
     {
