@@ -180,19 +180,24 @@ impl Elsewhere {
         let counted = Counted(self.clone());
         let app = app.clone();
         let shutdown = shutdown.clone();
-        // Its body is read by Pingora's proxy, which reports each piece here.
-        let progress = Arc::new(Progress::new(std::time::Instant::now()));
-        if session.is_body_empty() {
-            progress.finish();
-        }
-        session
-            .req_header_mut()
-            .extensions_mut()
-            .insert(progress.clone());
+        // A body is read by Pingora's proxy, which reports each piece here; a stream
+        // without one has no pace to keep (and costs no watch).
+        let progress = (!session.is_body_empty()).then(|| {
+            let progress = Arc::new(Progress::new(std::time::Instant::now()));
+            session
+                .req_header_mut()
+                .extensions_mut()
+                .insert(progress.clone());
+            progress
+        });
         let (pace, label) = (self.pace, self.label.clone());
         tokio::spawn(async move {
             let _counted = counted;
             let served = app.process_new_http(ServerSession::new_http2(session), &shutdown);
+            let Some(progress) = progress else {
+                served.await;
+                return;
+            };
             tokio::select! {
                 _ = served => {}
                 () = overdue(&progress, pace) => {

@@ -118,17 +118,11 @@ pub(super) fn session_head(
     let mut out = ResponseHeader::build_no_case(resp.code.unwrap_or(502), size)?;
     let invalid = |what| pingora::Error::explain(pingora::ErrorType::InvalidHTTPHeader, what);
     for h in resp.headers.iter() {
-        let dropped = [
-            "connection",
-            "keep-alive",
-            "proxy-connection",
-            "transfer-encoding",
-            "upgrade",
-            "te",
-            "trailer",
-        ]
-        .iter()
-        .any(|n| h.name.eq_ignore_ascii_case(n))
+        // The instance's hop-by-hop lines, and HTTP/1's framing, which HTTP/2 has not.
+        let dropped = crate::forward::RESPONSE_HOP_BY_HOP
+            .iter()
+            .chain(&["transfer-encoding", "upgrade", "te", "trailer"])
+            .any(|n| h.name.eq_ignore_ascii_case(n))
             || (hsts.is_some() && h.name.eq_ignore_ascii_case("strict-transport-security"));
         if dropped {
             continue;
